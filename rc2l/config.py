@@ -1,0 +1,270 @@
+"""Typed configuration: dataclasses filled from a YAML file and ``key=value`` overrides.
+
+Every key is checked against the dataclasses, so a typo is an error naming the key (and
+the file), never a silently ignored option.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message names which."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"  # resnet18 | resnet50 | resnet101 | efficientnet_lite0
+    pretrained: str = "imagenet"  # imagenet | none | path to a local weights file
+    num_queries: int = 100  # N
+    hidden_dim: int = 256  # transformer width
+    mask_dim: int = 256  # C, channels of F and of the mask embeddings f_i
+    dec_layers: int = 6
+    nheads: int = 8
+    dim_feedforward: int = 1024
+    masked_attention: bool = False  # Mask2Former-style masked cross-attention
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
+
+
+@dataclass
+class LossConfig:
+    """Supervised set loss and matcher costs (METHOD.md, "Supervised loss")."""
+
+    cls_weight: float = 2.0
+    mask_weight: float = 5.0  # BCE or focal
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+    mask_loss: str = "bce"  # bce | focal
+    num_points: int = 0  # 0 = every pixel; > 0 = Mask2Former uncertainty point sampling
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    deep_supervision: bool = True
+
+
+@dataclass
+class SyntheticConfig:
+    num_train: int = 200
+    num_val: int = 50
+    size: int = 64  # square image side
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # synthetic | camvid | voc | cityscapes | folder
+    root: str = ""
+    split: str = "full"  # labeled partition under splits_dir (e.g. 1_8), or "full"
+    splits_dir: str = ""  # default: splits/<name> in the repository
+    train_split: str = "train"  # base train list used when split == "full"
+    val_split: str = "val"
+    num_classes: int = 0  # 0 = the dataset's own
+    resize: list[int] = field(default_factory=list)  # [h, w] applied to every image first
+    crop_size: list[int] = field(default_factory=lambda: [64, 64])  # [h, w]
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    batch_size: int = 8  # labeled images per step (per process)
+    unlabeled_batch_size: int = 8
+    workers: int = 2
+    bad_samples: str = "error"  # error | skip (skip and report bad samples)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 1000
+    lr: float = 1e-4
+    backbone_lr_mult: float = 0.1
+    weight_decay: float = 0.05
+    warmup_iters: int = 100
+    poly_power: float = 0.9
+    clip_grad: float = 1.0  # max grad norm, 0 = off
+    accum_steps: int = 1  # gradient accumulation: global batch = batch * accum * world
+    amp: str = "off"  # off | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda
+    eval_every: int = 200
+    log_every: int = 10
+    save_every: int = 200
+    deterministic: bool = False
+    max_bad_steps: int = 5  # consecutive NaN/Inf losses before stopping
+    threads: int = 0  # torch CPU threads, 0 = PyTorch default
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "original"  # original | center_crop | sliding_window
+    crop_size: list[int] = field(default_factory=list)  # default: data.crop_size
+    stride_ratio: float = 2.0 / 3.0
+    batch_size: int = 1
+
+
+@dataclass
+class SemiConfig:
+    """Semi-supervised options (METHOD.md, "Semi-supervised loop" and region losses)."""
+
+    ema_momentum: float = 0.999
+    tau_cls: float = 0.7  # keep teacher queries whose best class prob >= tau_cls
+    tau_pix: float = 0.0  # ignore pseudo-label pixels with max S̄ < tau_pix
+    regions: str = "queries"  # queries | classes
+    soft_masks: bool = False  # teacher region masks σ(p) instead of binary
+    lambda_u: float = 1.0
+    rampup_iters: int = 200
+    rmc: float = 1.0
+    rfc: float = 1.0
+    rcc: float = 1.0
+    smc: float = 1.0
+    tau_m: float = 0.1
+    tau_f: float = 0.1
+    rfc_scope: str = "batch"  # batch | image
+    rfc_proj_dim: int = 128
+    rcc_soft: bool = False
+    smc_dice_only: bool = False
+    cutmix_p: float = 0.5
+    fixmatch_threshold: float = 0.95
+    pixel_contrast: float = 0.0  # weight of the pixel-level InfoNCE term (0 = off)
+    pixel_contrast_mode: str = "sampled"  # sampled | exact
+    pixel_contrast_samples: int = 1024
+    pixel_contrast_tau: float = 0.1
+
+
+@dataclass
+class Config:
+    out_dir: str = "runs/default"
+    seed: int = 0
+    method: str = "supervised"  # supervised | fixmatch | rc2l
+    resume: str = ""  # "" | auto | path to a training-state file
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
+
+
+CHOICES = {
+    "method": ("supervised", "fixmatch", "rc2l"),
+    "model.backbone": ("resnet18", "resnet50", "resnet101", "efficientnet_lite0"),
+    "loss.mask_loss": ("bce", "focal"),
+    "data.name": ("synthetic", "camvid", "voc", "cityscapes", "folder"),
+    "data.bad_samples": ("error", "skip"),
+    "train.amp": ("off", "bf16", "fp16"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "eval.mode": ("original", "center_crop", "sliding_window"),
+    "semi.regions": ("queries", "classes"),
+    "semi.rfc_scope": ("batch", "image"),
+    "semi.pixel_contrast_mode": ("sampled", "exact"),
+}
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: key '{key}' expects a list, got {value!r}")
+        return [_coerce(v, item_tp, key, where) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: key '{key}' has a value of the wrong type: {value!r}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: key '{key}' expects {tp.__name__}, got {value!r}")
+    return value
+
+
+def _merge(obj: Any, data: dict, prefix: str, where: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'config'}' must be a mapping")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for k, v in data.items():
+        key = prefix + str(k)
+        if k not in names:
+            raise ConfigError(f"{where}: unknown config key '{key}' (known: {', '.join(sorted(names))})")
+        cur = getattr(obj, k)
+        if dataclasses.is_dataclass(cur):
+            _merge(cur, v or {}, key + ".", where)
+        else:
+            setattr(obj, k, _coerce(v, hints[k], key, where))
+
+
+def _validate(cfg: Config) -> None:
+    for key, allowed in CHOICES.items():
+        value = get_key(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}' = {value!r} is not one of {', '.join(allowed)}")
+    for key in ("data.crop_size",):
+        v = get_key(cfg, key)
+        if len(v) != 2:
+            raise ConfigError(f"config key '{key}' must be [height, width], got {v!r}")
+    if cfg.data.resize and len(cfg.data.resize) != 2:
+        raise ConfigError(f"config key 'data.resize' must be [] or [height, width], got {cfg.data.resize!r}")
+    if cfg.train.accum_steps < 1:
+        raise ConfigError("config key 'train.accum_steps' must be >= 1")
+
+
+def get_key(cfg: Any, dotted: str) -> Any:
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{item}': cannot parse value ({e.__class__.__name__})") from None
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a :class:`Config` from a YAML file (optional) and ``key=value`` overrides."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: invalid YAML") from None
+        _merge(cfg, data, "", str(path))
+    for item in overrides:
+        key, value = parse_override(item)
+        nested: dict = {}
+        node = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+        _merge(cfg, nested, "", "override")
+    _validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
