@@ -1,0 +1,5 @@
+import sys
+
+from rc2l.cli import main
+
+sys.exit(main())

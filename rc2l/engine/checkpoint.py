@@ -1,0 +1,122 @@
+"""Atomic checkpoints: model weights as safetensors (with architecture metadata, so a
+wrong file is refused with the reason) and training state via torch.save, read back with
+``weights_only=True``."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from rc2l.errors import CheckpointError
+
+FORMAT = "rc2l-weights-v1"
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Write via a temp file in the same folder, fsync it, then rename over ``path``:
+    a crash at any point leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def model_meta(model: torch.nn.Module, model_cfg: dict | None = None, extra: dict | None = None) -> dict[str, str]:
+    meta = {"format": FORMAT, "num_classes": str(getattr(model, "num_classes", ""))}
+    if model_cfg is not None:
+        meta["model"] = json.dumps(model_cfg, sort_keys=True)
+    for k, v in (extra or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    return meta
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, meta: dict[str, str]) -> None:
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def read_meta(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors weights file ({e})") from None
+
+
+def model_config_from_weights(path: str | Path) -> tuple[int, dict | None]:
+    """(num_classes, model config dict) stored in an rc2l weights file."""
+    meta = read_meta(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an rc2l weights file (no '{FORMAT}' metadata)")
+    return int(meta["num_classes"]), json.loads(meta["model"]) if "model" in meta else None
+
+
+def check_compatible(state: dict[str, torch.Tensor], model: torch.nn.Module, path: str | Path, meta: dict) -> None:
+    """Refuse a file of another model, class count or architecture, saying what differs."""
+    want_k = getattr(model, "num_classes", None)
+    if meta.get("num_classes") and want_k is not None and int(meta["num_classes"]) != want_k:
+        raise CheckpointError(f"{path}: weights are for {meta['num_classes']} classes, the model has {want_k}")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        arch = ""
+        if "model" in meta:
+            arch = f" (file architecture: {meta['model']})"
+        raise CheckpointError(
+            f"{path}: different architecture: {len(missing)} missing and {len(unexpected)} unexpected tensors, "
+            f"e.g. {what}{arch}"
+        )
+    for k, v in own.items():
+        if state[k].shape != v.shape:
+            raise CheckpointError(f"{path}: tensor {k!r} has shape {tuple(state[k].shape)}, model expects {tuple(v.shape)}")
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> dict[str, str]:
+    """Load an rc2l safetensors file into ``model`` after checking it fits. Returns metadata."""
+    meta = read_meta(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read weights ({e})") from None
+    check_compatible(state, model, path, meta)
+    model.load_state_dict(state)
+    return meta
+
+
+def save_state(state: dict[str, Any], path: str | Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Training state, read with ``weights_only=True`` (no arbitrary unpickling)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"training state not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt/foreign files
+        raise CheckpointError(f"{path}: cannot load training state ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None

@@ -1,0 +1,124 @@
+"""Confusion matrix, mIoU and the field's three eval modes (FIELD.md):
+``original`` (whole image), ``center_crop`` and ``sliding_window`` (window = crop, stride 2/3)."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor
+
+from rc2l.engine.distributed import all_reduce_sum
+
+ScoreFn = Callable[[Tensor], Tensor]  # images (B, 3, H, W) → scores (B, K, H, W)
+
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
+    """pred, target: (…) int → (K, K) int64, rows = ground truth, columns = prediction."""
+    valid = target != ignore_index
+    idx = target[valid].long() * num_classes + pred[valid].long()
+    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def iou_from_confusion(cm: Tensor) -> tuple[float, list[float]]:
+    """Per-class IoU = TP / (TP + FP + FN); mIoU averages classes that occur in the ground
+    truth or the prediction (a class absent from both is NaN in per_class, not a zero)."""
+    cm = cm.double()
+    tp = cm.diag()
+    union = cm.sum(0) + cm.sum(1) - tp
+    iou = tp / union
+    present = union > 0
+    miou = iou[present].mean().item() if present.any() else float("nan")
+    return miou, [float(v) for v in iou]
+
+
+def sliding_window(score_fn: ScoreFn, image: Tensor, crop: tuple[int, int], stride_ratio: float, num_classes: int) -> Tensor:
+    """image: (1, 3, H, W) → (1, K, H, W) mean of window scores; window = crop (clipped to
+    the image), stride = window * stride_ratio, last window flush with the border."""
+    _, _, h, w = image.shape
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    sh, sw = max(1, int(math.ceil(ch * stride_ratio))), max(1, int(math.ceil(cw * stride_ratio)))
+    ys = list(range(0, max(h - ch, 0) + 1, sh))
+    xs = list(range(0, max(w - cw, 0) + 1, sw))
+    if ys[-1] + ch < h:
+        ys.append(h - ch)
+    if xs[-1] + cw < w:
+        xs.append(w - cw)
+    total = image.new_zeros(1, num_classes, h, w)
+    count = image.new_zeros(1, 1, h, w)
+    for y in ys:
+        for x in xs:
+            total[..., y : y + ch, x : x + cw] += score_fn(image[..., y : y + ch, x : x + cw]).float()
+            count[..., y : y + ch, x : x + cw] += 1
+    return total / count
+
+
+def center_crop(t: Tensor, crop: tuple[int, int]) -> Tensor:
+    h, w = t.shape[-2:]
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return t[..., y : y + ch, x : x + cw]
+
+
+def predict_scores(score_fn: ScoreFn, image: Tensor, mode: str, crop: tuple[int, int], stride_ratio: float, num_classes: int) -> Tensor:
+    """Scores for one image (1, 3, H, W) in the given eval mode (center_crop returns the crop)."""
+    if mode == "original":
+        return score_fn(image).float()
+    if mode == "center_crop":
+        return score_fn(center_crop(image, crop)).float()
+    if mode == "sliding_window":
+        return sliding_window(score_fn, image, crop, stride_ratio, num_classes)
+    raise ValueError(f"unknown eval mode {mode!r}")
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader,
+    num_classes: int,
+    mode: str = "original",
+    crop: tuple[int, int] = (512, 512),
+    stride_ratio: float = 2 / 3,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    ignore_index: int = 255,
+) -> dict:
+    """mIoU of ``model`` (a Segmenter) over ``loader`` (batches of {"image", "mask"}); the
+    confusion matrix is all-reduced across processes."""
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+
+    def score_fn(x: Tensor) -> Tensor:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            return model.semantic_scores(x)
+
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    it = loader
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc=f"eval ({mode})", leave=False, dynamic_ncols=True)
+    for batch in it:
+        if batch is None:
+            continue
+        images, masks = batch["image"].to(device), batch["mask"].to(device)
+        for i in range(images.shape[0]):
+            img, mask = images[i : i + 1], masks[i]
+            scores = predict_scores(score_fn, img, mode, crop, stride_ratio, num_classes)
+            if mode == "center_crop":
+                mask = center_crop(mask, crop)
+            cm += confusion_matrix(scores.argmax(1)[0], mask, num_classes, ignore_index)
+    all_reduce_sum(cm)
+    model.train(was_training)
+    miou, per_class = iou_from_confusion(cm.cpu())
+    return {
+        "miou": miou * 100,
+        "per_class": [v * 100 for v in per_class],
+        "mode": mode,
+        "crop": list(crop),
+        "pixels": int(cm.sum()),
+        "confusion": cm.cpu().tolist(),
+    }

@@ -1,0 +1,438 @@
+"""The training loop: data → step → log → eval → checkpoint (torchvision-references style)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from rc2l.config import Config, save_config, to_dict
+from rc2l.data.build import build_datasets, collate, dataset_info
+from rc2l.data.sampler import ResumableSampler, SeededDataset, StreamPosition
+from rc2l.engine import distributed as D
+from rc2l.engine.checkpoint import load_state, model_meta, save_state, save_weights
+from rc2l.engine.evaluate import evaluate
+from rc2l.engine.optim import build_optimizer, build_scheduler
+from rc2l.engine.steps import STEPS, StepContext
+from rc2l.errors import CheckpointError, TrainingError
+from rc2l.losses.criterion import SetCriterion, targets_from_labels
+from rc2l.models.segmenter import build_model
+
+log = logging.getLogger("rc2l")
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+STATE_FILE = "state.pt"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state()[1].tolist(),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": json.dumps(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
+    v = json.loads(state["python"])
+    random.setstate((v[0], tuple(v[1]), v[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_loader(dataset, batch_size: int, sampler: ResumableSampler, workers: int) -> DataLoader:
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=True,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def val_loader(dataset, workers: int) -> DataLoader:
+    sampler = None
+    if D.is_dist():
+        sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=False, drop_last=False)
+    return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=min(workers, 2), collate_fn=collate)
+
+
+class GracefulStop:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step and exits."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per log step and per evaluation) and TensorBoard."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:  # TensorBoard is optional at run time
+                self.tb = None
+
+    def write(self, record: dict, prefix: str) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                    self.tb.add_scalar(f"{prefix}/{k}", v, record["step"])
+            self.tb.flush()
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Trainer:
+    """Holds everything a resume must restore: student, EMA teacher, extra heads, optimizer,
+    scheduler, AMP scaler, data-stream positions, RNG states, step and best score."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.device = D.init_distributed(cfg.train.device)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        seed_everything(cfg.seed + D.rank())
+        self.run_dir = Path(cfg.out_dir)
+        self.main = D.is_main()
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.info = dataset_info(cfg)
+        self.datasets = build_datasets(cfg)
+        k = self.info.num_classes
+        self.model = build_model(k, cfg.model).to(self.device)
+        if cfg.model.sync_bn and D.is_dist():
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.criterion = SetCriterion(k, cfg.loss, self.info.ignore_index).to(self.device)
+        self.teacher = None
+        self.heads = nn.ModuleDict()
+        self._setup_method()
+        groups = self.model.param_groups()
+        if len(self.heads):
+            groups["head"] = groups["head"] + [p for p in self.heads.parameters()]
+        self.optimizer = build_optimizer(groups, cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.amp_dtype = AMP_DTYPES[cfg.train.amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
+        self.ddp_model = self.model
+        if D.is_dist():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
+        self.step = 0
+        self.best = {"miou": -1.0, "model": None, "step": -1}
+        self.bad_steps = 0
+        self.skipped_steps = 0
+        self._build_loaders()
+        self.log = MetricsLog(self.run_dir, self.main)
+        self._maybe_resume()
+
+    # ----- set-up -------------------------------------------------------------------------
+    def _setup_method(self) -> None:
+        if self.cfg.method == "supervised":
+            return
+        from rc2l.engine.semi import setup_semi
+
+        setup_semi(self)
+
+    def _build_loaders(self) -> None:
+        c = self.cfg
+        r, w = D.rank(), D.world_size()
+        self.samplers = {"labeled": ResumableSampler(len(self.datasets["labeled"]), c.seed, r, w)}
+        if self.cfg.method != "supervised":
+            if self.datasets.get("unlabeled") is None:
+                raise TrainingError(
+                    f"method={c.method} needs unlabeled images: set data.split to a partition with an unlabeled.txt "
+                    f"(e.g. 1_8), not '{c.data.split}'"
+                )
+            self.samplers["unlabeled"] = ResumableSampler(len(self.datasets["unlabeled"]), c.seed + 1, r, w)
+        self.positions = {k: StreamPosition(s) for k, s in self.samplers.items()}
+
+    def _iterators(self) -> dict:
+        c = self.cfg
+        its = {}
+        for k, s in self.samplers.items():
+            s.start(self.positions[k].epoch, self.positions[k].position)
+            bs = c.data.batch_size if k == "labeled" else c.data.unlabeled_batch_size
+            its[k] = iter(make_loader(self.datasets[k], bs, s, c.data.workers))
+        return its
+
+    # ----- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": "rc2l-state-v1",
+            "config": json.dumps(to_dict(self.cfg)),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "heads": self.heads.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "data": {k: p.state() for k, p in self.positions.items()},
+            "rng": rng_state(),
+            "best": json.dumps(self.best),
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def save(self) -> None:
+        if self.main:
+            save_state(self.state_dict(), self.run_dir / STATE_FILE)
+        D.barrier()
+
+    def _maybe_resume(self) -> None:
+        r = self.cfg.resume
+        if not r:
+            return
+        path = self.run_dir / STATE_FILE if r == "auto" else Path(r)
+        if r == "auto" and not path.exists():
+            log.info("resume=auto: no %s yet, starting from scratch", path)
+            return
+        st = load_state(path)
+        if st.get("format") != "rc2l-state-v1":
+            raise CheckpointError(f"{path}: not an rc2l training state")
+        old = json.loads(st["config"])
+        if old["model"] != to_dict(self.cfg)["model"]:
+            diff = [k for k in old["model"] if old["model"][k] != getattr(self.cfg.model, k, None)]
+            raise CheckpointError(f"{path}: saved with a different model config (differs in: {', '.join('model.' + d for d in diff)})")
+        from rc2l.engine.checkpoint import check_compatible
+
+        check_compatible(st["model"], self.model, path, {"num_classes": ""})
+        self.model.load_state_dict(st["model"])
+        if self.teacher is not None:
+            if st["teacher"] is None:
+                raise CheckpointError(f"{path}: state has no EMA teacher (saved by a supervised run?)")
+            self.teacher.load_state_dict(st["teacher"])
+        self.heads.load_state_dict(st["heads"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        for k, p in self.positions.items():
+            p.epoch, p.position = st["data"][k]["epoch"], st["data"][k]["position"]
+        if D.world_size() == 1:
+            set_rng_state(st["rng"])
+        self.step = st["step"]
+        self.best = json.loads(st["best"])
+        self.skipped_steps = st.get("skipped_steps", 0)
+        if self.main:
+            log.info("resumed from %s at step %d", path, self.step)
+
+    # ----- loop ---------------------------------------------------------------------------
+    def _num_masks(self, labels: torch.Tensor) -> float:
+        n = torch.tensor(float(sum(len(t["labels"]) for t in targets_from_labels(labels, self.info.ignore_index))), device=self.device)
+        D.all_reduce_sum(n)
+        return n.item() / D.world_size()
+
+    def context(self) -> StepContext:
+        return StepContext(
+            cfg=self.cfg, model=self.ddp_model, criterion=self.criterion, device=self.device,
+            teacher=self.teacher, heads=self.heads, num_masks_fn=self._num_masks if D.is_dist() else None,
+            extras=getattr(self, "extras", {}),
+        )
+
+    def _next(self, its: dict, key: str):
+        """Next batch of a stream; all-bad batches (skip mode) are counted and skipped."""
+        while True:
+            batch = next(its[key])
+            bs = self.cfg.data.batch_size if key == "labeled" else self.cfg.data.unlabeled_batch_size
+            self.positions[key].advance(bs)
+            if batch is not None:
+                return batch
+
+    def train_step(self, its: dict, ctx: StepContext) -> dict | None:
+        """One optimizer step over ``accum_steps`` micro-batches; None if skipped (non-finite)."""
+        c = self.cfg
+        step_fn = STEPS[c.method]
+        self.optimizer.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {}
+        for micro in range(c.train.accum_steps):
+            batch_l = self._next(its, "labeled")
+            batch_u = self._next(its, "unlabeled") if "unlabeled" in its else None
+            sync = micro == c.train.accum_steps - 1 or not D.is_dist()
+            cm = self.ddp_model.no_sync() if not sync else _null()
+            with cm:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                    terms = step_fn(ctx, batch_l, batch_u, self.step)
+                loss = terms["loss"]
+                finite = torch.isfinite(loss.detach()).float()
+                D.all_reduce_sum(finite)
+                if finite.item() < D.world_size():
+                    return None
+                self.scaler.scale(loss / c.train.accum_steps).backward()
+            for k, v in terms.items():
+                logs[k] = logs.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / c.train.accum_steps
+        if c.train.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            gnorm = torch.nn.utils.clip_grad_norm_(params, c.train.clip_grad)
+            logs["grad_norm"] = float(gnorm)
+            if not math.isfinite(logs["grad_norm"]) and c.train.amp != "fp16":
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.teacher is not None:
+            from rc2l.engine.teacher import ema_update
+
+            ema_update(self.teacher, self.model, self.step, c.semi.ema_momentum)
+        return logs
+
+    def evaluate_all(self) -> list[dict]:
+        c = self.cfg
+        crop = tuple(c.eval.crop_size or c.data.crop_size)
+        loader = val_loader(self.datasets["val"], c.data.workers)
+        models = {"student": self.model}
+        if self.teacher is not None:
+            models["teacher"] = self.teacher
+        results = []
+        for name, m in models.items():
+            r = evaluate(m, loader, self.info.num_classes, c.eval.mode, crop, c.eval.stride_ratio, self.device,
+                         self.amp_dtype, progress=False, ignore_index=self.info.ignore_index)
+            r.pop("confusion_list", None)
+            rec = {"step": self.step, "split": c.data.val_split, "mode": r["mode"], "miou": r["miou"],
+                   "per_class": r["per_class"], "model": name, "crop": r["crop"], "dataset": c.data.name,
+                   "confusion": r["confusion"]}
+            self.log.write(rec, f"val_{name}")
+            results.append(rec)
+        best = max(results, key=lambda r: r["miou"])
+        if best["miou"] > self.best["miou"]:
+            self.best = {"miou": best["miou"], "model": best["model"], "step": self.step}
+            if self.main:
+                m = models[best["model"]]
+                save_weights(m, self.run_dir / "best.safetensors", self._meta(best["model"], best["miou"]))
+        return results
+
+    def _meta(self, which: str, miou: float | None = None) -> dict:
+        extra = {"step": str(self.step), "model_evaluated": which, "dataset": self.cfg.data.name,
+                 "class_names": self.info.class_names, "palette": [list(p) for p in self.info.palette]}
+        if miou is not None:
+            extra["miou"] = f"{miou:.4f}"
+        return model_meta(self.model, to_dict(self.cfg)["model"], extra)
+
+    def fit(self) -> dict:
+        c = self.cfg
+        ctx = self.context()
+        its = self._iterators()
+        bar = None
+        if self.main and c.train.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=c.train.iters, initial=self.step, desc=f"train {c.method}", dynamic_ncols=True)
+        t0, last_log_step = time.time(), self.step
+        self.model.train()
+        last_eval = None
+        with GracefulStop() as stop:
+            while self.step < c.train.iters:
+                logs = self.train_step(its, ctx)
+                if logs is None:
+                    self.bad_steps += 1
+                    self.skipped_steps += 1
+                    log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", self.step, self.bad_steps)
+                    if self.bad_steps >= c.train.max_bad_steps:
+                        raise TrainingError(
+                            f"{self.bad_steps} non-finite losses in a row at step {self.step}: stopping "
+                            f"(lower train.lr, try train.amp=off, or check the data); last good state in {self.run_dir / STATE_FILE}"
+                        )
+                    continue
+                self.bad_steps = 0
+                self.step += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{logs['loss']:.3f}")
+                if self.step % c.train.log_every == 0 or self.step == c.train.iters:
+                    dt = time.time() - t0
+                    rec = {"step": self.step, "type": "train", **{k: round(v, 6) for k, v in logs.items()},
+                           "lr": self.optimizer.param_groups[0]["lr"],
+                           "it_s": (self.step - last_log_step) / max(dt, 1e-9), "skipped_steps": self.skipped_steps}
+                    self.log.write(rec, "train")
+                    t0, last_log_step = time.time(), self.step
+                if self.step % c.train.eval_every == 0 or self.step == c.train.iters:
+                    last_eval = self.evaluate_all()
+                    if bar is not None:
+                        bar.write("step {}: {}".format(self.step, ", ".join(f"{r['model']} mIoU {r['miou']:.2f}" for r in last_eval)))
+                if self.step % c.train.save_every == 0 or self.step == c.train.iters:
+                    self.save()
+                if stop.signal is not None:
+                    self.save()
+                    if bar is not None:
+                        bar.close()
+                    log.warning("stopped by signal %d at step %d; state saved to %s (continue with resume=auto)",
+                                stop.signal, self.step, self.run_dir / STATE_FILE)
+                    self.log.close()
+                    return {"interrupted": True, "step": self.step}
+        if bar is not None:
+            bar.close()
+        if self.main:
+            save_weights(self.model, self.run_dir / "last.safetensors", self._meta("student"))
+        self.log.close()
+        return {"step": self.step, "best": self.best, "last_eval": last_eval}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def train(cfg: Config) -> dict:
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        D.cleanup()

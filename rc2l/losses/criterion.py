@@ -1,0 +1,140 @@
+"""Supervised set loss (METHOD.md, "Supervised loss"): Hungarian matching of N predictions
+to per-class target masks, CE on classes (no-object weight), BCE/focal + dice on masks,
+summed over decoder layers."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor, nn
+from torchvision.ops import sigmoid_focal_loss
+
+from rc2l.config import LossConfig
+from rc2l.losses.matcher import hungarian, match_cost
+
+
+def targets_from_labels(labels: Tensor, ignore_index: int = 255) -> list[dict]:
+    """labels: (B, H, W) int64 → per image {"labels": (M,), "masks": (M, H, W) float,
+    "valid": (H, W) bool}: one binary mask per class present (METHOD.md)."""
+    out = []
+    for lab in labels:
+        valid = lab != ignore_index
+        classes = torch.unique(lab[valid])
+        masks = (lab[None] == classes[:, None, None]).float()
+        out.append({"labels": classes, "masks": masks, "valid": valid})
+    return out
+
+
+def dice_loss(prob: Tensor, tgt: Tensor, weight: Tensor | None = None) -> Tensor:
+    """prob, tgt: (M, P); weight: (M, P) or None (0 = ignored pixel) → (M,) 1 − soft dice."""
+    if weight is not None:
+        prob, tgt = prob * weight, tgt * weight
+    num = 2 * (prob * tgt).sum(-1)
+    den = prob.sum(-1) + tgt.sum(-1)
+    return 1 - (num + 1) / (den + 1)
+
+
+def sample_points(logits: Tensor, num: int, oversample: float, importance: float) -> Tensor:
+    """Mask2Former's uncertainty point sampling. logits: (M, 1, h, w) → coords (M, num, 2) in
+    [0, 1]: the most uncertain (|logit| small) of ``num*oversample`` random points plus random."""
+    m = logits.shape[0]
+    n_over = int(num * oversample)
+    coords = torch.rand(m, n_over, 2, device=logits.device)
+    unc = -point_sample(logits, coords).squeeze(1).abs()
+    n_imp = int(importance * num)
+    idx = unc.topk(n_imp, dim=1).indices
+    coords_imp = torch.gather(coords, 1, idx[..., None].expand(-1, -1, 2))
+    return torch.cat([coords_imp, torch.rand(m, num - n_imp, 2, device=logits.device)], dim=1)
+
+
+def point_sample(x: Tensor, coords: Tensor, mode: str = "bilinear") -> Tensor:
+    """x: (M, C, h, w); coords (M, P, 2) in [0, 1] (x, y) → (M, C, P)."""
+    return Fn.grid_sample(x, 2 * coords[:, :, None] - 1, mode=mode, align_corners=False).squeeze(-1)
+
+
+class SetCriterion(nn.Module):
+    """loss(outputs, labels) → dict of scalar terms {"loss_ce", "loss_mask", "loss_dice"}
+    (weighted, summed over the final and auxiliary layers) and the total "loss"."""
+
+    def __init__(self, num_classes: int, cfg: LossConfig | None = None, ignore_index: int = 255):
+        super().__init__()
+        self.cfg = cfg or LossConfig()
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        w = torch.ones(num_classes + 1)
+        w[-1] = self.cfg.no_object_weight
+        self.register_buffer("empty_weight", w, persistent=False)
+
+    @torch.no_grad()
+    def match(self, logits: Tensor, masks: Tensor, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
+        """Cost on the predictions' own (stride-4) grid, over non-ignored pixels only."""
+        c = self.cfg
+        size = masks.shape[-2:]
+        out = []
+        for b, t in enumerate(targets):
+            if t["labels"].numel() == 0:
+                e = torch.zeros(0, dtype=torch.int64)
+                out.append((e, e))
+                continue
+            tm = Fn.interpolate(t["masks"][None], size=size, mode="nearest")[0].flatten(1)
+            valid = Fn.interpolate(t["valid"][None, None].float(), size=size, mode="nearest").flatten().bool()
+            cost = match_cost(
+                logits[b], masks[b].flatten(1)[:, valid], t["labels"], tm[:, valid],
+                c.cls_weight, c.mask_weight, c.dice_weight,
+            )
+            out.append(hungarian(cost))
+        return out
+
+    def layer_loss(self, logits: Tensor, masks: Tensor, targets: list[dict], num_masks: float) -> dict[str, Tensor]:
+        c = self.cfg
+        indices = self.match(logits, masks, targets)
+        dev = logits.device
+        tgt_cls = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=dev)
+        for b, (pi, ti) in enumerate(indices):
+            tgt_cls[b, pi.to(dev)] = targets[b]["labels"][ti.to(dev)]
+        loss_ce = Fn.cross_entropy(logits.transpose(1, 2).float(), tgt_cls, self.empty_weight)
+
+        src = torch.cat([masks[b, pi.to(dev)] for b, (pi, _) in enumerate(indices)])
+        if src.shape[0] == 0:
+            zero = masks.sum() * 0.0
+            return {"loss_ce": loss_ce, "loss_mask": zero, "loss_dice": zero}
+        tgt = torch.cat([targets[b]["masks"][ti.to(dev)] for b, (_, ti) in enumerate(indices)])
+        valid = torch.cat([targets[b]["valid"][None].expand(len(ti), -1, -1) for b, (_, ti) in enumerate(indices)])
+        src = src.float()[:, None]
+        if c.num_points > 0:
+            with torch.no_grad():
+                coords = sample_points(src, c.num_points, c.oversample_ratio, c.importance_sample_ratio)
+                t = point_sample(tgt[:, None], coords, mode="nearest").squeeze(1)
+                w = point_sample(valid[:, None].float(), coords, mode="nearest").squeeze(1)
+            s = point_sample(src, coords).squeeze(1)
+        else:
+            s = Fn.interpolate(src, size=tgt.shape[-2:], mode="bilinear", align_corners=False).flatten(1)
+            t, w = tgt.flatten(1), valid.flatten(1).float()
+        npix = w.sum(-1).clamp(min=1)
+        if c.mask_loss == "focal":
+            pix = sigmoid_focal_loss(s, t, reduction="none")
+        else:
+            pix = Fn.binary_cross_entropy_with_logits(s, t, reduction="none")
+        loss_mask = ((pix * w).sum(-1) / npix).sum() / num_masks
+        loss_dice = dice_loss(s.sigmoid(), t, w).sum() / num_masks
+        return {"loss_ce": loss_ce, "loss_mask": loss_mask, "loss_dice": loss_dice}
+
+    def forward(self, outputs: dict, labels: Tensor, num_masks: float | None = None) -> dict[str, Tensor]:
+        """outputs: the segmenter's dict; labels: (B, H, W) int64 with ``ignore_index``.
+        ``num_masks``: the global target count (all-reduced by the caller under DDP)."""
+        targets = targets_from_labels(labels, self.ignore_index)
+        if num_masks is None:
+            num_masks = sum(len(t["labels"]) for t in targets)
+        num_masks = max(float(num_masks), 1.0)
+        layers = [outputs] + (outputs.get("aux_outputs", []) if self.cfg.deep_supervision else [])
+        terms = {"loss_ce": 0.0, "loss_mask": 0.0, "loss_dice": 0.0}
+        for out in layers:
+            for k, v in self.layer_loss(out["pred_logits"], out["pred_masks"], targets, num_masks).items():
+                terms[k] = terms[k] + v
+        c = self.cfg
+        terms = {
+            "loss_ce": c.cls_weight * terms["loss_ce"],
+            "loss_mask": c.mask_weight * terms["loss_mask"],
+            "loss_dice": c.dice_weight * terms["loss_dice"],
+        }
+        terms["loss"] = terms["loss_ce"] + terms["loss_mask"] + terms["loss_dice"]
+        return terms
