@@ -12,7 +12,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import re
+
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1_8`` as the integer 18; split names like 1_8 must stay strings."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _c in "0123456789":
+    _Loader.yaml_implicit_resolvers.setdefault(_c, []).insert(
+        0, ("tag:yaml.org,2002:str", re.compile(r"^[0-9]+(_[0-9]+)+$"))
+    )
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -229,7 +246,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{item}' is not of the form key=value")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml_load(raw) if raw != "" else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override '{item}': cannot parse value ({e.__class__.__name__})") from None
     return key.strip(), value
@@ -243,7 +260,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark else ""

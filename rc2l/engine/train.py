@@ -371,7 +371,10 @@ class Trainer:
         if self.main and c.train.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=c.train.iters, initial=self.step, desc=f"train {c.method}", dynamic_ncols=True)
+            import sys
+
+            bar = tqdm(total=c.train.iters, initial=self.step, desc=f"train {c.method}", dynamic_ncols=True,
+                       mininterval=0.5 if sys.stderr.isatty() else 30.0)
         t0, last_log_step = time.time(), self.step
         self.model.train()
         last_eval = None

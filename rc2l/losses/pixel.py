@@ -1,0 +1,118 @@
+"""Pixel-level counterparts of the region losses (the baselines RC²L argues against).
+
+- ``pixel_pseudo_ce``: FixMatch-style pseudo-label cross-entropy of the student's semantic
+  output against the teacher's Ŷ, on pixels whose teacher confidence passes a threshold.
+- ``pixel_contrast_loss``: supervised InfoNCE (SupCon) over pixel embeddings of F with the
+  pseudo-labels as classes; "sampled" (``num_samples`` pixels per batch, as ReCo/U²PL do)
+  or "exact" (every confident pixel: the P×P similarity whose O(P²) cost the benchmark
+  measures).
+
+Same contract as the region losses: teacher tensors are detached, and when no pixel is
+usable the loss is an exact 0 still connected to the student's graph.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor
+
+from rc2l.losses.region import connected_zero, log_normalized_semantic
+
+
+def pixel_pseudo_ce(
+    student: Tensor,
+    label: Tensor,
+    conf: Tensor,
+    threshold: float = 0.95,
+    ignore: Tensor | None = None,
+    input: str = "sem",
+    eps: float = 1e-6,
+) -> Tensor:
+    """FixMatch pixel pseudo-label CE.
+
+    student: (B, K, h, w) — ``input="sem"``: semantic masks S^s (the log of the normalised S̄^s
+    is used), ``input="logits"``: per-pixel class logits (log-softmax is used);
+    label: (B, h, w) int64 teacher Ŷ; conf: (B, h, w) teacher max S̄^t;
+    ignore: (B, h, w) bool, True = pixel not part of the image (padding) or None.
+    Pixels with conf ≥ ``threshold`` (and not ignored) contribute; as in FixMatch, the sum is
+    divided by the number of non-ignored pixels (not the number of confident ones), so a batch
+    with few confident pixels gives a small loss. Returns a scalar."""
+    B, K = student.shape[:2]
+    if input == "sem":
+        logp = log_normalized_semantic(student, eps)
+    elif input == "logits":
+        logp = student.float().log_softmax(1)
+    else:
+        raise ValueError(f"input must be 'sem' or 'logits', got {input!r}")
+    keep = conf.detach() >= threshold
+    total = label.numel()
+    if ignore is not None:
+        keep = keep & ~ignore
+        total = int((~ignore).sum())
+    if not bool(keep.any()):
+        return connected_zero(student)
+    nll = -logp.gather(1, label.detach().clamp(0, K - 1)[:, None]).squeeze(1)  # (B, h, w)
+    return nll[keep].sum() / max(total, 1)
+
+
+def supcon_loss(z: Tensor, y: Tensor, tau: float = 0.1, chunk: int | None = None) -> Tensor:
+    """Supervised contrastive loss over a set of embeddings (exact, all pairs).
+
+    z: (P, D) L2-normalised embeddings; y: (P,) int64 classes. For each anchor a with at least
+    one positive: −1/|P(a)| Σ_{p∈P(a)} log [exp(z_a·z_p/τ) / Σ_{j≠a} exp(z_a·z_j/τ)], averaged
+    over such anchors. ``chunk`` rows of the P×P similarity are built at a time (None = all at
+    once); the result is the same, only peak memory changes (O(chunk·P) instead of O(P²)).
+    Returns a scalar (a connected 0 when no anchor has a positive)."""
+    P = z.shape[0]
+    if P < 2:
+        return connected_zero(z)
+    chunk = chunk or P
+    total, anchors = None, None
+    cols = torch.arange(P, device=z.device)
+    for s in range(0, P, chunk):
+        e = min(s + chunk, P)
+        self_mask = cols[None, :] == torch.arange(s, e, device=z.device)[:, None]  # (c, P)
+        sim = (z[s:e] @ z.T / tau).masked_fill(self_mask, float("-inf"))
+        logprob = sim.log_softmax(1)
+        pos = (y[s:e, None] == y[None, :]) & ~self_mask
+        npos = pos.sum(1)
+        mean_pos = logprob.masked_fill(~pos, 0.0).sum(1) / npos.clamp_min(1)
+        has = npos > 0
+        part, cnt = -(mean_pos * has).sum(), has.sum()
+        total = part if total is None else total + part
+        anchors = cnt if anchors is None else anchors + cnt
+    if int(anchors) == 0:
+        return connected_zero(z)
+    return total / anchors
+
+
+def pixel_contrast_loss(
+    feats: Tensor,
+    label: Tensor,
+    valid: Tensor,
+    tau: float = 0.1,
+    mode: str = "sampled",
+    num_samples: int = 1024,
+    chunk: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Pixel-level InfoNCE with pseudo-labels as classes.
+
+    feats: (B, C, h, w) student pixel embeddings F^s (L2-normalised here); label: (B, h, w)
+    int64 teacher Ŷ; valid: (B, h, w) bool (confident, not padding). The pixel set is every
+    valid pixel of the batch ("exact") or ``num_samples`` of them drawn uniformly without
+    replacement ("sampled"; all of them if there are fewer, which makes it equal to "exact").
+    Loss = ``supcon_loss`` over that set. ``generator``: a CPU generator for the sampling.
+    Returns a scalar."""
+    if mode not in ("sampled", "exact"):
+        raise ValueError(f"pixel contrast mode must be 'sampled' or 'exact', got {mode!r}")
+    C = feats.shape[1]
+    z = Fn.normalize(feats.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, C)  # (B·h·w, C)
+    y = label.detach().reshape(-1)
+    idx = valid.detach().reshape(-1).nonzero().squeeze(1)
+    if idx.numel() < 2:
+        return connected_zero(feats)
+    if mode == "sampled" and idx.numel() > num_samples:
+        pick = torch.randperm(idx.numel(), generator=generator)[:num_samples].to(idx.device)
+        idx = idx[pick]
+    return supcon_loss(z[idx], y[idx].to(z.device), tau, chunk)

@@ -1,0 +1,308 @@
+"""The four region-level losses of RC²L (METHOD.md, "The four region-level losses").
+
+Inputs, shared by all four (B images, N student queries, K classes, C = channels of F):
+
+- student: the segmenter's output dict on the (strong, CutMixed) view — ``pred_logits``
+  (B, N, K+1) c^s, ``pred_masks`` (B, N, h, w) logits p^s, ``pixel_feats`` (B, C, h, w) F^s,
+  ``sem_masks`` (B, K, h, w) S^s;
+- teacher regions, one dict per image (``rc2l.engine.teacher.pseudo_regions``):
+  ``masks`` (M, h, w) m^t in [0, 1], ``labels`` (M,) int64 ĉ, ``features`` (M, C) r^t,
+  optional ``probs`` (M, K+1) teacher class distribution;
+- matching, one ``(pred_idx, tgt_idx)`` pair per image (``rc2l.losses.matcher``): both
+  (L,) int64, ``pred_idx[l] = π(tgt_idx[l])``.
+
+Every teacher tensor is detached here (stop-gradient). A loss averages over the matched
+teacher regions of the (local) batch; an image with M = 0 contributes nothing, and a batch
+with no region gives an exact 0 that is still connected to the student's graph (so
+``backward`` works and DDP sees every parameter used). No loss has state besides the
+projection head g of RFC.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor, nn
+
+from rc2l.config import LossConfig, SemiConfig
+from rc2l.losses.matcher import match
+
+TERMS = ("rmc", "rfc", "rcc", "smc")
+
+
+# ----------------------------------------------------------------------------- helpers
+def mask_average_pool(F: Tensor, m: Tensor, eps: float = 1e-6) -> Tensor:
+    """Region features r = MAP(F, m) = Σ_u m(u) F(u) / Σ_u m(u).
+
+    F: (B, C, h, w), m: (B, N, h, w) in [0, 1] → (B, N, C); or unbatched F: (C, h, w),
+    m: (N, h, w) → (N, C). One (N×P)(P×C) product per image: linear in the pixels P.
+    An empty mask gives a zero feature (not NaN)."""
+    if F.dim() == 3:
+        return mask_average_pool(F[None], m[None], eps)[0]
+    m = m.to(F.dtype)
+    num = torch.einsum("bnhw,bchw->bnc", m, F)
+    return num / (m.sum((-2, -1))[..., None] + eps)
+
+
+def soft_dice(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
+    """D(a, b) = 2 Σ ab / (Σa + Σb + ε) for all pairs. a: (N, P), b: (M, P) in [0, 1] → (N, M)."""
+    return 2 * (a @ b.T) / (a.sum(-1)[:, None] + b.sum(-1)[None, :] + eps)
+
+
+def normalize_semantic(S: Tensor, eps: float = 1e-6) -> Tensor:
+    """S̄ = S normalised over the K classes. S: (B, K, h, w) ≥ 0 → (B, K, h, w), sums to 1."""
+    S = S.float().clamp_min(0)
+    return S / S.sum(1, keepdim=True).clamp_min(eps)
+
+
+def log_normalized_semantic(S: Tensor, eps: float = 1e-6) -> Tensor:
+    """log S̄, computed as log S − log Σ_k S with clamps so it is finite. (B, K, h, w)."""
+    S = S.float().clamp_min(0)
+    return S.clamp_min(eps).log() - S.sum(1, keepdim=True).clamp_min(eps).log()
+
+
+def connected_zero(*tensors: Tensor | nn.Module | None) -> Tensor:
+    """An exact scalar 0 whose graph reaches ``tensors`` (and a module's parameters): backward
+    gives them zero gradients instead of failing, and DDP sees the parameters as used."""
+    zero = None
+    for t in tensors:
+        items = list(t.parameters()) if isinstance(t, nn.Module) else [t]
+        for x in items:
+            if isinstance(x, Tensor) and x.requires_grad and x.numel() > 0:
+                z = x.reshape(-1)[0].float() * 0.0
+                zero = z if zero is None else zero + z
+    if zero is None:
+        dev = next((x.device for x in tensors if isinstance(x, Tensor)), None)
+        zero = torch.zeros((), device=dev)
+    return zero
+
+
+def _pairs(indices: list[tuple[Tensor, Tensor]], device: torch.device):
+    """Yield (b, pred_idx, tgt_idx) on ``device`` for images with at least one matched region."""
+    for b, (pi, ti) in enumerate(indices):
+        if len(ti) > 0:
+            yield b, pi.to(device), ti.to(device)
+
+
+# ----------------------------------------------------------------------------- RMC
+def rmc_loss(
+    pred_masks: Tensor,
+    regions: list[dict],
+    indices: list[tuple[Tensor, Tensor]],
+    tau_m: float = 0.1,
+    eps: float = 1e-6,
+) -> Tensor:
+    """Region Mask Contrastive.
+
+    L_RMC = −1/N^t Σ_i log [exp(D(σ(p^s_π(i)), m^t_i)/τ_m) / Σ_{j=1..N} exp(D(σ(p^s_j), m^t_i)/τ_m)]
+
+    pred_masks: (B, N, h, w) student logits p^s; regions[b]["masks"]: (M_b, h, w) m^t.
+    Positive: the matched student mask; negatives: the other N−1 masks of the same image.
+    Cost per image: one (M×P)(P×N) product. Returns a scalar."""
+    total, count = None, 0
+    for b, pi, ti in _pairs(indices, pred_masks.device):
+        s = pred_masks[b].float().sigmoid().flatten(1)  # (N, P)
+        t = regions[b]["masks"].detach().float()[ti].flatten(1)  # (L, P)
+        logits = soft_dice(t, s, eps) / tau_m  # (L, N)
+        loss = Fn.cross_entropy(logits, pi, reduction="sum")
+        total = loss if total is None else total + loss
+        count += len(ti)
+    if count == 0:
+        return connected_zero(pred_masks)
+    return total / count
+
+
+# ----------------------------------------------------------------------------- RFC
+class RFCHead(nn.Module):
+    """Projection head g of RFC: Linear(C, C) → ReLU → Linear(C, D). Training only (dropped at
+    inference: it is not part of the segmenter). (..., C) → (..., D)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128, hidden_dim: int | None = None):
+        super().__init__()
+        hidden_dim = hidden_dim or in_dim
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def rfc_loss(
+    pred_masks: Tensor,
+    pixel_feats: Tensor,
+    regions: list[dict],
+    indices: list[tuple[Tensor, Tensor]],
+    head: nn.Module | None = None,
+    tau_f: float = 0.1,
+    scope: str = "batch",
+    eps: float = 1e-6,
+) -> Tensor:
+    """Region Feature Contrastive.
+
+    L_RFC = −1/N^t Σ_i log [exp(cos(g(r^s_π(i)), g(r^t_i))/τ_f) / Σ_{j∈𝒩} exp(cos(g(r^s_j), g(r^t_i))/τ_f)]
+
+    pred_masks: (B, N, h, w) student logits p^s; pixel_feats: (B, C, h, w) F^s;
+    regions[b]["features"]: (M_b, C) r^t = MAP(F^t, m^t). r^s_j = MAP(F^s, σ(p^s_j)), (B, N, C).
+    ``scope``: "batch" → 𝒩 = all B·N student regions; "image" → the N of the same image.
+    ``head`` = g (``RFCHead``); None = identity. The teacher features are detached, but both
+    sides go through the same g, so g is trained from both (the teacher network gets nothing).
+    Returns a scalar."""
+    if scope not in ("batch", "image"):
+        raise ValueError(f"rfc scope must be 'batch' or 'image', got {scope!r}")
+    g = head if head is not None else nn.Identity()
+    pairs = list(_pairs(indices, pred_masks.device))
+    if not pairs:
+        return connected_zero(pred_masks, pixel_feats, head)
+    r_s = mask_average_pool(pixel_feats.float(), pred_masks.float().sigmoid(), eps)  # (B, N, C)
+    z_s = Fn.normalize(g(r_s).float(), dim=-1)  # (B, N, D)
+    B, N = z_s.shape[:2]
+    z_t, target, img = [], [], []
+    for b, pi, ti in pairs:
+        r_t = regions[b]["features"].detach().float()[ti]  # (L, C)
+        z_t.append(Fn.normalize(g(r_t).float(), dim=-1))
+        target.append(pi + (b * N if scope == "batch" else 0))
+        img.append(torch.full_like(pi, b))
+    z_t, target = torch.cat(z_t), torch.cat(target)
+    if scope == "batch":
+        logits = z_t @ z_s.flatten(0, 1).T / tau_f  # (N^t, B·N)
+    else:
+        logits = torch.einsum("ld,lnd->ln", z_t, z_s[torch.cat(img)]) / tau_f  # (N^t, N)
+    return Fn.cross_entropy(logits, target)
+
+
+# ----------------------------------------------------------------------------- RCC
+def rcc_loss(
+    pred_logits: Tensor,
+    regions: list[dict],
+    indices: list[tuple[Tensor, Tensor]],
+    no_object_weight: float = 0.1,
+    soft: bool = False,
+) -> Tensor:
+    """Region Class Consistency.
+
+    Matched query π(i) → target ĉ_i (weight 1); every other query of the image → "no object"
+    (index K, weight ``no_object_weight``). Weighted mean, as in the supervised loss:
+    L_RCC = [Σ_i CE(c^s_π(i), ĉ_i) + w_∅ Σ_{j unmatched} CE(c^s_j, ∅)] / [N^t + w_∅ (N − N^t)]
+    summed over the images that have regions (an image with M = 0 contributes nothing: a
+    teacher with no confident query is not a confident "nothing here").
+    ``soft``: matched targets are the teacher's class distribution ``probs`` (M, K+1) and CE
+    becomes KL(p^t ‖ softmax(c^s)) (regions without ``probs`` fall back to one-hot ĉ).
+    pred_logits: (B, N, K+1). Returns a scalar."""
+    num, den = None, None
+    for b, pi, ti in _pairs(indices, pred_logits.device):
+        logp = pred_logits[b].float().log_softmax(-1)  # (N, K+1)
+        n, k1 = logp.shape
+        w = torch.full((n,), no_object_weight, device=logp.device)
+        w[pi] = 1.0
+        q = torch.zeros_like(logp)
+        q[:, -1] = 1.0  # "no object" for every query ...
+        labels = regions[b]["labels"].to(logp.device)[ti]
+        if soft and regions[b].get("probs") is not None:
+            q[pi] = regions[b]["probs"].detach().float().to(logp.device)[ti]
+        else:
+            q[pi] = Fn.one_hot(labels, k1).float()  # ... except the matched ones
+        # KL(q ‖ p) = Σ q log q − Σ q log p; the first sum is 0 for one-hot q (hard = CE).
+        ent = torch.where(q > 0, q * q.clamp_min(1e-12).log(), torch.zeros_like(q)).sum(-1)
+        per_query = ent - (q * logp).sum(-1)
+        loss = (w * per_query).sum()
+        num = loss if num is None else num + loss
+        den = w.sum() if den is None else den + w.sum()
+    if num is None:
+        return connected_zero(pred_logits)
+    return num / den
+
+
+# ----------------------------------------------------------------------------- SMC
+def smc_loss(
+    sem_masks: Tensor,
+    label: Tensor,
+    valid: Tensor,
+    dice_only: bool = False,
+    eps: float = 1e-6,
+) -> Tensor:
+    """Semantic Mask Consistency: student S̄^s against the teacher's Ŷ, confident pixels only.
+
+    sem_masks: (B, K, h, w) student S^s (≥ 0); label: (B, h, w) int64 Ŷ; valid: (B, h, w) bool
+    (max S̄^t ≥ τ_pix and not padding). Loss = dice + CE where
+    - dice: 1 − (2Σ S̄^s_k·1[Ŷ=k] + 1) / (Σ S̄^s_k + Σ 1[Ŷ=k] + 1) over valid pixels, per
+      (image, class present in that image's valid Ŷ), averaged — classes absent from Ŷ are
+      already pushed down by the CE term since S̄ sums to one;
+    - CE: mean over valid pixels of −log S̄^s_Ŷ.
+    ``dice_only`` drops the CE term. Returns a scalar."""
+    B, K = sem_masks.shape[:2]
+    label = label.detach()
+    v = valid.detach().to(sem_masks.device).bool()
+    if not bool(v.any()):
+        return connected_zero(sem_masks)
+    vf = v.float()[:, None]  # (B, 1, h, w)
+    lab = label.clamp(0, K - 1)
+    onehot = Fn.one_hot(lab, K).permute(0, 3, 1, 2).float() * vf  # (B, K, h, w)
+    sbar = normalize_semantic(sem_masks, eps) * vf
+    inter = (sbar * onehot).sum((-2, -1))  # (B, K)
+    tsum = onehot.sum((-2, -1))
+    dice = 1 - (2 * inter + 1) / (sbar.sum((-2, -1)) + tsum + 1)
+    loss = dice[tsum > 0].mean()
+    if not dice_only:
+        logp = log_normalized_semantic(sem_masks, eps)  # (B, K, h, w)
+        nll = -logp.gather(1, lab[:, None]).squeeze(1)  # (B, h, w)
+        loss = loss + nll[v].mean()
+    return loss
+
+
+# ----------------------------------------------------------------------------- all four
+class RegionLosses(nn.Module):
+    """All four region losses with weights/switches from ``SemiConfig`` (a weight of 0 skips
+    the computation). Holds the RFC projection head g as ``rfc_head`` (None when rfc = 0):
+    register it with the optimizer, checkpoints and DDP (e.g. ``ctx.heads["rfc"]``).
+
+    forward(student, targets, indices=None) → {"rmc", "rfc", "rcc", "smc"}: scalar tensors
+    already multiplied by λ_rmc, λ_rfc, λ_rcc, λ_smc (a skipped term is a connected 0); the
+    caller multiplies their sum by λ_u(t).
+    - student: segmenter output dict (see module docstring), on the mixed strong view;
+    - targets: ``rc2l.engine.teacher.teacher_targets``/``cutmix_targets`` dict with
+      ``regions`` (list per image), ``label`` (B, h, w) Ŷ, ``valid`` (B, h, w) bool;
+    - indices: per-image (pred_idx, tgt_idx); None → Hungarian matching here with the
+      supervised cost weights (``LossConfig``).
+    """
+
+    def __init__(self, semi: SemiConfig, feat_dim: int, loss_cfg: LossConfig | None = None, head: nn.Module | None = None):
+        super().__init__()
+        self.semi = semi
+        lc = loss_cfg or LossConfig()
+        self.match_weights = (lc.cls_weight, lc.mask_weight, lc.dice_weight)
+        self.no_object_weight = lc.no_object_weight
+        if head is None and semi.rfc > 0:
+            head = RFCHead(feat_dim, semi.rfc_proj_dim)
+        self.rfc_head = head
+
+    @torch.no_grad()
+    def match(self, student: dict, regions: list[dict]) -> list[tuple[Tensor, Tensor]]:
+        """Hungarian matching of the N student queries to each image's teacher regions."""
+        return match(student["pred_logits"], student["pred_masks"], regions, *self.match_weights)
+
+    def forward(self, student: dict, targets: dict, indices: list | None = None, return_stats: bool = False):
+        s = self.semi
+        regions = targets["regions"]
+        need_match = s.rmc > 0 or s.rfc > 0 or s.rcc > 0
+        if indices is None and need_match:
+            indices = self.match(student, regions)
+        terms = {}
+        if s.rmc > 0:
+            terms["rmc"] = s.rmc * rmc_loss(student["pred_masks"], regions, indices, s.tau_m)
+        if s.rfc > 0:
+            terms["rfc"] = s.rfc * rfc_loss(
+                student["pred_masks"], student["pixel_feats"], regions, indices, self.rfc_head, s.tau_f, s.rfc_scope
+            )
+        if s.rcc > 0:
+            terms["rcc"] = s.rcc * rcc_loss(student["pred_logits"], regions, indices, self.no_object_weight, s.rcc_soft)
+        if s.smc > 0:
+            terms["smc"] = s.smc * smc_loss(student["sem_masks"], targets["label"], targets["valid"], s.smc_dice_only)
+        for k in TERMS:  # skipped terms: a 0 still connected to the student
+            if k not in terms:
+                terms[k] = connected_zero(student["pred_logits"])
+        if not return_stats:
+            return terms
+        stats = {
+            "num_regions": sum(len(r["labels"]) for r in regions),
+            "num_matched": sum(len(ti) for _, ti in indices) if indices is not None else 0,
+            "valid_frac": float(targets["valid"].float().mean()),
+        }
+        return terms, stats
