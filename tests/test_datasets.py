@@ -34,6 +34,8 @@ def test_camvid_reader(data_camvid):
     assert s["mask"].dtype == torch.int64 and torch.equal(s["mask"], torch.where(raw == 11, 255, raw))
     t = ds["labeled"][1]
     assert t["image"].shape == (3, 8, 8) and t["mask"].shape == (8, 8)
+    only = build_datasets(data_config(name="camvid", root=str(data_camvid)), only_val=True)
+    assert only["labeled"] is None and only["unlabeled"] is None and len(only["val"]) == 2
     info = dataset_info(data_config(name="camvid", root=str(data_camvid)))
     assert info.num_classes == 11 and info.class_names[3] == "road" and info.palette[0] == (128, 128, 128)
 

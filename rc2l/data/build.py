@@ -112,7 +112,8 @@ def build_datasets(cfg: Config, only_val: bool = False) -> dict:
     reader = make_reader(d.name, d.root)
     sdir = splits_dir(cfg)
     if only_val:
-        return {"labeled": None, "unlabeled": None, "val": SegDataset(reader, _base_list(reader, sdir, d.val_split, True), eval_t, d.bad_samples)}
+        val = _base_list(reader, sdir, d.val_split, need_mask=True)
+        return {"labeled": None, "unlabeled": None, "val": SegDataset(reader, val, eval_t, d.bad_samples)}
     unlabeled = None
     if d.split == "full":
         labeled = _base_list(reader, sdir, d.train_split, need_mask=True)

@@ -314,6 +314,8 @@ class Trainer:
                 self.scaler.scale(loss / c.train.accum_steps).backward()
             for k, v in terms.items():
                 logs[k] = logs.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / c.train.accum_steps
+        if D.is_dist() and len(self.heads):
+            self._sync_head_grads()
         if c.train.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -330,6 +332,14 @@ class Trainer:
 
             ema_update(self.teacher, self.model, self.step, c.semi.ema_momentum)
         return logs
+
+    def _sync_head_grads(self) -> None:
+        """Extra heads (RFC's g) live outside DDP: average their gradients by hand."""
+        for p in self.heads.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            D.all_reduce_sum(p.grad)
+            p.grad /= D.world_size()
 
     def evaluate_all(self) -> list[dict]:
         c = self.cfg
