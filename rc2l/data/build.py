@@ -97,7 +97,8 @@ def _synthetic(cfg: Config, want_unlabeled: bool, only_val: bool, train_t, unl_t
 def build_datasets(cfg: Config, only_val: bool = False) -> dict:
     """→ {"labeled": train-transform dataset, "unlabeled": dataset or None, "val": eval dataset}.
 
-    "unlabeled" is None for method "supervised" or data.split "full"; with ``only_val`` (eval,
+    "unlabeled" is None for method "supervised" or data.split "full" (except a folder dataset,
+    whose images without a mask are its unlabeled set); with ``only_val`` (eval,
     predict) only "val" is built and the train partition is not read at all.
     """
     d = cfg.data
@@ -117,6 +118,11 @@ def build_datasets(cfg: Config, only_val: bool = False) -> dict:
     unlabeled = None
     if d.split == "full":
         labeled = _base_list(reader, sdir, d.train_split, need_mask=True)
+        if d.name == "folder" and cfg.method != "supervised":  # images without a mask are the unlabeled set
+            unlabeled = _base_list(reader, sdir, "unlabeled", need_mask=False)
+            if not unlabeled:
+                raise DataError(f"method={cfg.method} needs unlabeled images: {reader.root}/images has none without a mask")
+            check_disjoint(labeled, unlabeled, sdir / f"{d.train_split}.txt", sdir / "unlabeled.txt")
     else:
         folder = sdir / d.split
         if not folder.is_dir():
