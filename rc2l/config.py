@@ -127,7 +127,7 @@ class SemiConfig:
 
     ema_momentum: float = 0.999
     tau_cls: float = 0.7  # keep teacher queries whose best class prob >= tau_cls
-    tau_pix: float = 0.0  # ignore pseudo-label pixels with max S̄ < tau_pix
+    tau_pix: float = 0.7  # ignore pseudo-label pixels with max S̄ < tau_pix (SMC, pixel contrast)
     regions: str = "queries"  # queries | classes
     soft_masks: bool = False  # teacher region masks σ(p) instead of binary
     lambda_u: float = 1.0

@@ -13,7 +13,7 @@ from torch import Tensor
 from rc2l.data.sampler import _seed
 from rc2l.data.transforms import cutmix_boxes
 from rc2l.engine.steps import STEPS, StepContext, supervised_loss
-from rc2l.engine.teacher import apply_cutmix, cutmix_targets, make_teacher, teacher_targets
+from rc2l.engine.teacher import apply_cutmix, cutmix_targets, make_teacher, mix_with_partner, teacher_targets
 from rc2l.losses.pixel import pixel_contrast_loss, pixel_pseudo_ce
 from rc2l.losses.region import RegionLosses
 
@@ -69,8 +69,9 @@ def unlabeled_targets(ctx: StepContext, batch_u: dict, step: int) -> tuple[dict,
     regions_kept = sum(len(r["labels"]) for r in targets["regions"]) / max(len(targets["regions"]), 1)
     small, big = stride_boxes(weak.shape[0], tuple(weak.shape[-2:]), (h, w), c.semi.cutmix_p, c.seed, step, ctx.device)
     targets = cutmix_targets(targets, small)
+    targets["real"] = mix_with_partner(~ignore, small)  # (B, h, w) pixels of an image, not crop padding
     mixed = apply_cutmix(strong, big)
-    real = ~Fn.interpolate(pad[:, None].float(), size=(h, w), mode="nearest")[:, 0].bool()
+    real = targets["real"]
     thr = c.semi.fixmatch_threshold if c.method == "fixmatch" else c.semi.tau_pix
     stats = {
         "regions_per_image": regions_kept,
@@ -111,7 +112,7 @@ def _rc2l_unsup(ctx: StepContext, s_out: dict, targets: dict, stats: dict) -> di
 def _fixmatch_unsup(ctx: StepContext, s_out: dict, targets: dict, stats: dict) -> dict[str, Tensor]:
     c = ctx.cfg
     ce = pixel_pseudo_ce(s_out["sem_masks"], targets["label"], targets["conf"], c.semi.fixmatch_threshold,
-                         ignore=~targets["valid"])
+                         ignore=~targets["real"])
     return {"fixmatch": ce}
 
 

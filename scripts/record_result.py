@@ -1,0 +1,72 @@
+"""Append a measured result to docs/results.json from a finished run folder.
+
+    python scripts/record_result.py RUN_DIR --command "rc2l train ..." [--note TEXT]
+
+The row is read from the run itself (config.yaml, metrics.jsonl), never typed by hand: the
+best evaluation (student or teacher), its step, the dataset, split and eval mode."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def labeled_count(run: Path) -> int | None:
+    from rc2l.config import load_config
+    from rc2l.data.build import build_datasets
+
+    try:
+        return len(build_datasets(load_config(run / "config.yaml"))["labeled"])
+    except Exception:  # noqa: BLE001 — a count is a convenience; the row stays valid without it
+        return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir")
+    ap.add_argument("--command", required=True)
+    ap.add_argument("--note", default="")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results.json"))
+    a = ap.parse_args()
+    run = Path(a.run_dir)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "miou" in r]
+    if not evals:
+        raise SystemExit(f"error: no evaluation in {run / 'metrics.jsonl'}")
+    best = max(evals, key=lambda r: r["miou"])
+    last = max(r["step"] for r in evals)
+    train = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("type") == "train"]
+    row = {
+        "dataset": cfg["data"]["name"],
+        "labeled": labeled_count(run),
+        "split": cfg["data"]["split"],
+        "method": cfg["method"],
+        "eval_split": best["split"],
+        "eval_mode": best["mode"],
+        "miou": round(best["miou"], 2),
+        "model_evaluated": best["model"],
+        "best_step": best["step"],
+        "final": {r["model"]: round(r["miou"], 2) for r in evals if r["step"] == last},
+        "iters": cfg["train"]["iters"],
+        "backbone": cfg["model"]["backbone"],
+        "train_it_s_median": sorted(r["it_s"] for r in train)[len(train) // 2] if train else None,
+        "command": a.command,
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
+        "machine": f"{platform.machine()} {platform.processor() or ''} cpu".strip(),
+        "note": a.note,
+    }
+    out = Path(a.out)
+    rows = json.loads(out.read_text()) if out.exists() else []
+    rows = [r for r in rows if r["command"] != row["command"]] + [row]
+    out.write_text(json.dumps(rows, indent=1) + "\n")
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
