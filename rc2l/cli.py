@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 import sys
 from pathlib import Path
@@ -34,6 +35,8 @@ def cmd_train(args) -> int:
     if result.get("interrupted"):
         return 0
     best = result["best"]
+    if int(os.environ.get("RANK", "0")) != 0:  # the process group is gone by now; torchrun's env stays
+        return 0
     print(f"done: {result['step']} steps; best val mIoU {best['miou']:.2f} ({best['model']}, step {best['step']}); "
           f"run folder {cfg.out_dir}")
     return 0

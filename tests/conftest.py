@@ -3,9 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# Tests use tiny tensors: one intra-op thread each avoids OpenMP oversubscription on small
+# machines (CI has 2 cores) and makes timings of the suite predictable.
+torch.set_num_threads(int(os.environ.get("RC2L_TEST_THREADS", "1")))
 
 # =============================================================================================
 # rc2l.data — tiny datasets written into tmp_path in the exact real on-disk layouts.

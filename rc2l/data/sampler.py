@@ -22,7 +22,9 @@ def _seed(*parts: int) -> int:
 class ResumableSampler(Sampler):
     """Infinite stream of (index, aug_seed): epoch e is a permutation seeded by (seed, e),
     sharded ``rank::world`` (padded to equal length). ``start(epoch, position)`` resumes
-    ``position`` samples into that epoch (counted on this process)."""
+    ``position`` samples into that epoch (counted on this process). Step t of N ranks with
+    batch b covers global positions [t·N·b, (t+1)·N·b) of the epoch order, the same samples
+    (and augmentations) as step t of one process with batch N·b."""
 
     def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
         if size <= 0:
@@ -51,7 +53,10 @@ class ResumableSampler(Sampler):
         while True:
             idx = self.epoch_indices(epoch)
             for p in range(pos, len(idx)):
-                yield idx[p], _seed(self.seed, epoch, p, self.rank, 7)
+                # augmentation seeded by the sample's place in the (padded) epoch order, not by
+                # (rank, local position): N ranks × batch b see the same augmented samples as one
+                # process × batch N·b (for world = 1 this is the former (p, 0) seed)
+                yield idx[p], _seed(self.seed, epoch, self.rank + p * self.world, 0, 7)
             epoch, pos = epoch + 1, 0
 
 

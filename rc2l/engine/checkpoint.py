@@ -3,6 +3,7 @@ wrong file is refused with the reason) and training state via torch.save, read b
 ``weights_only=True``."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -18,15 +19,54 @@ from rc2l.errors import CheckpointError
 FORMAT = "rc2l-weights-v1"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete temp files of ``path`` left by a writer that was killed (SIGKILL, power loss) in
+    the middle of :func:`atomic_write`; temp names carry the writer's pid, a live writer's are kept."""
+    path = Path(path)
+    removed = []
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = p.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (other threads create files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Write via a temp file in the same folder, fsync it, then rename over ``path``:
-    a crash at any point leaves the previous file intact."""
+    a crash at any point leaves the previous file intact (and an exception leaves no temp file;
+    one left by a killed process is removed by the next write)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -119,4 +159,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt/foreign files
-        raise CheckpointError(f"{path}: cannot load training state ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        first = first.split(". ")[0][:200]  # the first sentence: torch appends long advice
+        raise CheckpointError(f"{path}: cannot load training state ({e.__class__.__name__}: {first}); "
+                              f"a truncated or foreign file? state.pt is written atomically by rc2l train") from None

@@ -73,9 +73,11 @@ def make_loader(dataset, batch_size: int, sampler: ResumableSampler, workers: in
 
 
 def val_loader(dataset, workers: int) -> DataLoader:
+    """Rank r evaluates images r, r + world, ...: every image exactly once over all ranks (a
+    DistributedSampler would pad with repeats and count them twice in the all-reduced confusion)."""
     sampler = None
     if D.is_dist():
-        sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=False, drop_last=False)
+        sampler = list(range(D.rank(), len(dataset), D.world_size()))
     return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=min(workers, 2), collate_fn=collate)
 
 
@@ -145,7 +147,7 @@ class Trainer:
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        seed_everything(cfg.seed + D.rank())
+        seed_everything(cfg.seed)  # same on every rank: student, teacher and extra heads start equal
         self.run_dir = Path(cfg.out_dir)
         self.main = D.is_main()
         if self.main:
@@ -156,11 +158,16 @@ class Trainer:
         k = self.info.num_classes
         self.model = build_model(k, cfg.model).to(self.device)
         if cfg.model.sync_bn and D.is_dist():
+            if self.device.type != "cuda":
+                raise TrainingError("model.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+                                    "kernel); set model.sync_bn=false for CPU/gloo runs")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.criterion = SetCriterion(k, cfg.loss, self.info.ignore_index).to(self.device)
         self.teacher = None
         self.heads = nn.ModuleDict()
         self._setup_method()
+        if D.rank() > 0:  # per-rank randomness (e.g. point sampling) from here on; rank 0 keeps cfg.seed
+            seed_everything(cfg.seed + D.rank())
         groups = self.model.param_groups()
         if len(self.heads):
             groups["head"] = groups["head"] + [p for p in self.heads.parameters()]
@@ -171,11 +178,14 @@ class Trainer:
         self.ddp_model = self.model
         if D.is_dist():
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
+            # semi-supervised steps may leave some parameters without a gradient in a step
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=cfg.method != "supervised")
         self.step = 0
         self.best = {"miou": -1.0, "model": None, "step": -1}
         self.bad_steps = 0
         self.skipped_steps = 0
+        self.skipped_samples = 0  # bad samples dropped (data.bad_samples=skip), counted per draw
         self._build_loaders()
         self.log = MetricsLog(self.run_dir, self.main)
         self._maybe_resume()
@@ -204,17 +214,25 @@ class Trainer:
     def _iterators(self) -> dict:
         c = self.cfg
         its = {}
-        for k, s in self.samplers.items():
-            s.start(self.positions[k].epoch, self.positions[k].position)
-            bs = c.data.batch_size if k == "labeled" else c.data.unlabeled_batch_size
-            its[k] = iter(make_loader(self.datasets[k], bs, s, c.data.workers))
+        # Starting a DataLoader iterator draws its base seed from the global torch RNG; a resumed
+        # run starts its iterators at another step than the run it continues, so keep that draw
+        # off the global stream (samples are seeded by the sampler anyway).
+        with torch.random.fork_rng(devices=[]):
+            for k, s in self.samplers.items():
+                s.start(self.positions[k].epoch, self.positions[k].position)
+                bs = c.data.batch_size if k == "labeled" else c.data.unlabeled_batch_size
+                its[k] = iter(make_loader(self.datasets[k], bs, s, c.data.workers))
         return its
 
     # ----- state --------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self, rng_ranks: list[dict] | None = None) -> dict:
+        """Everything a resume restores. ``rng_ranks``: every rank's RNG state (DDP), gathered by
+        :meth:`save`; a single process stores its own."""
+        rngs = rng_ranks or [rng_state()]
         return {
             "format": "rc2l-state-v1",
             "config": json.dumps(to_dict(self.cfg)),
+            "num_classes": self.info.num_classes,
             "step": self.step,
             "model": self.model.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
@@ -222,16 +240,31 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "data": {k: p.state() for k, p in self.positions.items()},
-            "rng": rng_state(),
+            "data": {k: {**p.state(), "world": D.world_size()} for k, p in self.positions.items()},
+            "rng": rngs[0],
+            "rng_ranks": rngs,
             "best": json.dumps(self.best),
             "skipped_steps": self.skipped_steps,
+            "skipped_samples": self.skipped_samples,
         }
 
     def save(self) -> None:
+        """state.pt (rank 0 writes, atomically); all ranks take part (RNG states are gathered)."""
+        rngs = D.all_gather_object(rng_state())
         if self.main:
-            save_state(self.state_dict(), self.run_dir / STATE_FILE)
+            self._check_finite()
+            save_state(self.state_dict(rngs), self.run_dir / STATE_FILE)
         D.barrier()
+
+    def _check_finite(self) -> None:
+        """Never write a NaN/Inf model: the previous state.pt stays the last good one."""
+        for name, mod in (("student", self.model), ("teacher", self.teacher), ("heads", self.heads)):
+            if mod is None:
+                continue
+            for k, v in mod.state_dict().items():
+                if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                    raise TrainingError(f"{name} tensor '{k}' is not finite at step {self.step}: not saving it; "
+                                        f"last good state in {self.run_dir / STATE_FILE}")
 
     def _maybe_resume(self) -> None:
         r = self.cfg.resume
@@ -250,6 +283,10 @@ class Trainer:
             raise CheckpointError(f"{path}: saved with a different model config (differs in: {', '.join('model.' + d for d in diff)})")
         from rc2l.engine.checkpoint import check_compatible
 
+        saved_k = st.get("num_classes")
+        if saved_k is not None and saved_k != self.info.num_classes:
+            raise CheckpointError(f"{path}: saved for {saved_k} classes, this run's dataset "
+                                  f"'{self.cfg.data.name}' has {self.info.num_classes}")
         check_compatible(st["model"], self.model, path, {"num_classes": ""})
         self.model.load_state_dict(st["model"])
         if self.teacher is not None:
@@ -261,36 +298,53 @@ class Trainer:
         self.scheduler.load_state_dict(st["scheduler"])
         self.scaler.load_state_dict(st["scaler"])
         for k, p in self.positions.items():
-            p.epoch, p.position = st["data"][k]["epoch"], st["data"][k]["position"]
-        if D.world_size() == 1:
-            set_rng_state(st["rng"])
+            d = st["data"][k]
+            p.epoch, p.position = d["epoch"], d["position"]
+            old_w = d.get("world", D.world_size())
+            if old_w != D.world_size():  # positions count per rank: map through the global position
+                p.position = d["position"] * old_w // D.world_size()
+                p.advance(0)  # past this rank's share of the epoch → next epoch
+        ranks = st.get("rng_ranks") or [st["rng"]]
+        if len(ranks) == D.world_size():
+            set_rng_state(ranks[D.rank()])
+        else:  # another world size: weights, optimizer and data position resume, per-rank randomness does not
+            log.warning("%s was saved by %d process(es), this run has %d: RNG states not restored; the data "
+                        "position is mapped to the new number of processes", path, len(ranks), D.world_size())
         self.step = st["step"]
         self.best = json.loads(st["best"])
         self.skipped_steps = st.get("skipped_steps", 0)
+        self.skipped_samples = st.get("skipped_samples", 0)
         if self.main:
             log.info("resumed from %s at step %d", path, self.step)
 
     # ----- loop ---------------------------------------------------------------------------
-    def _num_masks(self, labels: torch.Tensor) -> float:
-        n = torch.tensor(float(sum(len(t["labels"]) for t in targets_from_labels(labels, self.info.ignore_index))), device=self.device)
-        D.all_reduce_sum(n)
-        return n.item() / D.world_size()
+    def _mask_norm(self, batches: list[dict]) -> float:
+        """The set loss's normalizer for one micro-batch: target masks summed over this step's
+        ``accum_steps`` micro-batches and all ranks, divided by accum_steps × world_size. With
+        it, mask/dice losses of (micro-batches × ranks) add up to those of one global batch."""
+        n = sum(len(t["labels"]) for b in batches for t in targets_from_labels(b["mask"], self.info.ignore_index))
+        total = D.all_reduce_sum(torch.tensor(float(n), device=self.device))
+        return total.item() / (D.world_size() * len(batches))
 
     def context(self) -> StepContext:
         return StepContext(
             cfg=self.cfg, model=self.ddp_model, criterion=self.criterion, device=self.device,
-            teacher=self.teacher, heads=self.heads, num_masks_fn=self._num_masks if D.is_dist() else None,
+            teacher=self.teacher, heads=self.heads, num_masks_fn=None,
             extras=getattr(self, "extras", {}),
         )
 
     def _next(self, its: dict, key: str):
-        """Next batch of a stream; all-bad batches (skip mode) are counted and skipped."""
+        """Next batch of a stream; samples dropped as bad (data.bad_samples=skip) are counted, and
+        a batch with none left is skipped."""
         while True:
             batch = next(its[key])
             bs = self.cfg.data.batch_size if key == "labeled" else self.cfg.data.unlabeled_batch_size
             self.positions[key].advance(bs)
-            if batch is not None:
-                return batch
+            if batch is None:
+                self.skipped_samples += bs
+                continue
+            self.skipped_samples += int(batch.get("num_skipped", 0))
+            return batch
 
     def train_step(self, its: dict, ctx: StepContext) -> dict | None:
         """One optimizer step over ``accum_steps`` micro-batches; None if skipped (non-finite)."""
@@ -298,9 +352,12 @@ class Trainer:
         step_fn = STEPS[c.method]
         self.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
-        for micro in range(c.train.accum_steps):
-            batch_l = self._next(its, "labeled")
-            batch_u = self._next(its, "unlabeled") if "unlabeled" in its else None
+        micro_l = [self._next(its, "labeled") for _ in range(c.train.accum_steps)]
+        micro_u = [self._next(its, "unlabeled") if "unlabeled" in its else None for _ in range(c.train.accum_steps)]
+        if D.is_dist() or c.train.accum_steps > 1:
+            norm = self._mask_norm(micro_l)
+            ctx.num_masks_fn = lambda labels: norm
+        for micro, (batch_l, batch_u) in enumerate(zip(micro_l, micro_u)):
             sync = micro == c.train.accum_steps - 1 or not D.is_dist()
             cm = self.ddp_model.no_sync() if not sync else _null()
             with cm:
@@ -316,14 +373,16 @@ class Trainer:
                 logs[k] = logs.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / c.train.accum_steps
         if D.is_dist() and len(self.heads):
             self._sync_head_grads()
-        if c.train.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            gnorm = torch.nn.utils.clip_grad_norm_(params, c.train.clip_grad)
-            logs["grad_norm"] = float(gnorm)
-            if not math.isfinite(logs["grad_norm"]) and c.train.amp != "fp16":
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
+        # Unscale and measure the gradient norm always (clip only if clip_grad > 0): a finite loss can
+        # still give Inf/NaN gradients, and applying them would write a NaN model. With fp16 the
+        # scaler skips such steps itself (and lowers its scale).
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        gnorm = torch.nn.utils.clip_grad_norm_(params, c.train.clip_grad if c.train.clip_grad > 0 else math.inf)
+        logs["grad_norm"] = float(gnorm)
+        if not math.isfinite(logs["grad_norm"]) and c.train.amp != "fp16":
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -332,6 +391,16 @@ class Trainer:
 
             ema_update(self.teacher, self.model, self.step, c.semi.ema_momentum)
         return logs
+
+    def _stop_requested(self, stop: GracefulStop) -> bool:
+        """A signal seen by any rank stops all ranks at the same step (torchrun forwards SIGTERM to
+        each worker, not necessarily within the same step)."""
+        if not D.is_dist():
+            return stop.signal is not None
+        flag = D.all_reduce_sum(torch.tensor(float(stop.signal is not None), device=self.device))
+        if flag.item() > 0 and stop.signal is None:
+            stop.signal = signal.SIGTERM
+        return flag.item() > 0
 
     def _sync_head_grads(self) -> None:
         """Extra heads (RFC's g) live outside DDP: average their gradients by hand."""
@@ -348,6 +417,8 @@ class Trainer:
         models = {"student": self.model}
         if self.teacher is not None:
             models["teacher"] = self.teacher
+        for m in models.values():
+            D.broadcast_buffers(m)
         results = []
         for name, m in models.items():
             r = evaluate(m, loader, self.info.num_classes, c.eval.mode, crop, c.eval.stride_ratio, self.device,
@@ -362,13 +433,15 @@ class Trainer:
         if best["miou"] > self.best["miou"]:
             self.best = {"miou": best["miou"], "model": best["model"], "step": self.step}
             if self.main:
+                self._check_finite()
                 m = models[best["model"]]
                 save_weights(m, self.run_dir / "best.safetensors", self._meta(best["model"], best["miou"]))
         return results
 
     def _meta(self, which: str, miou: float | None = None) -> dict:
         extra = {"step": str(self.step), "model_evaluated": which, "dataset": self.cfg.data.name,
-                 "class_names": self.info.class_names, "palette": [list(p) for p in self.info.palette]}
+                 "class_names": self.info.class_names, "palette": [list(p) for p in self.info.palette],
+                 "crop_size": list(self.cfg.data.crop_size), "resize": list(self.cfg.data.resize)}  # for predict/export
         if miou is not None:
             extra["miou"] = f"{miou:.4f}"
         return model_meta(self.model, to_dict(self.cfg)["model"], extra)
@@ -396,9 +469,12 @@ class Trainer:
                     self.skipped_steps += 1
                     log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", self.step, self.bad_steps)
                     if self.bad_steps >= c.train.max_bad_steps:
+                        state = self.run_dir / STATE_FILE
+                        last = f"last good state in {state}" if state.exists() else "no state saved yet"
                         raise TrainingError(
-                            f"{self.bad_steps} non-finite losses in a row at step {self.step}: stopping "
-                            f"(lower train.lr, try train.amp=off, or check the data); last good state in {self.run_dir / STATE_FILE}"
+                            f"{self.bad_steps} non-finite losses or gradients in a row at step {self.step} "
+                            f"(train.max_bad_steps={c.train.max_bad_steps}): stopping; lower train.lr, try "
+                            f"train.amp=off, or check the data; {last}"
                         )
                     continue
                 self.bad_steps = 0
@@ -407,10 +483,12 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{logs['loss']:.3f}")
                 if self.step % c.train.log_every == 0 or self.step == c.train.iters:
+                    logs = D.mean_over_ranks(logs)  # rank 0 logs the mean over all ranks' micro-batches
                     dt = time.time() - t0
                     rec = {"step": self.step, "type": "train", **{k: round(v, 6) for k, v in logs.items()},
                            "lr": self.optimizer.param_groups[0]["lr"],
-                           "it_s": (self.step - last_log_step) / max(dt, 1e-9), "skipped_steps": self.skipped_steps}
+                           "it_s": (self.step - last_log_step) / max(dt, 1e-9), "skipped_steps": self.skipped_steps,
+                           "skipped_samples": self.skipped_samples}
                     self.log.write(rec, "train")
                     t0, last_log_step = time.time(), self.step
                 if self.step % c.train.eval_every == 0 or self.step == c.train.iters:
@@ -419,7 +497,7 @@ class Trainer:
                         bar.write("step {}: {}".format(self.step, ", ".join(f"{r['model']} mIoU {r['miou']:.2f}" for r in last_eval)))
                 if self.step % c.train.save_every == 0 or self.step == c.train.iters:
                     self.save()
-                if stop.signal is not None:
+                if self._stop_requested(stop):
                     self.save()
                     if bar is not None:
                         bar.close()
@@ -430,9 +508,13 @@ class Trainer:
         if bar is not None:
             bar.close()
         if self.main:
+            self._check_finite()
             save_weights(self.model, self.run_dir / "last.safetensors", self._meta("student"))
+        if self.skipped_samples:
+            log.warning("%d bad training sample draw(s) skipped (data.bad_samples=skip); the files are named in "
+                        "the 'skipping bad sample' warnings above", self.skipped_samples)
         self.log.close()
-        return {"step": self.step, "best": self.best, "last_eval": last_eval}
+        return {"step": self.step, "best": self.best, "last_eval": last_eval, "skipped_samples": self.skipped_samples}
 
 
 class _null:
@@ -444,8 +526,16 @@ class _null:
 
 
 def train(cfg: Config) -> dict:
-    trainer = Trainer(cfg)
     try:
+        trainer = Trainer(cfg)
         return trainer.fit()
+    except RuntimeError as e:
+        if D.is_dist() and D.is_comm_error(e):  # a rank died or hangs: fail with one line, not a traceback
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else e.__class__.__name__
+            raise TrainingError(
+                f"rank {D.rank()}: lost contact with another process (it died, was killed or stopped responding "
+                f"for RC2L_DIST_TIMEOUT={D.dist_timeout()} s); see the other ranks' logs ({e.__class__.__name__}: {msg})"
+            ) from None
+        raise
     finally:
         D.cleanup()

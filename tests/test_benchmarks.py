@@ -1,0 +1,119 @@
+"""Smoke tests of benchmarks/: each script in --quick mode (tiny sizes, one repetition) writes
+the table and JSON rows it promises; the memory method measures a known allocation; the
+output merging keeps other benchmarks' rows. No timing assertions."""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 2**20
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    monkeypatch.setattr(sys, "argv", ["benchmarks/test"])
+
+    def load(name):
+        return importlib.import_module(f"benchmarks.{name}")
+
+    return load
+
+
+def read_out(out: Path) -> tuple[dict, str]:
+    return json.loads((out / "benchmarks.json").read_text()), (out / "benchmarks.md").read_text()
+
+
+def test_region_vs_pixel_quick(bench, tmp_path):
+    m = bench("region_vs_pixel")
+    # --max-call-s 0: every exact row after the first size must be skipped with a reason
+    assert m.main(["--quick", "--sizes", "32", "48", "--max-call-s", "0", "--out", str(tmp_path)]) == 0
+    data, md = read_out(tmp_path)
+    meta = data["runs"]["region_vs_pixel/cpu"]
+    assert meta["commit"] and meta["command"].endswith("--out " + str(tmp_path)) and meta["machine"]["cpu"]
+    rows = [r for r in data["rows"] if r["run"] == "region_vs_pixel/cpu"]
+    loss = [r for r in rows if r["kind"] == "loss"]
+    methods = set(m.methods_for([64]))
+    assert {(r["method"], r["input"]) for r in loss} == {(x, s) for x in methods for s in ("32×32", "48×48")}
+    for r in loss:
+        if r["method"] in m.EXACT and r["input"] == "48×48":
+            assert r["status"].startswith("not run") and r["time_s"] is None
+        else:
+            assert r["status"] == "ok" and r["time_s"] > 0, r
+    assert all(r["ratio_vs_reference"] > 0 for r in loss if r["input"] == "32×32")
+    (share,) = [r for r in rows if r["kind"] == "step_share"]
+    assert 0 < share["ratio_vs_reference"] == share["share"] and isinstance(share["goal_met"], bool)
+    assert "<!-- BEGIN region_vs_pixel/cpu" in md and "slope (2 largest)" in md and "not run" in md
+    assert (tmp_path / "figures" / "region_vs_pixel.png").stat().st_size > 1000
+
+
+def test_vs_hf_maskformer_quick(bench, tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("onnxruntime")
+    m = bench("vs_hf_maskformer")
+    assert m.main(["--quick", "--out", str(tmp_path)]) == 0
+    data, md = read_out(tmp_path)
+    rows = [r for r in data["rows"] if r["run"] == "vs_hf_maskformer/cpu"]
+    kinds = sorted(r["kind"] for r in rows)
+    assert kinds == ["breakdown", "infer", "onnx", "train", "train"]
+    for r in rows:
+        assert r["network_attempts"] == 0
+        if r["kind"] in ("train", "infer"):
+            assert r["speedup"] == pytest.approx(r["hf_s"] / r["ours_s"]) and r["ratio_vs_reference"] == pytest.approx(1 / r["speedup"])
+    (onnx,) = [r for r in rows if r["kind"] == "onnx"]
+    assert onnx["max_abs_diff"] < 1e-3 and onnx["speedup"] > 0
+    (bd,) = [r for r in rows if r["kind"] == "breakdown"]
+    assert {"ours/train_aux", "hf/train_aux", "ours/infer", "hf/infer"} <= set(bd["parts"])
+    assert "backward" in bd["parts"]["ours/train_aux"]
+    assert "speed-up (HF/ours)" in md
+
+
+def test_memory_quick(bench, tmp_path):
+    m = bench("memory")
+    assert m.main(["--quick", "--configs", "configs/cityscapes.yaml", "--out", str(tmp_path)]) == 0
+    data, md = read_out(tmp_path)
+    rows = [r for r in data["rows"] if r["run"] == "memory/cpu"]
+    assert [(r["config"], r["method"]) for r in rows] == [("configs/cityscapes.yaml", "supervised"), ("configs/cityscapes.yaml", "rc2l")]
+    for r in rows:
+        assert r["status"] == "ok" and r["peak_mem_bytes"] > 100 * MiB and r["step_s"] > 0
+        assert "crop 801×801 → 256×256" in r["notes"] and r["gpu_config"] is True
+    assert rows[1]["ratio_vs_reference"] > 0 and rows[1]["batch"] == "2+2"
+    assert "increase during the step" in md
+
+
+def test_memory_rejects_mem_off(bench, tmp_path, capsys):
+    m = bench("memory")
+    with pytest.raises(SystemExit, match="--mem off"):
+        m.main(["--mem", "off", "--out", str(tmp_path)])
+
+
+def test_peak_memory_method_sees_an_allocation(bench):
+    cm = bench("common")
+    n = 96 * MiB
+    inproc = cm.alloc_probe(n)
+    fresh = cm.FreshRunner(["benchmarks.common"])("benchmarks.common:alloc_probe", nbytes=n)
+    for r in (inproc, fresh):
+        assert r["reset_ok"]
+        assert n - 2 * MiB <= r["peak"] < n + 16 * MiB, r
+
+
+def test_publish_replaces_own_rows_and_keeps_others(bench, tmp_path):
+    cm = bench("common")
+    meta = {"commit": "abc", "command": "x", "date": "d", "quick": True, "mem_method": "m",
+            "machine": {"cpu": "c", "cores": 2, "torch_threads": 2, "torch": "t", "python": "p", "device": "cpu",
+                        "amp": "off", "loadavg_start": [1, 2, 3]}}
+    a = Namespace(out=str(tmp_path), device="cpu", amp=False)
+    cm.publish("one", a, meta, [{"v": 1}], "table one")
+    cm.publish("two", a, meta, [{"v": 2}], "table two")
+    cm.publish("one", a, meta, [{"v": 3}, {"v": 4}], "table one again")
+    cm.publish("one", Namespace(out=str(tmp_path), device="cuda", amp=True), meta, [{"v": 5}], "gpu table")
+    data, md = read_out(tmp_path)
+    assert [(r["run"], r["v"]) for r in data["rows"]] == [("two/cpu", 2), ("one/cpu", 3), ("one/cpu", 4), ("one/cuda+amp", 5)]
+    assert md.count("<!-- BEGIN one/cpu") == 1 and "table one again" in md and "table one\n" not in md
+    assert "table two" in md and "gpu table" in md

@@ -1,0 +1,131 @@
+"""Exact resume: a run killed (SIGKILL) or stopped (SIGTERM) and continued with resume=auto
+ends with the same weights, bit for bit, as an uninterrupted run of the same length.
+
+Bit-exactness holds on CPU with train.deterministic=true, train.threads=1, data.workers=0
+(the settings in reliability_helpers.TINY). loss.num_points > 0 makes the loss draw random
+points from the global torch RNG every step, so the RNG states must be restored exactly too."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+import torch
+
+from rc2l.engine.checkpoint import load_state
+from reliability_helpers import (assert_equal_tensors, cli_popen, tiny_overrides, train_inprocess, train_records,
+                                 wait_for, weights)
+
+ITERS = 6
+RUN = [f"train.iters={ITERS}", "train.save_every=2", "train.eval_every=3", "loss.num_points=64"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Weights of an uninterrupted run of ITERS steps."""
+    run = tmp_path_factory.mktemp("ref")
+    train_inprocess(run, *RUN)
+    return {"last": weights(run / "last.safetensors"), "state": load_state(run / "state.pt"), "run": run}
+
+
+def _temp_files(run):
+    return sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_auto_is_bit_exact(tmp_path, reference):
+    run = tmp_path / "run"
+    proc = cli_popen(["train", "configs/synthetic.yaml", *tiny_overrides(run, *RUN)], tmp_path / "log.txt")
+    try:
+        assert wait_for(lambda: (run / "state.pt").exists(), 120, proc), (tmp_path / "log.txt").read_text()
+        proc.kill()  # SIGKILL: no handler, no cleanup, possibly in the middle of a later checkpoint write
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "last.safetensors").exists(), "the run finished before it was killed: test proves nothing"
+    killed_at = load_state(run / "state.pt")["step"]
+    assert 2 <= killed_at < ITERS
+
+    out = train_inprocess(run, *RUN, "resume=auto")
+    assert out["step"] == ITERS
+    assert_equal_tensors(weights(run / "last.safetensors"), reference["last"], "student after resume")
+    st = load_state(run / "state.pt")
+    assert st["step"] == ITERS
+    for k, v in reference["state"]["optimizer"]["state"].items():  # Adam moments too
+        assert torch.equal(st["optimizer"]["state"][k]["exp_avg"], v["exp_avg"])
+    assert st["data"] == reference["state"]["data"]
+    assert torch.equal(st["rng"]["torch"], reference["state"]["rng"]["torch"])
+    assert _temp_files(run) == []  # a temp file left by the kill is cleaned up by the next save
+
+
+@pytest.mark.slow
+def test_sigterm_saves_current_step_exits_cleanly_and_resumes(tmp_path, reference):
+    run = tmp_path / "run"
+    proc = cli_popen(["train", "configs/synthetic.yaml", *tiny_overrides(run, *RUN, "train.save_every=1000")],
+                     tmp_path / "log.txt")
+    try:
+        assert wait_for(lambda: len(train_records(run)) >= 1, 120, proc), (tmp_path / "log.txt").read_text()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        proc.kill()
+    log = (tmp_path / "log.txt").read_text()
+    assert proc.returncode == 0, log
+    assert "stopped by signal" in log
+    st = load_state(run / "state.pt")  # save_every=1000: this state can only come from the signal
+    assert 1 <= st["step"] < ITERS
+    assert st["step"] == train_records(run)[-1]["step"]  # saved at the step it stopped at
+    assert not (run / "last.safetensors").exists()
+
+    train_inprocess(run, *RUN, "resume=auto")
+    steps = [r["step"] for r in train_records(run)]
+    assert steps == list(range(1, ITERS + 1))  # continued from there: no step repeated or lost
+    assert_equal_tensors(weights(run / "last.safetensors"), reference["last"], "student after SIGTERM + resume")
+
+
+def test_in_process_signal_stop_and_resume_semi_rc2l(tmp_path, monkeypatch):
+    """method=rc2l (EMA teacher, RFC head, unlabeled stream): stop by SIGINT (Ctrl-C) at step 2, resume,
+    and compare student, teacher and head with an uninterrupted 4-step run."""
+    semi = pytest.importorskip("rc2l.engine.semi")
+    from rc2l.engine import steps as steps_mod
+
+    extra = ["method=rc2l", "data.split=1_4", "data.unlabeled_batch_size=2", "train.iters=4", "train.save_every=100",
+             "train.eval_every=100", "semi.rampup_iters=2"]
+    train_inprocess(tmp_path / "ref", *extra)
+    ref = load_state(tmp_path / "ref" / "state.pt")
+
+    real = steps_mod.STEPS["rc2l"]
+
+    def stop_at_2(ctx, batch_l, batch_u, step):
+        if step == 1:  # during the 2nd step: the loop saves and stops after it
+            signal.raise_signal(signal.SIGINT)
+        return real(ctx, batch_l, batch_u, step)
+
+    monkeypatch.setitem(steps_mod.STEPS, "rc2l", stop_at_2)
+    out = train_inprocess(tmp_path / "run", *extra)
+    assert out == {"interrupted": True, "step": 2}
+    monkeypatch.setitem(steps_mod.STEPS, "rc2l", real)
+    train_inprocess(tmp_path / "run", *extra, "resume=auto")
+    st = load_state(tmp_path / "run" / "state.pt")
+    assert st["step"] == 4
+    for part in ("model", "teacher", "heads"):
+        assert_equal_tensors(st[part], ref[part], part)
+    assert st["data"] == ref["data"] and st["data"]["unlabeled"]["position"] > 0
+
+
+def test_resume_with_another_world_size_maps_the_data_position(tmp_path, reference, caplog):
+    """A state saved by 2 ranks (each 3 samples into epoch 1 = global position 6) resumed by one
+    process continues at position 6; per-rank RNG streams cannot be mapped and a warning says so."""
+    from rc2l.engine.checkpoint import save_state
+    from rc2l.engine.train import Trainer
+    from reliability_helpers import TorchSettings, tiny_config
+
+    st = dict(reference["state"])
+    st["data"] = {"labeled": {"epoch": 1, "position": 3, "world": 2}}
+    st["rng_ranks"] = [st["rng"], st["rng"]]
+    save_state(st, tmp_path / "two.pt")
+    with TorchSettings():
+        tr = Trainer(tiny_config(tmp_path / "run", *RUN, f"resume={tmp_path / 'two.pt'}"))
+    assert (tr.positions["labeled"].epoch, tr.positions["labeled"].position) == (1, 6)
+    assert tr.step == ITERS
+    assert "saved by 2 process(es), this run has 1: RNG states not restored" in caplog.text
