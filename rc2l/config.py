@@ -132,6 +132,7 @@ class SemiConfig:
     soft_masks: bool = False  # teacher region masks σ(p) instead of binary
     lambda_u: float = 1.0
     rampup_iters: int = 200
+    start_iter: int = 0  # λ_u = 0 before this step (supervised warm-up of student and teacher)
     rmc: float = 1.0
     rfc: float = 1.0
     rcc: float = 1.0

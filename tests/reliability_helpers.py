@@ -23,7 +23,7 @@ TINY = [
     "model.num_queries=8", "model.dec_layers=2", "model.nheads=4", "model.dim_feedforward=64",
     "data.workers=0", "data.split=full", "data.synthetic.num_train=16", "data.synthetic.num_val=3",
     "data.batch_size=2", "train.warmup_iters=2", "train.log_every=1", "train.progress=false",
-    "train.threads=1", "train.deterministic=true",
+    "train.threads=1", "train.deterministic=true", "semi.start_iter=0",
 ]
 
 

@@ -9,7 +9,7 @@ TINY = ["model.pretrained=none", "model.backbone=resnet18", "model.hidden_dim=32
         "model.num_queries=8", "model.dec_layers=2", "model.nheads=4", "model.dim_feedforward=64",
         "data.workers=0", "data.batch_size=2", "data.unlabeled_batch_size=2", "train.iters=2",
         "train.eval_every=2", "train.save_every=2", "train.threads=1", "data.split=1_4",
-        "data.synthetic.num_train=8", "data.synthetic.num_val=2"]
+        "data.synthetic.num_train=8", "data.synthetic.num_val=2", "semi.start_iter=0"]
 
 
 def test_rows_switch_the_right_terms():

@@ -16,7 +16,7 @@ TINY = ["model.pretrained=none", "model.backbone=resnet18", "model.hidden_dim=32
         "model.num_queries=8", "model.dec_layers=2", "model.nheads=4", "model.dim_feedforward=64",
         "data.workers=0", "data.batch_size=2", "data.unlabeled_batch_size=2", "train.iters=4", "train.eval_every=4",
         "train.save_every=4", "train.log_every=1", "train.progress=false", "train.threads=1",
-        "semi.tau_cls=0.0", "semi.rampup_iters=1", "train.warmup_iters=1", "train.lr=0.001"]
+        "semi.tau_cls=0.0", "semi.rampup_iters=1", "semi.start_iter=0", "train.warmup_iters=1", "train.lr=0.001"]
 REGION_TERMS = ("rmc", "rfc", "rcc", "smc")
 
 
@@ -82,10 +82,12 @@ def _check_run_no_eval(trainer, t0, records):
 
 
 def test_lambda_u_ramp():
-    cfg = load_config("configs/synthetic.yaml", ["semi.rampup_iters=10", "semi.lambda_u=2.0"])
+    cfg = load_config("configs/synthetic.yaml", ["semi.rampup_iters=10", "semi.lambda_u=2.0", "semi.start_iter=0"])
     assert lambda_u(0, cfg) == pytest.approx(0.2)
     assert lambda_u(4, cfg) == pytest.approx(1.0)
     assert lambda_u(50, cfg) == 2.0
+    late = load_config("configs/synthetic.yaml", ["semi.rampup_iters=10", "semi.start_iter=100", "semi.lambda_u=1.0"])
+    assert lambda_u(99, late) == 0.0 and lambda_u(100, late) == pytest.approx(0.1)
 
 
 def test_stride_boxes_align_image_and_feature_grids():

@@ -32,9 +32,13 @@ def setup_semi(trainer) -> None:
 
 
 def lambda_u(step: int, cfg) -> float:
-    """λ_u(t): linear ramp from 0 to semi.lambda_u over semi.rampup_iters steps."""
+    """λ_u(t): 0 before semi.start_iter, then a linear ramp to semi.lambda_u over
+    semi.rampup_iters steps."""
+    t = step - cfg.semi.start_iter
+    if t < 0:
+        return 0.0
     r = cfg.semi.rampup_iters
-    return cfg.semi.lambda_u * (min(1.0, (step + 1) / r) if r > 0 else 1.0)
+    return cfg.semi.lambda_u * (min(1.0, (t + 1) / r) if r > 0 else 1.0)
 
 
 def stride_boxes(batch: int, size_img: tuple[int, int], size_feat: tuple[int, int], p: float, seed: int, step: int,
@@ -83,6 +87,9 @@ def unlabeled_targets(ctx: StepContext, batch_u: dict, step: int) -> tuple[dict,
 def _semi_step(ctx: StepContext, batch_l: dict, batch_u: dict, step: int, unsup_fn) -> dict[str, Tensor]:
     c = ctx.cfg
     terms = supervised_loss(ctx, batch_l)
+    lam = lambda_u(step, c)
+    if step < c.semi.start_iter:  # supervised warm-up: the unlabeled branch would be multiplied by 0
+        return {**terms, "loss_sup": terms["loss"], "lambda_u": torch.tensor(0.0)}
     targets, mixed, stats = unlabeled_targets(ctx, batch_u, step)
     s_out = ctx.model(mixed)
     unsup = unsup_fn(ctx, s_out, targets, stats)
@@ -92,7 +99,6 @@ def _semi_step(ctx: StepContext, batch_l: dict, batch_u: dict, step: int, unsup_
             s_out["pixel_feats"], targets["label"], targets["valid"], c.semi.pixel_contrast_tau,
             c.semi.pixel_contrast_mode, c.semi.pixel_contrast_samples, chunk=4096, generator=g,
         )
-    lam = lambda_u(step, c)
     loss_u = sum(unsup.values())
     out = {**terms, **unsup, "loss_sup": terms["loss"], "loss_unsup": loss_u, "lambda_u": torch.tensor(lam)}
     out["loss"] = terms["loss"] + lam * loss_u
