@@ -72,3 +72,10 @@ def test_param_groups_split_backbone_and_head():
     n_all = sum(1 for p in model.parameters())
     assert len(g["backbone"]) + len(g["head"]) == n_all
     assert {id(p) for p in g["backbone"]} == {id(p) for p in model.backbone.parameters()}
+
+
+def test_no_intermediate_heads_without_deep_supervision():
+    model = build_model(3, TINY)
+    model.decoder.aux_predictions = False  # what the trainer sets for loss.deep_supervision=false
+    out = model(torch.rand(1, 3, 64, 64))
+    assert out["aux_outputs"] == [] and out["pred_masks"].shape == (1, 8, 16, 16)

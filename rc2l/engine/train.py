@@ -157,6 +157,7 @@ class Trainer:
         self.datasets = build_datasets(cfg)
         k = self.info.num_classes
         self.model = build_model(k, cfg.model).to(self.device)
+        self.model.decoder.aux_predictions = cfg.loss.deep_supervision
         if cfg.model.sync_bn and D.is_dist():
             if self.device.type != "cuda":
                 raise TrainingError("model.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "

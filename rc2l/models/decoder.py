@@ -49,6 +49,7 @@ class DecoderLayer(nn.Module):
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
     def forward(self, q: Tensor, qpos: Tensor, mem: Tensor, mpos: Tensor, attn_mask: Tensor | None) -> Tensor:
+        """q, qpos: (B, N, C); mem, mpos: (B, HW, C); attn_mask: (B*heads, N, HW) bool or None."""
         q = self.norm1(q + self.cross(q + qpos, mem + mpos, mem, attn_mask=attn_mask, need_weights=False)[0])
         k = q + qpos
         q = self.norm2(q + self.self_attn(k, k, q, need_weights=False)[0])
@@ -77,6 +78,7 @@ class TransformerDecoder(nn.Module):
     ):
         super().__init__()
         self.masked_attention = masked_attention
+        self.aux_predictions = True  # per-layer heads in training (deep supervision); the trainer sets it
         self.num_levels = 3 if masked_attention else 1
         self.nheads = nheads
         self.input_proj = nn.ModuleList(
@@ -118,7 +120,7 @@ class TransformerDecoder(nn.Module):
             lvl = i % self.num_levels
             attn = self._attn_mask(masks, sizes[lvl]) if self.masked_attention else None
             q = layer(q, qpos, mems[lvl], poss[lvl], attn)
-            if self.training or self.masked_attention or i == len(self.layers) - 1:
+            if (self.training and self.aux_predictions) or self.masked_attention or i == len(self.layers) - 1:
                 out = self.predict(q, F)  # intermediate heads only feed deep supervision
                 masks = out[2]
                 outputs.append(out)
