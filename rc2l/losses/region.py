@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from rc2l.config import LossConfig, SemiConfig
 from rc2l.losses.matcher import match
+from rc2l.models.segmenter import region_features
 
 TERMS = ("rmc", "rfc", "rcc", "smc")
 
@@ -37,10 +38,8 @@ def mask_average_pool(F: Tensor, m: Tensor, eps: float = 1e-6) -> Tensor:
     m: (N, h, w) → (N, C). One (N×P)(P×C) product per image: linear in the pixels P.
     An empty mask gives a zero feature (not NaN)."""
     if F.dim() == 3:
-        return mask_average_pool(F[None], m[None], eps)[0]
-    m = m.to(F.dtype)
-    num = torch.einsum("bnhw,bchw->bnc", m, F)
-    return num / (m.sum((-2, -1))[..., None] + eps)
+        return region_features(F[None], m[None], eps)[0]
+    return region_features(F, m, eps)
 
 
 def soft_dice(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:

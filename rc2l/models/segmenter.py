@@ -15,7 +15,9 @@ from rc2l.models.pixel_decoder import FPNPixelDecoder
 def region_features(F: Tensor, masks: Tensor, eps: float = 1e-6) -> Tensor:
     """Mask average pooling. F: (B, C, h, w); masks: (B, N, h, w) in [0, 1] → (B, N, C).
 
-    One (N×P)(P×C) product per image: linear in the number of pixels P."""
+    One (N×P)(P×C) product per image: linear in the number of pixels P. An empty mask gives
+    a zero feature, not NaN."""
+    masks = masks.to(F.dtype)
     num = torch.einsum("bnhw,bchw->bnc", masks, F)
     return num / (masks.sum((-2, -1))[..., None] + eps)
 
