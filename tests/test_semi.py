@@ -99,3 +99,14 @@ def test_stride_boxes_align_image_and_feature_grids():
     assert torch.equal(small, again)  # a resumed run draws the same boxes
     other, _ = stride_boxes(4, (66, 96), (17, 24), 1.0, seed=0, step=4, device="cpu")
     assert not torch.equal(small, other)
+
+
+def test_teacher_copies_student_during_supervised_warmup(tmp_path):
+    """Before semi.start_iter the EMA does not average in the student's first weights: the teacher
+    that starts the unlabeled branch is the warmed-up student itself."""
+    trainer, _, _ = _run(tmp_path, "configs/synthetic.yaml",
+                         ["method=rc2l", "data.split=1_4", "data.synthetic.num_train=16",
+                          "data.synthetic.num_val=2", "semi.start_iter=4"])
+    student = trainer.model.state_dict()
+    for k, v in trainer.teacher.state_dict().items():
+        assert torch.equal(v, student[k]), k

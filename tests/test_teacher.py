@@ -46,6 +46,7 @@ def test_ema_formula_params_and_buffers_with_warmup():
     # step 9: m_t = min(1 − 1/10, 0.999) = 0.9
     assert ema_momentum(9, 0.999) == pytest.approx(0.9)
     assert ema_momentum(10 ** 6, 0.999) == 0.999
+    assert ema_momentum(-3, 0.999) == 0.0  # before semi.start_iter the teacher copies the student
     before = {k: v.clone() for k, v in t.state_dict().items()}
     m = ema_update(t, s, step=9, momentum=0.999)
     assert m == pytest.approx(0.9)

@@ -47,8 +47,11 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 
 def ema_momentum(step: int, momentum: float = 0.999) -> float:
-    """m_t = min(1 − 1/(step + 1), m): 0 at step 0 (teacher = student), then rising to m."""
-    return min(1.0 - 1.0 / (step + 1), momentum)
+    """m_t = min(1 − 1/(step + 1), m): 0 at step 0 (teacher = student), then rising to m.
+    ``step`` counts from the start of the unlabeled branch (semi.start_iter); before it
+    (step < 0) m_t = 0, so the teacher copies the student during the supervised warm-up
+    instead of averaging in its first, poor weights."""
+    return min(1.0 - 1.0 / (max(step, 0) + 1), momentum)
 
 
 @torch.no_grad()

@@ -390,7 +390,7 @@ class Trainer:
         if self.teacher is not None:
             from rc2l.engine.teacher import ema_update
 
-            ema_update(self.teacher, self.model, self.step, c.semi.ema_momentum)
+            ema_update(self.teacher, self.model, self.step - c.semi.start_iter, c.semi.ema_momentum)
         return logs
 
     def _stop_requested(self, stop: GracefulStop) -> bool:
