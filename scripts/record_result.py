@@ -1,6 +1,7 @@
 """Append a measured result to docs/results.json from a finished run folder.
 
     python scripts/record_result.py RUN_DIR --command "rc2l train ..." [--note TEXT]
+    python scripts/record_result.py --table camvid:1_8     # markdown rows for docs/results.md
 
 The row is read from the run itself (config.yaml, metrics.jsonl), never typed by hand: the
 best evaluation (student or teacher), its step, the dataset, split and eval mode."""
@@ -27,13 +28,32 @@ def labeled_count(run: Path) -> int | None:
         return None
 
 
+def table(rows: list[dict], dataset: str, split: str) -> str:
+    """Markdown rows (note, method, best mIoU and its model and step, final student/teacher,
+    command) for one dataset and split, in the order they were recorded."""
+    out = ["| run | val mIoU (best) | model, step | final student / teacher | command |", "|---|---:|---|---|---|"]
+    for r in rows:
+        if r["dataset"] == dataset and r["split"] == split:
+            fin = " / ".join(f"{r['final'][m]:.2f}" for m in ("student", "teacher") if m in r["final"])
+            out.append(f"| {r['note'] or r['method']} | {r['miou']:.2f} | {r['model_evaluated']}, {r['best_step']} "
+                       f"| {fin} | `{r['command']}` |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("run_dir")
-    ap.add_argument("--command", required=True)
+    ap.add_argument("run_dir", nargs="?")
+    ap.add_argument("--command")
     ap.add_argument("--note", default="")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results.json"))
+    ap.add_argument("--table", metavar="DATASET:SPLIT", help="print the recorded rows as markdown and exit")
     a = ap.parse_args()
+    if a.table:
+        dataset, _, split = a.table.partition(":")
+        print(table(json.loads(Path(a.out).read_text()), dataset, split))
+        return
+    if not a.run_dir or not a.command:
+        ap.error("RUN_DIR and --command are required (or --table DATASET:SPLIT)")
     run = Path(a.run_dir)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "miou" in r]

@@ -1,0 +1,39 @@
+"""scripts/record_result.py: rows are read from a run folder, never typed; --table renders them."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "record_result.py"
+
+
+def _run_folder(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = {"data": {"name": "camvid", "split": "1_8"}, "method": "rc2l", "train": {"iters": 600},
+           "model": {"backbone": "efficientnet_lite0"}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    recs = [{"step": 25, "type": "train", "it_s": 0.4},
+            {"step": 200, "split": "val", "mode": "original", "miou": 50.0, "model": "student"},
+            {"step": 400, "split": "val", "mode": "original", "miou": 52.5, "model": "teacher"},
+            {"step": 400, "split": "val", "mode": "original", "miou": 51.0, "model": "student"}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    return run
+
+
+def test_record_then_table(tmp_path):
+    run, out = _run_folder(tmp_path), tmp_path / "results.json"
+    for _ in range(2):  # the same command twice keeps one row
+        subprocess.run([sys.executable, str(SCRIPT), str(run), "--command", "rc2l train x", "--note", "rc2l row",
+                        "--out", str(out)], check=True, capture_output=True)
+    rows = json.loads(out.read_text())
+    assert len(rows) == 1
+    assert (rows[0]["miou"], rows[0]["model_evaluated"], rows[0]["best_step"]) == (52.5, "teacher", 400)
+    assert rows[0]["final"] == {"teacher": 52.5, "student": 51.0}
+    md = subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--out", str(out)], check=True,
+                        capture_output=True, text=True).stdout
+    assert "| rc2l row | 52.50 | teacher, 400 | 51.00 / 52.50 | `rc2l train x` |" in md
+    assert subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_4", "--out", str(out)],
+                          capture_output=True, text=True).stdout.count("\n") == 2  # header only
