@@ -89,7 +89,7 @@ def _semi_step(ctx: StepContext, batch_l: dict, batch_u: dict, step: int, unsup_
     terms = supervised_loss(ctx, batch_l)
     lam = lambda_u(step, c)
     if step < c.semi.start_iter:  # supervised warm-up: the unlabeled branch would be multiplied by 0
-        return {**terms, "loss_sup": terms["loss"], "lambda_u": torch.tensor(0.0)}
+        return {**terms, "loss_sup": terms["loss"], "lambda_u": torch.tensor(lam)}
     targets, mixed, stats = unlabeled_targets(ctx, batch_u, step)
     s_out = ctx.model(mixed)
     unsup = unsup_fn(ctx, s_out, targets, stats)
