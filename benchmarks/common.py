@@ -81,7 +81,10 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str:
-    """Short HEAD hash, with "+dirty" when tracked or untracked files differ from HEAD."""
+    """Short HEAD hash, with "+dirty" when tracked or untracked files differ from HEAD.
+    RC2L_COMMIT overrides it for copies of the tree without .git (a rented GPU machine)."""
+    if os.environ.get("RC2L_COMMIT"):
+        return os.environ["RC2L_COMMIT"]
     try:
         h = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
