@@ -18,10 +18,16 @@ import yaml
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1_8`` as the integer 18; split names like 1_8 must stay strings."""
+    """YAML 1.1 reads ``1_8`` as the integer 18 and ``off``/``on``/``yes``/``no`` as booleans;
+    split names like 1_8 and choices like ``train.amp=off`` must stay strings (YAML 1.2 rules:
+    only true/false are booleans)."""
 
 
-_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$") if tag == _BOOL else rx) for tag, rx in v]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 for _c in "0123456789":
     _Loader.yaml_implicit_resolvers.setdefault(_c, []).insert(
         0, ("tag:yaml.org,2002:str", re.compile(r"^[0-9]+(_[0-9]+)+$"))

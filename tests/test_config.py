@@ -1,0 +1,19 @@
+"""Config overrides keep their meaning: choice strings that YAML 1.1 would turn into booleans
+(``off``) and split names it would turn into integers (``1_8``) stay strings."""
+import pytest
+
+from rc2l.config import ConfigError, load_config
+
+
+def test_yaml_1_1_booleans_stay_strings_in_overrides_and_files(tmp_path):
+    cfg = load_config("configs/synthetic.yaml", ["train.amp=off", "data.split=1_8", "model.sync_bn=true"])
+    assert cfg.train.amp == "off" and cfg.data.split == "1_8" and cfg.model.sync_bn is True
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  amp: off\nmodel:\n  sync_bn: False\n")
+    cfg = load_config(f)
+    assert cfg.train.amp == "off" and cfg.model.sync_bn is False
+
+
+def test_yes_is_not_a_boolean():
+    with pytest.raises(ConfigError, match="model.sync_bn"):
+        load_config("configs/synthetic.yaml", ["model.sync_bn=yes"])
