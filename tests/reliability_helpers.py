@@ -24,6 +24,8 @@ TINY = [
     "data.workers=0", "data.split=full", "data.synthetic.num_train=16", "data.synthetic.num_val=3",
     "data.batch_size=2", "train.warmup_iters=2", "train.log_every=1", "train.progress=false",
     "train.threads=1", "train.deterministic=true", "semi.start_iter=0",
+    # exactness is checked on CPU; RC2L_TEST_DEVICE=cuda runs the same tests on a GPU
+    f"train.device={os.environ.get('RC2L_TEST_DEVICE', 'cpu')}",
 ]
 
 

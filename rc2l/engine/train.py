@@ -145,8 +145,11 @@ class Trainer:
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
+            # cuBLAS is deterministic only with a fixed workspace; TF32 rounds differently per kernel choice.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         seed_everything(cfg.seed)  # same on every rank: student, teacher and extra heads start equal
         self.run_dir = Path(cfg.out_dir)
         self.main = D.is_main()
