@@ -1,7 +1,8 @@
 """Append a measured result to docs/results.json from a finished run folder.
 
     python scripts/record_result.py RUN_DIR --command "rc2l train ..." [--note TEXT]
-    python scripts/record_result.py --table camvid:1_8     # markdown rows for docs/results.md
+    python scripts/record_result.py --table camvid:1_8 [--where H100]  # markdown rows for docs/results.md
+    python scripts/record_result.py RUN_DIR --command ... --machine "H100 (cuda)" --commit abc1234  # made elsewhere
 
 The row is read from the run itself (config.yaml, metrics.jsonl), never typed by hand: the
 best evaluation (student or teacher), its step, the dataset, split and eval mode."""
@@ -28,14 +29,17 @@ def labeled_count(run: Path) -> int | None:
         return None
 
 
-def table(rows: list[dict], dataset: str, split: str) -> str:
+def table(rows: list[dict], dataset: str, split: str, machine: str = "") -> str:
     """Markdown rows (note, method, best mIoU and its model and step, final student/teacher,
-    command) for one dataset and split, in the order they were recorded."""
+    command) for one dataset and split (and machines whose description contains ``machine``),
+    in the order they were recorded. A run stopped early says at which step."""
     out = ["| run | val mIoU (best) | model, step | final student / teacher | command |", "|---|---:|---|---|---|"]
     for r in rows:
-        if r["dataset"] == dataset and r["split"] == split:
+        if r["dataset"] == dataset and r["split"] == split and machine in r.get("machine", ""):
             fin = " / ".join(f"{r['final'][m]:.2f}" for m in ("student", "teacher") if m in r["final"])
-            out.append(f"| {r['note'] or r['method']} | {r['miou']:.2f} | {r['model_evaluated']}, {r['best_step']} "
+            done = r.get("steps_done", r["iters"])
+            stopped = f" (stopped at step {done} of {r['iters']})" if done < r["iters"] else ""
+            out.append(f"| {r['note'] or r['method']}{stopped} | {r['miou']:.2f} | {r['model_evaluated']}, {r['best_step']} "
                        f"| {fin} | `{r['command']}` |")
     return "\n".join(out)
 
@@ -45,12 +49,15 @@ def main() -> None:
     ap.add_argument("run_dir", nargs="?")
     ap.add_argument("--command")
     ap.add_argument("--note", default="")
+    ap.add_argument("--machine", help="where it ran (default: this machine's CPU)")
+    ap.add_argument("--commit", help="the commit it ran at (default: HEAD; for runs made elsewhere)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results.json"))
     ap.add_argument("--table", metavar="DATASET:SPLIT", help="print the recorded rows as markdown and exit")
+    ap.add_argument("--where", default="", help="with --table: only rows whose machine contains this text")
     a = ap.parse_args()
     if a.table:
         dataset, _, split = a.table.partition(":")
-        print(table(json.loads(Path(a.out).read_text()), dataset, split))
+        print(table(json.loads(Path(a.out).read_text()), dataset, split, a.where))
         return
     if not a.run_dir or not a.command:
         ap.error("RUN_DIR and --command are required (or --table DATASET:SPLIT)")
@@ -74,16 +81,17 @@ def main() -> None:
         "best_step": best["step"],
         "final": {r["model"]: round(r["miou"], 2) for r in evals if r["step"] == last},
         "iters": cfg["train"]["iters"],
+        "steps_done": max([last] + [r["step"] for r in train]),
         "backbone": cfg["model"]["backbone"],
         "train_it_s_median": sorted(r["it_s"] for r in train)[len(train) // 2] if train else None,
         "command": a.command,
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
-        "machine": f"{platform.machine()} {platform.processor() or ''} cpu".strip(),
+        "commit": a.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
+        "machine": a.machine or f"{platform.machine()} {platform.processor() or ''} cpu".strip(),
         "note": a.note,
     }
     out = Path(a.out)
     rows = json.loads(out.read_text()) if out.exists() else []
-    rows = [r for r in rows if r["command"] != row["command"]] + [row]
+    rows = [r for r in rows if (r["command"], r.get("machine")) != (row["command"], row["machine"])] + [row]
     out.write_text(json.dumps(rows, indent=1) + "\n")
     print(json.dumps(row))
 

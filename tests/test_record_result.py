@@ -9,10 +9,10 @@ import yaml
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "record_result.py"
 
 
-def _run_folder(tmp_path: Path) -> Path:
+def _run_folder(tmp_path: Path, iters: int = 400) -> Path:
     run = tmp_path / "run"
     run.mkdir()
-    cfg = {"data": {"name": "camvid", "split": "1_8"}, "method": "rc2l", "train": {"iters": 600},
+    cfg = {"data": {"name": "camvid", "split": "1_8"}, "method": "rc2l", "train": {"iters": iters},
            "model": {"backbone": "efficientnet_lite0"}}
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     recs = [{"step": 25, "type": "train", "it_s": 0.4},
@@ -37,3 +37,18 @@ def test_record_then_table(tmp_path):
     assert "| rc2l row | 52.50 | teacher, 400 | 51.00 / 52.50 | `rc2l train x` |" in md
     assert subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_4", "--out", str(out)],
                           capture_output=True, text=True).stdout.count("\n") == 2  # header only
+
+
+def test_rows_from_another_machine_and_stopped_runs(tmp_path):
+    """--machine/--commit describe a run made elsewhere; the same command on two machines keeps
+    two rows; --where picks one machine's rows; a run stopped early says where."""
+    run, out = _run_folder(tmp_path, iters=600), tmp_path / "results.json"
+    rec = [sys.executable, str(SCRIPT), str(run), "--command", "rc2l train x", "--out", str(out)]
+    subprocess.run(rec, check=True, capture_output=True)
+    subprocess.run(rec + ["--machine", "H100 cuda", "--commit", "abc1234"], check=True, capture_output=True)
+    rows = json.loads(out.read_text())
+    assert len(rows) == 2 and rows[1]["machine"] == "H100 cuda" and rows[1]["commit"] == "abc1234"
+    assert rows[1]["steps_done"] == 400 and rows[1]["iters"] == 600
+    md = subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--where", "H100", "--out", str(out)],
+                        check=True, capture_output=True, text=True).stdout
+    assert md.count("\n") == 3 and "(stopped at step 400 of 600)" in md
