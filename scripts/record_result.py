@@ -32,13 +32,14 @@ def labeled_count(run: Path) -> int | None:
 def table(rows: list[dict], dataset: str, split: str, machine: str = "") -> str:
     """Markdown rows (note, method, best mIoU and its model and step, final student/teacher,
     command) for one dataset and split (and machines whose description contains ``machine``),
-    in the order they were recorded. A run stopped early says at which step."""
+    in the order they were recorded. A run stopped before its last evaluation says
+    where it was last evaluated."""
     out = ["| run | val mIoU (best) | model, step | final student / teacher | command |", "|---|---:|---|---|---|"]
     for r in rows:
         if r["dataset"] == dataset and r["split"] == split and machine in r.get("machine", ""):
             fin = " / ".join(f"{r['final'][m]:.2f}" for m in ("student", "teacher") if m in r["final"])
-            done = r.get("steps_done", r["iters"])
-            stopped = f" (stopped at step {done} of {r['iters']})" if done < r["iters"] else ""
+            done = r.get("last_eval_step", r["iters"])
+            stopped = f" (stopped: last evaluated at step {done} of {r['iters']})" if done < r["iters"] else ""
             out.append(f"| {r['note'] or r['method']}{stopped} | {r['miou']:.2f} | {r['model_evaluated']}, {r['best_step']} "
                        f"| {fin} | `{r['command']}` |")
     return "\n".join(out)
@@ -81,7 +82,7 @@ def main() -> None:
         "best_step": best["step"],
         "final": {r["model"]: round(r["miou"], 2) for r in evals if r["step"] == last},
         "iters": cfg["train"]["iters"],
-        "steps_done": max([last] + [r["step"] for r in train]),
+        "last_eval_step": last,
         "backbone": cfg["model"]["backbone"],
         "train_it_s_median": sorted(r["it_s"] for r in train)[len(train) // 2] if train else None,
         "command": a.command,

@@ -48,7 +48,7 @@ def test_rows_from_another_machine_and_stopped_runs(tmp_path):
     subprocess.run(rec + ["--machine", "H100 cuda", "--commit", "abc1234"], check=True, capture_output=True)
     rows = json.loads(out.read_text())
     assert len(rows) == 2 and rows[1]["machine"] == "H100 cuda" and rows[1]["commit"] == "abc1234"
-    assert rows[1]["steps_done"] == 400 and rows[1]["iters"] == 600
+    assert rows[1]["last_eval_step"] == 400 and rows[1]["iters"] == 600
     md = subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--where", "H100", "--out", str(out)],
                         check=True, capture_output=True, text=True).stdout
-    assert md.count("\n") == 3 and "(stopped at step 400 of 600)" in md
+    assert md.count("\n") == 3 and "(stopped: last evaluated at step 400 of 600)" in md
