@@ -31,10 +31,16 @@ def setup_semi(trainer) -> None:
     trainer.extras = {"region_losses": rl}
 
 
+def semi_step(step: int, cfg) -> int:
+    """Steps since the unlabeled branch started (negative during the supervised warm-up); the
+    λ_u ramp and the EMA momentum warm-up both count from here."""
+    return step - cfg.semi.start_iter
+
+
 def lambda_u(step: int, cfg) -> float:
     """λ_u(t): 0 before semi.start_iter, then a linear ramp to semi.lambda_u over
     semi.rampup_iters steps."""
-    t = step - cfg.semi.start_iter
+    t = semi_step(step, cfg)
     if t < 0:
         return 0.0
     r = cfg.semi.rampup_iters

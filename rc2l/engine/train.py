@@ -391,9 +391,10 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         if self.teacher is not None:
+            from rc2l.engine.semi import semi_step
             from rc2l.engine.teacher import ema_update
 
-            ema_update(self.teacher, self.model, self.step - c.semi.start_iter, c.semi.ema_momentum)
+            ema_update(self.teacher, self.model, semi_step(self.step, c), c.semi.ema_momentum)
         return logs
 
     def _stop_requested(self, stop: GracefulStop) -> bool:
