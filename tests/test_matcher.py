@@ -67,3 +67,20 @@ def test_matching_recovers_a_permutation():
     pi, ti = hungarian(cost)
     assert ti.tolist() == [0, 1, 2]
     assert [perm[p].item() for p in pi] == [0, 1, 2]
+
+
+def test_hungarian_batch_equals_one_call_per_image():
+    """One host copy for the batch gives the same assignment as one call per image, with images
+    of different target counts, an image without targets and a NaN cost."""
+    from rc2l.losses.matcher import hungarian_batch
+
+    g = torch.Generator().manual_seed(0)
+    costs = [torch.rand(6, m, generator=g) for m in (3, 1, 6)]
+    costs[1][0, 0] = float("nan")
+    batch = hungarian_batch([costs[0], None, costs[1], costs[2]])
+    single = [hungarian(costs[0]), hungarian(torch.zeros(6, 0)), hungarian(costs[1]), hungarian(costs[2])]
+    assert len(batch) == 4
+    for (bp, bt), (sp, st) in zip(batch, single):
+        assert torch.equal(bp, sp) and torch.equal(bt, st)
+    assert batch[1][0].numel() == 0 and batch[0][0].numel() == 3
+    assert [len(p) for p, _ in hungarian_batch([None, None])] == [0, 0]

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from rc2l.config import LossConfig
-from rc2l.losses.matcher import hungarian, match_cost
+from rc2l.losses.matcher import hungarian_batch, match_cost
 
 
 def targets_from_labels(labels: Tensor, ignore_index: int = 255) -> list[dict]:
@@ -69,20 +69,18 @@ class SetCriterion(nn.Module):
         """Cost on the predictions' own (stride-4) grid, over non-ignored pixels only."""
         c = self.cfg
         size = masks.shape[-2:]
-        out = []
+        costs = []
         for b, t in enumerate(targets):
             if t["labels"].numel() == 0:
-                e = torch.zeros(0, dtype=torch.int64)
-                out.append((e, e))
+                costs.append(None)
                 continue
             tm = Fn.interpolate(t["masks"][None], size=size, mode="nearest")[0].flatten(1)
             valid = Fn.interpolate(t["valid"][None, None].float(), size=size, mode="nearest").flatten().bool()
-            cost = match_cost(
+            costs.append(match_cost(
                 logits[b], masks[b].flatten(1)[:, valid], t["labels"], tm[:, valid],
                 c.cls_weight, c.mask_weight, c.dice_weight,
-            )
-            out.append(hungarian(cost))
-        return out
+            ))
+        return hungarian_batch(costs)
 
     def layer_loss(self, logits: Tensor, masks: Tensor, targets: list[dict], num_masks: float) -> dict[str, Tensor]:
         c = self.cfg

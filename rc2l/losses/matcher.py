@@ -51,17 +51,36 @@ def match_cost(
     )
 
 
-def hungarian(cost: Tensor) -> tuple[Tensor, Tensor]:
-    """Optimal assignment for a (N, M) cost. Returns (pred_idx, tgt_idx), both (min(N, M),)
-    int64 and sorted by tgt_idx so that ``pred_idx[i]`` is π(tgt_idx[i])."""
-    if cost.numel() == 0:
+def _assign(c: np.ndarray) -> tuple[Tensor, Tensor]:
+    if c.size == 0:
         empty = torch.zeros(0, dtype=torch.int64)
         return empty, empty
-    c = cost.detach().float().cpu().numpy()
     c = np.nan_to_num(c, nan=1e6, posinf=1e6, neginf=-1e6)
     rows, cols = linear_sum_assignment(c)
     order = np.argsort(cols)
     return torch.as_tensor(rows[order], dtype=torch.int64), torch.as_tensor(cols[order], dtype=torch.int64)
+
+
+def hungarian(cost: Tensor) -> tuple[Tensor, Tensor]:
+    """Optimal assignment for a (N, M) cost. Returns (pred_idx, tgt_idx), both (min(N, M),)
+    int64 and sorted by tgt_idx so that ``pred_idx[i]`` is π(tgt_idx[i])."""
+    return _assign(cost.detach().float().cpu().numpy())
+
+
+def hungarian_batch(costs: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
+    """``hungarian`` for every image's (N, M_b) cost (None = no target), with one device→host
+    copy for the whole batch: on a GPU each copy waits for all queued work, so one per image
+    and decoder layer adds up."""
+    present = [c for c in costs if c is not None]
+    if not present:
+        return [_assign(np.zeros((0, 0))) for _ in costs]
+    host = torch.cat([c.detach().float() for c in present], dim=1).cpu().numpy()
+    out, col = [], 0
+    for c in costs:
+        m = 0 if c is None else c.shape[1]
+        out.append(_assign(host[:, col:col + m]) if m else _assign(np.zeros((0, 0))))
+        col += m
+    return out
 
 
 @torch.no_grad()
@@ -76,20 +95,10 @@ def match(
     """Match a batch. pred_logits: (B, N, K+1); pred_masks: (B, N, h, w) logits;
     targets[b] = {"labels": (M,), "masks": (M, h, w)} at the resolution of pred_masks.
     Returns per image (pred_idx, tgt_idx)."""
-    out = []
-    for b, t in enumerate(targets):
-        if t["labels"].numel() == 0:
-            empty = torch.zeros(0, dtype=torch.int64)
-            out.append((empty, empty))
-            continue
-        cost = match_cost(
-            pred_logits[b],
-            pred_masks[b].flatten(1),
-            t["labels"],
-            t["masks"].flatten(1),
-            cls_weight,
-            mask_weight,
-            dice_weight,
+    return hungarian_batch([
+        None if t["labels"].numel() == 0 else match_cost(
+            pred_logits[b], pred_masks[b].flatten(1), t["labels"], t["masks"].flatten(1),
+            cls_weight, mask_weight, dice_weight,
         )
-        out.append(hungarian(cost))
-    return out
+        for b, t in enumerate(targets)
+    ])
