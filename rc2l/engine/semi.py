@@ -94,7 +94,7 @@ def _semi_step(ctx: StepContext, batch_l: dict, batch_u: dict, step: int, unsup_
     c = ctx.cfg
     terms = supervised_loss(ctx, batch_l)
     lam = lambda_u(step, c)
-    if step < c.semi.start_iter:  # supervised warm-up: the unlabeled branch would be multiplied by 0
+    if semi_step(step, c) < 0:  # supervised warm-up: the unlabeled branch would be multiplied by 0
         return {**terms, "loss_sup": terms["loss"], "lambda_u": torch.tensor(lam)}
     targets, mixed, stats = unlabeled_targets(ctx, batch_u, step)
     s_out = ctx.model(mixed)

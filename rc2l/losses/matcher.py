@@ -71,14 +71,12 @@ def hungarian_batch(costs: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
     """``hungarian`` for every image's (N, M_b) cost (None = no target), with one device→host
     copy for the whole batch: on a GPU each copy waits for all queued work, so one per image
     and decoder layer adds up."""
-    present = [c for c in costs if c is not None]
-    if not present:
-        return [_assign(np.zeros((0, 0))) for _ in costs]
-    host = torch.cat([c.detach().float() for c in present], dim=1).cpu().numpy()
+    present = [c.detach().float() for c in costs if c is not None]
+    host = torch.cat(present, dim=1).cpu().numpy() if present else np.zeros((0, 0))
     out, col = [], 0
     for c in costs:
         m = 0 if c is None else c.shape[1]
-        out.append(_assign(host[:, col:col + m]) if m else _assign(np.zeros((0, 0))))
+        out.append(_assign(host[:, col:col + m]))  # an empty slice is an image without targets
         col += m
     return out
 
