@@ -186,6 +186,27 @@ def interleaved(fns: dict[str, Callable[[], object]], device: str, reps: int, wa
     return out
 
 
+def count_ops(fn: Callable[[], object]) -> int:
+    """Tensor operations one call of ``fn`` dispatches to the backend, backward included, not
+    counting views and aliases (they only make metadata): on a GPU each of the others is a
+    kernel launch, which is what makes small losses launch-bound, and unlike a time the count
+    does not depend on the machine or its load."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not (func.is_view or func.__name__.startswith("lift_fresh")):
+                self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    counter = _Count()
+    with counter:
+        fn()
+    return counter.n
+
+
 def med(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 

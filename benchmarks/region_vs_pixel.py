@@ -11,6 +11,10 @@ K classes, F at stride 4: (B, C, S/4, S/4) for an S×S input):
 - pixel_exact: every pixel of the batch, P×P similarity at once (P = B·h·w)
 - pixel_exact_chunked: the same loss built 4096 rows at a time (as rc2l's semi step calls it)
 
+"ops/call" counts the tensor operations one call dispatches (forward + backward, at the first
+size; the count does not depend on the size): on a GPU every one is a kernel launch, which is
+what small region losses are bound by.
+
 Exact rows whose extrapolated peak memory exceeds --mem-budget-gib (or time per call exceeds
 --max-call-s) are not run and say why. Slopes are least-squares fits of log time against
 log pixels: ≈1 linear, ≈2 quadratic.
@@ -318,8 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         warm = {m: cm.time_once(fn, args.device) for m, fn in fns.items()}
         reps = 1 if args.quick else max(3, min(9, int(args.size_budget_s / max(sum(warm.values()), 1e-3))))
         times = cm.interleaved(fns, args.device, reps=reps, warmup=0)
+        if side == args.sizes[0]:
+            ops = {m: cm.count_ops(fn) for m, fn in fns.items()}
         for m in methods:
-            row = {"method": m, "side": side, "pixels": x.pixels, "P": P, "regions": x.num_regions}
+            row = {"method": m, "side": side, "pixels": x.pixels, "P": P, "regions": x.num_regions, "ops": ops.get(m)}
             if m in skip:
                 row["status"] = skip[m]
             else:
@@ -358,6 +364,7 @@ def build_rows(res, slopes, step, args) -> list[dict]:
                "pixels_per_batch": r["P"], "batch": args.batch, "queries": args.queries, "channels": args.channels,
                "classes": args.classes, "regions": r["regions"], "status": r["status"], "time_s": r.get("time_s"),
                "time_iqr_s": r.get("time_iqr"), "time_min_s": r.get("time_min"), "reps": r.get("reps"), "peak_mem_bytes": r.get("mem_bytes"),
+               "ops_per_call": r.get("ops"),
                "slope_time_all": slopes[m]["time_all"], "slope_time_top2": slopes[m]["time_top2"]}
         if ref and r.get("time_s"):
             row["reference"] = "pixel_exact (time)"
@@ -376,10 +383,11 @@ def render(res, slopes, step, methods, args) -> str:
     out = [f"Inputs: batch {args.batch}, N={args.queries} queries, C={args.channels}, K={args.classes}, "
            f"{args.regions} teacher regions (classes) per image, every pixel valid; F at stride 4. "
            "Times: median of interleaved repetitions (forward + backward); memory: peak extra memory of one call.", ""]
-    header = ["method"] + [f"{s}² ({(-(-s // 4)) ** 2:,} px)" for s in sides] + ["slope (all)", "slope (2 largest)"]
+    header = ["method", "ops/call"] + [f"{s}² ({(-(-s // 4)) ** 2:,} px)" for s in sides] + ["slope (all)", "slope (2 largest)"]
     trows = []
     for m in methods:
-        cells = [describe(m)]
+        ops = res[(m, sides[0])].get("ops")
+        cells = [describe(m), f"{ops:,}" if ops is not None else "–"]
         for s in sides:
             r = res[(m, s)]
             cells.append(cm.fmt_time(r["time_s"]) if r.get("time_s") else ("not run" if r["status"].startswith("not run") else "–"))

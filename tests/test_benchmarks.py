@@ -47,6 +47,8 @@ def test_region_vs_pixel_quick(bench, tmp_path):
         else:
             assert r["status"] == "ok" and r["time_s"] > 0, r
     assert all(r["ratio_vs_reference"] > 0 for r in loss if r["input"] == "32×32")
+    ops = {r["method"]: r["ops_per_call"] for r in loss if r["input"] == "32×32"}
+    assert all(ops[k] > 0 for k in m.REGION_METHODS) and ops["region_all"] > ops["rmc"] + ops["smc"]
     (share,) = [r for r in rows if r["kind"] == "step_share"]
     assert 0 < share["ratio_vs_reference"] == share["share"] and isinstance(share["goal_met"], bool)
     assert "<!-- BEGIN region_vs_pixel/cpu" in md and "slope (2 largest)" in md and "not run" in md

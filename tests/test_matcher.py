@@ -69,18 +69,51 @@ def test_matching_recovers_a_permutation():
     assert [perm[p].item() for p in pi] == [0, 1, 2]
 
 
-def test_hungarian_batch_equals_one_call_per_image():
-    """One host copy for the batch gives the same assignment as one call per image, with images
-    of different target counts, an image without targets and a NaN cost."""
-    from rc2l.losses.matcher import hungarian_batch
+def random_targets(counts, K=5, P=(6, 7), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"labels": torch.randint(0, K, (m,), generator=g),
+             "masks": (torch.rand(m, *P, generator=g) > 0.5).float()} for m in counts]
 
-    g = torch.Generator().manual_seed(0)
-    costs = [torch.rand(6, m, generator=g) for m in (3, 1, 6)]
-    costs[1][0, 0] = float("nan")
-    batch = hungarian_batch([costs[0], None, costs[1], costs[2]])
-    single = [hungarian(costs[0]), hungarian(torch.zeros(6, 0)), hungarian(costs[1]), hungarian(costs[2])]
-    assert len(batch) == 4
-    for (bp, bt), (sp, st) in zip(batch, single):
-        assert torch.equal(bp, sp) and torch.equal(bt, st)
-    assert batch[1][0].numel() == 0 and batch[0][0].numel() == 3
-    assert [len(p) for p, _ in hungarian_batch([None, None])] == [0, 0]
+
+def test_batched_match_equals_one_image_at_a_time():
+    """The padded whole-batch cost gives the per-image cost and assignment, with images of
+    different target counts, one without targets, and more targets than queries."""
+    from rc2l.losses.matcher import match
+
+    g = torch.Generator().manual_seed(3)
+    B, N, K = 4, 5, 5
+    logits, masks = torch.randn(B, N, K + 1, generator=g), torch.randn(B, N, 6, 7, generator=g)
+    targets = random_targets([3, 0, 7, 1])
+    batch = match(logits, masks, targets)
+    assert [len(p) for p, _ in batch] == [3, 0, 5, 1]
+    for b, t in enumerate(targets):
+        cost = match_cost(logits[b], masks[b].flatten(1), t["labels"], t["masks"].flatten(1))
+        pi, ti = hungarian(cost)
+        assert torch.equal(batch[b][0], pi) and torch.equal(batch[b][1], ti)
+    assert [len(p) for p, _ in match(logits[:2], masks[:2], random_targets([0, 0]))] == [0, 0]
+
+
+def test_weighted_cost_equals_cost_on_the_selected_pixels():
+    """``weight`` (the supervised matcher's non-ignored pixels) is the cost on those pixels only."""
+    g = torch.Generator().manual_seed(4)
+    logits, masks = torch.randn(4, 6, generator=g), torch.randn(4, 40, generator=g)
+    t = random_targets([3], P=(40,))[0]
+    keep = torch.rand(40, generator=g) > 0.3
+    ref = match_cost(logits, masks[:, keep], t["labels"], t["masks"][:, keep])
+    got = match_cost(logits, masks, t["labels"], t["masks"], weight=keep.float())
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_pack_matches_indexes_the_concatenated_targets():
+    from rc2l.losses.matcher import pack_matches, pad_targets
+
+    targets = random_targets([2, 0, 3])
+    idx = [(torch.tensor([4, 1]), torch.tensor([0, 1])), (torch.zeros(0, dtype=torch.int64),) * 2,
+           (torch.tensor([0, 2]), torch.tensor([1, 2]))]
+    m = pack_matches(idx, [2, 0, 3], "cpu")
+    assert len(m) == 4 and m.img.tolist() == [0, 0, 2, 2] and m.pred.tolist() == [4, 1, 0, 2]
+    assert m.tgt.tolist() == [0, 1, 3, 4] and m.local.tolist() == [0, 1, 1, 2]
+    flat = torch.cat([t["masks"] for t in targets])
+    padded, counts = pad_targets(targets, "masks")
+    assert counts == [2, 0, 3] and padded.shape == (3, 3, 6, 7)
+    assert torch.equal(padded[m.img, m.local], flat[m.tgt]) and padded[0, 2].abs().sum() == 0

@@ -208,3 +208,46 @@ def test_matcher_recovers_permutation():
     inv = torch.argsort(PERM)
     for pi, ti in idx:
         assert torch.equal(pi, inv[ti])
+
+
+def test_batched_losses_equal_their_per_image_weighted_means():
+    """The losses run on the whole batch at once; the result is what one call per image
+    gives, weighted by the image's share of the normaliser (images with 4, 2 and 0 regions,
+    and a teacher region matched to a query out of order)."""
+    g = torch.Generator().manual_seed(7)
+    B = 3
+    student = {"pred_logits": torch.randn(B, N, K + 1, generator=g), "pred_masks": torch.randn(B, N, H, W, generator=g),
+               "pixel_feats": torch.randn(B, C, H, W, generator=g)}
+    regions, idx = [], []
+    for M in (4, 2, 0):
+        masks = torch.rand(M, H, W, generator=g)
+        regions.append({"masks": masks, "labels": torch.randint(0, K, (M,), generator=g),
+                        "features": torch.randn(M, C, generator=g), "probs": torch.rand(M, K + 1, generator=g).softmax(-1)})
+        idx.append((torch.randperm(N, generator=g)[:M], torch.arange(M)))
+    one = lambda fn, b, *keys, **kw: fn(*(student[k][b:b + 1] for k in keys), regions[b:b + 1], idx[b:b + 1], **kw)
+    counts = torch.tensor([4.0, 2.0])
+    rmc = torch.stack([one(rmc_loss, b, "pred_masks") for b in range(2)])
+    assert rmc_loss(student["pred_masks"], regions, idx).item() == pytest.approx(((rmc * counts).sum() / 6).item(), rel=1e-5)
+    rfc = torch.stack([one(rfc_loss, b, "pred_masks", "pixel_feats", scope="image") for b in range(2)])
+    got = rfc_loss(student["pred_masks"], student["pixel_feats"], regions, idx, scope="image")
+    assert got.item() == pytest.approx(((rfc * counts).sum() / 6).item(), rel=1e-5)
+    for soft in (False, True):
+        den = counts + 0.1 * (N - counts)
+        rcc = torch.stack([one(rcc_loss, b, "pred_logits", soft=soft) for b in range(2)])
+        got = rcc_loss(student["pred_logits"], regions, idx, soft=soft)
+        assert got.item() == pytest.approx(((rcc * den).sum() / den.sum()).item(), rel=1e-5)
+
+
+def test_work_per_call_does_not_grow_with_the_batch():
+    """Matching and all four losses dispatch the same number of tensor operations for 2 images
+    as for 8: no per-image loop, so on a GPU the launches do not scale with the batch."""
+    from benchmarks.common import count_ops
+
+    def ops(B):
+        student, regions, _ = scene(B)
+        targets = {"regions": regions, "label": torch.zeros(B, H, W, dtype=torch.int64),
+                   "valid": torch.ones(B, H, W, dtype=torch.bool)}
+        losses = RegionLosses(SemiConfig(rfc_scope="image", rcc_soft=True), C)
+        return count_ops(lambda: sum(losses(student, targets).values()).backward())
+
+    assert ops(2) == ops(8) > 0

@@ -116,13 +116,13 @@ def query_regions(teacher_out: dict, tau_cls: float = 0.7, soft_masks: bool = Fa
     binary = mprob > 0.5
     keep = (score >= tau_cls) & binary.flatten(2).any(-1)  # (B, N)
     masks_all = mprob if soft_masks else binary.float()
-    feats = teacher_out["pixel_feats"].detach().float()
-    out = []
-    for b in range(probs.shape[0]):
-        k = keep[b]
-        masks = masks_all[b, k]
-        out.append({"masks": masks, "labels": cls[b, k], "features": mask_average_pool(feats[b], masks), "probs": probs[b, k]})
-    return out
+    feats = mask_average_pool(teacher_out["pixel_feats"].detach().float(), masks_all)  # (B, N, C)
+    keep = keep.cpu()  # one device→host copy for the batch, not one per image
+    counts = keep.sum(1).tolist()
+    b_idx, n_idx = torch.stack(keep.nonzero(as_tuple=True)).to(probs.device).unbind(0)
+    split = lambda x: x[b_idx, n_idx].split(counts)  # noqa: E731  kept queries, image by image
+    return [{"masks": m, "labels": c, "features": f, "probs": p}
+            for m, c, f, p in zip(split(masks_all), split(cls), split(feats), split(probs))]
 
 
 def pseudo_regions(

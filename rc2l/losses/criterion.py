@@ -9,19 +9,23 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from rc2l.config import LossConfig
-from rc2l.losses.matcher import hungarian_batch, match_cost
+from rc2l.losses.matcher import hungarian_padded, match_cost, pack_matches, pad_targets
 
 
 def targets_from_labels(labels: Tensor, ignore_index: int = 255) -> list[dict]:
     """labels: (B, H, W) int64 → per image {"labels": (M,), "masks": (M, H, W) float,
-    "valid": (H, W) bool}: one binary mask per class present (METHOD.md)."""
-    out = []
-    for lab in labels:
-        valid = lab != ignore_index
-        classes = torch.unique(lab[valid])
-        masks = (lab[None] == classes[:, None, None]).float()
-        out.append({"labels": classes, "masks": masks, "valid": valid})
-    return out
+    "valid": (H, W) bool}: one binary mask per class present (METHOD.md). The classes of the
+    whole batch come from one ``unique`` (one device→host copy, not one per image)."""
+    B = labels.shape[0]
+    valid = labels != ignore_index
+    base = int(labels.max()) + 1 if labels.numel() else 1
+    img = torch.arange(B, device=labels.device)[:, None, None]
+    keys = torch.unique(torch.where(valid, labels + base * img, -1)).cpu()  # sorted: image, then class
+    keys = keys[keys >= 0]
+    counts = torch.bincount(keys // base, minlength=B).tolist()
+    img, classes = (keys // base).to(labels.device), (keys % base).to(labels.device)
+    masks = (labels[img] == classes[:, None, None]).float()  # (Σ M, H, W)
+    return [{"labels": c, "masks": m, "valid": v} for c, m, v in zip(classes.split(counts), masks.split(counts), valid)]
 
 
 def dice_loss(prob: Tensor, tgt: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -66,37 +70,32 @@ class SetCriterion(nn.Module):
 
     @torch.no_grad()
     def match(self, logits: Tensor, masks: Tensor, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
-        """Cost on the predictions' own (stride-4) grid, over non-ignored pixels only."""
+        """Cost on the predictions' own (stride-4) grid, over non-ignored pixels only; the whole
+        batch at once on targets padded to the largest M."""
         c = self.cfg
         size = masks.shape[-2:]
-        costs = []
-        for b, t in enumerate(targets):
-            if t["labels"].numel() == 0:
-                costs.append(None)
-                continue
-            tm = Fn.interpolate(t["masks"][None], size=size, mode="nearest")[0].flatten(1)
-            valid = Fn.interpolate(t["valid"][None, None].float(), size=size, mode="nearest").flatten().bool()
-            costs.append(match_cost(
-                logits[b], masks[b].flatten(1)[:, valid], t["labels"], tm[:, valid],
-                c.cls_weight, c.mask_weight, c.dice_weight,
-            ))
-        return hungarian_batch(costs)
+        tm, counts = pad_targets(targets, "masks", masks.device)
+        if max(counts, default=0) == 0:
+            return hungarian_padded(masks.new_zeros(len(counts), masks.shape[1], 0), counts)
+        tm = Fn.interpolate(tm, size=size, mode="nearest").flatten(2)
+        valid = torch.stack([t["valid"] for t in targets])[:, None].float()
+        valid = Fn.interpolate(valid, size=size, mode="nearest").flatten(1)
+        labels, _ = pad_targets(targets, "labels", masks.device)
+        cost = match_cost(logits, masks.flatten(2), labels, tm, c.cls_weight, c.mask_weight, c.dice_weight, valid)
+        return hungarian_padded(cost, counts)
 
     def layer_loss(self, logits: Tensor, masks: Tensor, targets: list[dict], num_masks: float) -> dict[str, Tensor]:
         c = self.cfg
-        indices = self.match(logits, masks, targets)
-        dev = logits.device
-        tgt_cls = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=dev)
-        for b, (pi, ti) in enumerate(indices):
-            tgt_cls[b, pi.to(dev)] = targets[b]["labels"][ti.to(dev)]
+        m = pack_matches(self.match(logits, masks, targets), [len(t["labels"]) for t in targets], logits.device)
+        tgt_cls = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        tgt_cls[m.img, m.pred] = torch.cat([t["labels"] for t in targets])[m.tgt]
         loss_ce = Fn.cross_entropy(logits.transpose(1, 2).float(), tgt_cls, self.empty_weight)
-
-        src = torch.cat([masks[b, pi.to(dev)] for b, (pi, _) in enumerate(indices)])
-        if src.shape[0] == 0:
+        if len(m) == 0:
             zero = masks.sum() * 0.0
             return {"loss_ce": loss_ce, "loss_mask": zero, "loss_dice": zero}
-        tgt = torch.cat([targets[b]["masks"][ti.to(dev)] for b, (_, ti) in enumerate(indices)])
-        valid = torch.cat([targets[b]["valid"][None].expand(len(ti), -1, -1) for b, (_, ti) in enumerate(indices)])
+        src = masks[m.img, m.pred]
+        tgt = torch.cat([t["masks"] for t in targets])[m.tgt]
+        valid = torch.stack([t["valid"] for t in targets])[m.img]
         src = src.float()[:, None]
         if c.num_points > 0:
             with torch.no_grad():

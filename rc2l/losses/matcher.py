@@ -1,5 +1,12 @@
-"""Hungarian matching between N predicted regions and M target regions (scipy)."""
+"""Hungarian matching between N predicted regions and M target regions (scipy).
+
+The costs of a whole batch are computed at once on targets padded to the batch's largest M
+(``pad_targets``), copied to the host once, and the matches come back packed as flat index
+tensors (``Matches``): the losses then index the batch instead of looping over images, which
+on a GPU would be a dozen small kernel launches and a host→device copy per image and term."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -7,22 +14,30 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 
-def batch_dice_cost(pred: Tensor, tgt: Tensor, eps: float = 1.0) -> Tensor:
-    """pred: (N, P) probabilities, tgt: (M, P) in [0, 1] -> (N, M) of 1 - dice."""
-    num = 2 * pred @ tgt.T
-    den = pred.sum(-1)[:, None] + tgt.sum(-1)[None, :]
+def batch_dice_cost(pred: Tensor, tgt: Tensor, eps: float = 1.0, weight: Tensor | None = None) -> Tensor:
+    """pred: (..., N, P) probabilities, tgt: (..., M, P) in [0, 1] -> (..., N, M) of 1 - dice.
+    ``weight``: (..., P) in {0, 1}, pixels that count (None = all)."""
+    if weight is not None:
+        pred, tgt = pred * weight[..., None, :], tgt * weight[..., None, :]
+    num = 2 * pred @ tgt.mT
+    den = pred.sum(-1)[..., :, None] + tgt.sum(-1)[..., None, :]
     return 1 - (num + eps) / (den + eps)
 
 
-def batch_bce_cost(pred_logits: Tensor, tgt: Tensor) -> Tensor:
-    """pred_logits: (N, P), tgt: (M, P) -> (N, M) mean sigmoid BCE over pixels.
+def batch_bce_cost(pred_logits: Tensor, tgt: Tensor, weight: Tensor | None = None) -> Tensor:
+    """pred_logits: (..., N, P), tgt: (..., M, P) -> (..., N, M) mean sigmoid BCE over the pixels
+    of ``weight`` (..., P) in {0, 1} (None = all).
 
     Uses BCE(x, t) = softplus(x) - x*t, so the (N, M) matrix is two matmuls, not N*M*P.
     """
-    p = pred_logits.shape[1]
     pos = torch.nn.functional.softplus(-pred_logits)  # -log σ(x)
     neg = torch.nn.functional.softplus(pred_logits)  # -log(1-σ(x))
-    return (pos @ tgt.T + neg @ (1 - tgt).T) / max(p, 1)
+    if weight is None:
+        npix = torch.full(pred_logits.shape[:-2], float(max(pred_logits.shape[-1], 1)), device=pred_logits.device)
+    else:
+        pos, neg = pos * weight[..., None, :], neg * weight[..., None, :]
+        npix = weight.sum(-1).clamp(min=1)
+    return (pos @ tgt.mT + neg @ (1 - tgt).mT) / npix[..., None, None]
 
 
 @torch.no_grad()
@@ -34,20 +49,23 @@ def match_cost(
     cls_weight: float = 2.0,
     mask_weight: float = 5.0,
     dice_weight: float = 5.0,
+    weight: Tensor | None = None,
 ) -> Tensor:
-    """Cost matrix for one image.
+    """Cost matrix for one image, or for a batch with a leading dimension on every argument.
 
-    pred_logits: (N, K+1) class logits; pred_masks: (N, P) mask logits (flattened pixels);
-    tgt_classes: (M,) int64; tgt_masks: (M, P) binary or soft targets. Returns (N, M).
+    pred_logits: (..., N, K+1) class logits; pred_masks: (..., N, P) mask logits (flattened
+    pixels); tgt_classes: (..., M) int64; tgt_masks: (..., M, P) binary or soft targets;
+    weight: (..., P) pixels that count (None = all). Returns (..., N, M).
     """
     prob = pred_logits.float().softmax(-1)
-    cost_cls = -prob[:, tgt_classes]
+    cost_cls = -prob.gather(-1, tgt_classes.unsqueeze(-2).expand(*prob.shape[:-1], tgt_classes.shape[-1]))
     pm = pred_masks.float()
     tm = tgt_masks.float()
+    w = None if weight is None else weight.float()
     return (
         cls_weight * cost_cls
-        + mask_weight * batch_bce_cost(pm, tm)
-        + dice_weight * batch_dice_cost(pm.sigmoid(), tm)
+        + mask_weight * batch_bce_cost(pm, tm, w)
+        + dice_weight * batch_dice_cost(pm.sigmoid(), tm, weight=w)
     )
 
 
@@ -67,18 +85,54 @@ def hungarian(cost: Tensor) -> tuple[Tensor, Tensor]:
     return _assign(cost.detach().float().cpu().numpy())
 
 
-def hungarian_batch(costs: list[Tensor | None]) -> list[tuple[Tensor, Tensor]]:
-    """``hungarian`` for every image's (N, M_b) cost (None = no target), with one device→host
-    copy for the whole batch: on a GPU each copy waits for all queued work, so one per image
-    and decoder layer adds up."""
-    present = [c.detach().float() for c in costs if c is not None]
-    host = torch.cat(present, dim=1).cpu().numpy() if present else np.zeros((0, 0))
-    out, col = [], 0
-    for c in costs:
-        m = 0 if c is None else c.shape[1]
-        out.append(_assign(host[:, col:col + m]))  # an empty slice is an image without targets
-        col += m
-    return out
+@dataclass
+class Matches:
+    """The matches of a batch as flat (L,) int64 tensors on one device, L = Σ_b L_b: pair l
+    joins query ``pred[l]`` = π(i) of image ``img[l]`` to that image's target ``local[l]``,
+    which is row ``tgt[l]`` of the batch's targets concatenated image after image.
+    ``counts[b]`` = M_b, the targets of image b (host ints)."""
+
+    img: Tensor
+    pred: Tensor
+    tgt: Tensor
+    local: Tensor
+    counts: list[int]
+
+    def __len__(self) -> int:
+        return int(self.img.numel())
+
+
+def pack_matches(indices: list[tuple[Tensor, Tensor]], counts: list[int], device) -> Matches:
+    """Per-image (pred_idx, tgt_idx) → ``Matches`` on ``device``, with one host→device copy."""
+    def host(x) -> np.ndarray:
+        return np.asarray(x.cpu() if isinstance(x, Tensor) else x, dtype=np.int64)
+
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    pairs = [(host(p), host(t)) for p, t in indices]
+    rows = [np.stack([np.full_like(t, b), p, t + offsets[b], t]) for b, (p, t) in enumerate(pairs)]
+    packed = np.concatenate(rows, 1) if rows else np.zeros((4, 0), dtype=np.int64)
+    img, pred, tgt, local = torch.from_numpy(packed).to(device).unbind(0)
+    return Matches(img, pred, tgt, local, list(counts))
+
+
+def pad_targets(targets: list[dict], key: str, device=None) -> tuple[Tensor, list[int]]:
+    """Stack ``targets[b][key]`` (M_b, ...) into (B, max M_b, ...) with zeros after row M_b,
+    in one scatter. Returns the padded tensor and the counts M_b."""
+    counts = [int(t[key].shape[0]) for t in targets]
+    flat = torch.cat([t[key] for t in targets])
+    device = device if device is not None else flat.device
+    img = [b for b, m in enumerate(counts) for _ in range(m)]
+    local = [j for m in counts for j in range(m)]
+    img, local = torch.tensor([img, local], dtype=torch.int64).to(device).unbind(0)
+    out = flat.new_zeros((len(counts), max(counts, default=0), *flat.shape[1:]), device=device)
+    return out.index_put((img, local), flat.to(device)), counts
+
+
+def hungarian_padded(cost: Tensor, counts: list[int]) -> list[tuple[Tensor, Tensor]]:
+    """``hungarian`` for every image of a padded (B, N, max M) cost, of which image b uses the
+    first ``counts[b]`` columns; one device→host copy."""
+    host = cost.detach().float().cpu().numpy()
+    return [_assign(host[b, :, :m]) for b, m in enumerate(counts)]
 
 
 @torch.no_grad()
@@ -93,10 +147,9 @@ def match(
     """Match a batch. pred_logits: (B, N, K+1); pred_masks: (B, N, h, w) logits;
     targets[b] = {"labels": (M,), "masks": (M, h, w)} at the resolution of pred_masks.
     Returns per image (pred_idx, tgt_idx)."""
-    return hungarian_batch([
-        None if t["labels"].numel() == 0 else match_cost(
-            pred_logits[b], pred_masks[b].flatten(1), t["labels"], t["masks"].flatten(1),
-            cls_weight, mask_weight, dice_weight,
-        )
-        for b, t in enumerate(targets)
-    ])
+    masks, counts = pad_targets(targets, "masks", pred_masks.device)
+    if max(counts, default=0) == 0:
+        return hungarian_padded(pred_masks.new_zeros(len(counts), pred_masks.shape[1], 0), counts)
+    labels, _ = pad_targets(targets, "labels", pred_masks.device)
+    cost = match_cost(pred_logits, pred_masks.flatten(2), labels, masks.flatten(2), cls_weight, mask_weight, dice_weight)
+    return hungarian_padded(cost, counts)

@@ -9,12 +9,14 @@ Inputs, shared by all four (B images, N student queries, K classes, C = channels
   ``masks`` (M, h, w) m^t in [0, 1], ``labels`` (M,) int64 ĉ, ``features`` (M, C) r^t,
   optional ``probs`` (M, K+1) teacher class distribution;
 - matching, one ``(pred_idx, tgt_idx)`` pair per image (``rc2l.losses.matcher``): both
-  (L,) int64, ``pred_idx[l] = π(tgt_idx[l])``.
+  (L,) int64, ``pred_idx[l] = π(tgt_idx[l])``; or the same already packed as ``Matches``
+  (``RegionLosses`` packs once for all four terms).
 
 Every teacher tensor is detached here (stop-gradient). A loss averages over the matched
-teacher regions of the (local) batch; an image with M = 0 contributes nothing, and a batch
-with no region gives an exact 0 that is still connected to the student's graph (so
-``backward`` works and DDP sees every parameter used). No loss has state besides the
+teacher regions of the (local) batch, computed for the whole batch at once (no loop over
+images: on a GPU these small losses are bound by kernel launches); an image with M = 0
+contributes nothing, and a batch with no region gives an exact 0 that is still connected to
+the student's graph (so ``backward`` works and DDP sees every parameter used). No loss has state besides the
 projection head g of RFC.
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch.nn.functional as Fn
 from torch import Tensor, nn
 
 from rc2l.config import LossConfig, SemiConfig
-from rc2l.losses.matcher import match
+from rc2l.losses.matcher import Matches, match, pack_matches
 from rc2l.models.segmenter import region_features
 
 TERMS = ("rmc", "rfc", "rcc", "smc")
@@ -43,8 +45,9 @@ def mask_average_pool(F: Tensor, m: Tensor, eps: float = 1e-6) -> Tensor:
 
 
 def soft_dice(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
-    """D(a, b) = 2 Σ ab / (Σa + Σb + ε) for all pairs. a: (N, P), b: (M, P) in [0, 1] → (N, M)."""
-    return 2 * (a @ b.T) / (a.sum(-1)[:, None] + b.sum(-1)[None, :] + eps)
+    """D(a, b) = 2 Σ ab / (Σa + Σb + ε) for all pairs. a: (..., N, P), b: (..., M, P) in [0, 1]
+    → (..., N, M)."""
+    return 2 * (a @ b.mT) / (a.sum(-1)[..., :, None] + b.sum(-1)[..., None, :] + eps)
 
 
 def normalize_semantic(S: Tensor, eps: float = 1e-6) -> Tensor:
@@ -75,11 +78,17 @@ def connected_zero(*tensors: Tensor | nn.Module | None) -> Tensor:
     return zero
 
 
-def _pairs(indices: list[tuple[Tensor, Tensor]], device: torch.device):
-    """Yield (b, pred_idx, tgt_idx) on ``device`` for images with at least one matched region."""
-    for b, (pi, ti) in enumerate(indices):
-        if len(ti) > 0:
-            yield b, pi.to(device), ti.to(device)
+def as_matches(regions: list[dict], indices: list[tuple[Tensor, Tensor]] | Matches, device) -> Matches:
+    """Per-image matches packed for batched indexing (unchanged if already packed)."""
+    if isinstance(indices, Matches):
+        return indices
+    return pack_matches(indices, [int(r["labels"].shape[0]) for r in regions], device)
+
+
+def cat_regions(regions: list[dict], key: str, device) -> Tensor:
+    """The batch's teacher ``key`` tensors, image after image (rows indexed by ``Matches.tgt``),
+    detached."""
+    return torch.cat([r[key] for r in regions]).detach().to(device)
 
 
 # ----------------------------------------------------------------------------- RMC
@@ -96,18 +105,15 @@ def rmc_loss(
 
     pred_masks: (B, N, h, w) student logits p^s; regions[b]["masks"]: (M_b, h, w) m^t.
     Positive: the matched student mask; negatives: the other N−1 masks of the same image.
-    Cost per image: one (M×P)(P×N) product. Returns a scalar."""
-    total, count = None, 0
-    for b, pi, ti in _pairs(indices, pred_masks.device):
-        s = pred_masks[b].float().sigmoid().flatten(1)  # (N, P)
-        t = regions[b]["masks"].detach().float()[ti].flatten(1)  # (L, P)
-        logits = soft_dice(t, s, eps) / tau_m  # (L, N)
-        loss = Fn.cross_entropy(logits, pi, reduction="sum")
-        total = loss if total is None else total + loss
-        count += len(ti)
-    if count == 0:
+    Cost: one batched product (B, max M, P)(B, P, N). Returns a scalar."""
+    m = as_matches(regions, indices, pred_masks.device)
+    if len(m) == 0:
         return connected_zero(pred_masks)
-    return total / count
+    s = pred_masks.float().sigmoid().flatten(2)  # (B, N, P)
+    t = cat_regions(regions, "masks", s.device).float().flatten(1)[m.tgt]  # (L, P)
+    t_pad = s.new_zeros(s.shape[0], max(m.counts), s.shape[2]).index_put((m.img, m.local), t)
+    logits = soft_dice(t_pad, s, eps)[m.img, m.local] / tau_m  # (L, N): each t against its image's N masks
+    return Fn.cross_entropy(logits, m.pred)
 
 
 # ----------------------------------------------------------------------------- RFC
@@ -147,23 +153,20 @@ def rfc_loss(
     if scope not in ("batch", "image"):
         raise ValueError(f"rfc scope must be 'batch' or 'image', got {scope!r}")
     g = head if head is not None else nn.Identity()
-    pairs = list(_pairs(indices, pred_masks.device))
-    if not pairs:
+    m = as_matches(regions, indices, pred_masks.device)
+    if len(m) == 0:
         return connected_zero(pred_masks, pixel_feats, head)
     r_s = mask_average_pool(pixel_feats.float(), pred_masks.float().sigmoid(), eps)  # (B, N, C)
     z_s = Fn.normalize(g(r_s).float(), dim=-1)  # (B, N, D)
     B, N = z_s.shape[:2]
-    z_t, target, img = [], [], []
-    for b, pi, ti in pairs:
-        r_t = regions[b]["features"].detach().float()[ti]  # (L, C)
-        z_t.append(Fn.normalize(g(r_t).float(), dim=-1))
-        target.append(pi + (b * N if scope == "batch" else 0))
-        img.append(torch.full_like(pi, b))
-    z_t, target = torch.cat(z_t), torch.cat(target)
+    r_t = cat_regions(regions, "features", z_s.device).float()[m.tgt]  # (L, C)
+    z_t = Fn.normalize(g(r_t).float(), dim=-1)  # (L, D)
     if scope == "batch":
         logits = z_t @ z_s.flatten(0, 1).T / tau_f  # (N^t, B·N)
+        target = m.pred + m.img * N
     else:
-        logits = torch.einsum("ld,lnd->ln", z_t, z_s[torch.cat(img)]) / tau_f  # (N^t, N)
+        logits = torch.einsum("ld,lnd->ln", z_t, z_s[m.img]) / tau_f  # (N^t, N)
+        target = m.pred
     return Fn.cross_entropy(logits, target)
 
 
@@ -185,28 +188,28 @@ def rcc_loss(
     ``soft``: matched targets are the teacher's class distribution ``probs`` (M, K+1) and CE
     becomes KL(p^t ‖ softmax(c^s)) (regions without ``probs`` fall back to one-hot ĉ).
     pred_logits: (B, N, K+1). Returns a scalar."""
-    num, den = None, None
-    for b, pi, ti in _pairs(indices, pred_logits.device):
-        logp = pred_logits[b].float().log_softmax(-1)  # (N, K+1)
-        n, k1 = logp.shape
-        w = torch.full((n,), no_object_weight, device=logp.device)
-        w[pi] = 1.0
-        q = torch.zeros_like(logp)
-        q[:, -1] = 1.0  # "no object" for every query ...
-        labels = regions[b]["labels"].to(logp.device)[ti]
-        if soft and regions[b].get("probs") is not None:
-            q[pi] = regions[b]["probs"].detach().float().to(logp.device)[ti]
-        else:
-            q[pi] = Fn.one_hot(labels, k1).float()  # ... except the matched ones
-        # KL(q ‖ p) = Σ q log q − Σ q log p; the first sum is 0 for one-hot q (hard = CE).
-        ent = torch.where(q > 0, q * q.clamp_min(1e-12).log(), torch.zeros_like(q)).sum(-1)
-        per_query = ent - (q * logp).sum(-1)
-        loss = (w * per_query).sum()
-        num = loss if num is None else num + loss
-        den = w.sum() if den is None else den + w.sum()
-    if num is None:
+    m = as_matches(regions, indices, pred_logits.device)
+    if len(m) == 0:
         return connected_zero(pred_logits)
-    return num / den
+    logp = pred_logits.float().log_softmax(-1)  # (B, N, K+1)
+    B, N, K1 = logp.shape
+    has = torch.zeros(B, dtype=torch.bool, device=logp.device).index_fill(0, m.img, True)
+    w = (has[:, None].float() * no_object_weight).expand(B, N)
+    w = w.index_put((m.img, m.pred), torch.ones_like(m.pred, dtype=w.dtype))
+    if soft and any(r.get("probs") is not None for r in regions):
+        target = torch.cat([
+            r["probs"].detach().float() if r.get("probs") is not None else Fn.one_hot(r["labels"], K1).float()
+            for r in regions
+        ]).to(logp.device)[m.tgt]
+    else:
+        target = Fn.one_hot(cat_regions(regions, "labels", logp.device)[m.tgt], K1).float()
+    q = torch.zeros_like(logp)
+    q[..., -1] = 1.0  # "no object" for every query ...
+    q = q.index_put((m.img, m.pred), target)  # ... except the matched ones
+    # KL(q ‖ p) = Σ q log q − Σ q log p; the first sum is 0 for one-hot q (hard = CE).
+    ent = torch.where(q > 0, q * q.clamp_min(1e-12).log(), torch.zeros_like(q)).sum(-1)
+    per_query = ent - (q * logp).sum(-1)  # (B, N)
+    return (w * per_query).sum() / w.sum()
 
 
 # ----------------------------------------------------------------------------- SMC
@@ -283,6 +286,8 @@ class RegionLosses(nn.Module):
         need_match = s.rmc > 0 or s.rfc > 0 or s.rcc > 0
         if indices is None and need_match:
             indices = self.match(student, regions)
+        if indices is not None:
+            indices = as_matches(regions, indices, student["pred_logits"].device)
         terms = {}
         if s.rmc > 0:
             terms["rmc"] = s.rmc * rmc_loss(student["pred_masks"], regions, indices, s.tau_m)
@@ -301,7 +306,7 @@ class RegionLosses(nn.Module):
             return terms
         stats = {
             "num_regions": sum(len(r["labels"]) for r in regions),
-            "num_matched": sum(len(ti) for _, ti in indices) if indices is not None else 0,
+            "num_matched": len(indices) if indices is not None else 0,
             "valid_frac": float(targets["valid"].float().mean()),
         }
         return terms, stats
