@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor, nn
 
+from rc2l.losses.criterion import targets_from_labels
+from rc2l.losses.matcher import pad_targets
 from rc2l.losses.region import mask_average_pool, normalize_semantic
 
 
@@ -90,14 +92,15 @@ def regions_from_label(label: Tensor, valid: Tensor, feats: Tensor, sem: Tensor)
     label: (B, h, w) int64; valid: (B, h, w) bool; feats F^t: (B, C, h, w); sem S̄^t: (B, K, h, w).
     → per image {"masks": (M, h, w) float, "labels": (M,), "features": (M, C) = MAP(F^t, m),
     "probs": (M, K+1) = mean of S̄^t over the region, "no object" = 0}."""
-    out = []
-    for b in range(label.shape[0]):
-        classes = torch.unique(label[b][valid[b]])
-        masks = ((label[b][None] == classes[:, None, None]) & valid[b][None]).float()  # (M, h, w)
-        probs = torch.einsum("mhw,khw->mk", masks, sem[b].float()) / masks.sum((-2, -1)).clamp_min(1)[:, None]
-        probs = Fn.pad(probs, (0, 1))
-        out.append({"masks": masks, "labels": classes, "features": mask_average_pool(feats[b], masks), "probs": probs})
-    return out
+    ignore = int(label.max()) + 1 if label.numel() else 0  # a value no valid pixel has
+    targets = targets_from_labels(label.masked_fill(~valid, ignore), ignore)  # one unique for the batch
+    masks, counts = pad_targets(targets, "masks")  # (B, max M, h, w)
+    real = (torch.arange(masks.shape[1])[None] < torch.tensor(counts)[:, None]).to(masks.device)  # not padding
+    feat = mask_average_pool(feats, masks)[real].split(counts)  # (M_b, C) per image
+    probs = torch.einsum("bmhw,bkhw->bmk", masks, sem.float()) / masks.sum((-2, -1)).clamp_min(1)[..., None]
+    probs = Fn.pad(probs, (0, 1))[real].split(counts)  # "no object" = 0
+    return [{"masks": t["masks"], "labels": t["labels"], "features": f, "probs": p}
+            for t, f, p in zip(targets, feat, probs)]
 
 
 def query_regions(teacher_out: dict, tau_cls: float = 0.7, soft_masks: bool = False, ignore: Tensor | None = None) -> list[dict]:
