@@ -123,7 +123,10 @@ def query_regions(teacher_out: dict, tau_cls: float = 0.7, soft_masks: bool = Fa
     keep = keep.cpu()  # one device→host copy for the batch, not one per image
     counts = keep.sum(1).tolist()
     b_idx, n_idx = torch.stack(keep.nonzero(as_tuple=True)).to(probs.device).unbind(0)
-    split = lambda x: x[b_idx, n_idx].split(counts)  # noqa: E731  kept queries, image by image
+
+    def split(x: Tensor) -> tuple[Tensor, ...]:  # the kept queries, image by image
+        return x[b_idx, n_idx].split(counts)
+
     return [{"masks": m, "labels": c, "features": f, "probs": p}
             for m, c, f, p in zip(split(masks_all), split(cls), split(feats), split(probs))]
 
