@@ -68,34 +68,46 @@ class SetCriterion(nn.Module):
         w[-1] = self.cfg.no_object_weight
         self.register_buffer("empty_weight", w, persistent=False)
 
+    @staticmethod
+    def batch_targets(targets: list[dict]) -> dict:
+        """The batch's targets in the layouts every decoder layer uses, built once per call:
+        padded to the largest M (matching) and concatenated (the matched pairs' losses)."""
+        masks, counts = pad_targets(targets, "masks")
+        labels, _ = pad_targets(targets, "labels")
+        valid = torch.stack([t["valid"] for t in targets])
+        return {"counts": counts, "masks_pad": masks, "labels_pad": labels, "valid": valid, "grid": {},
+                "labels": torch.cat([t["labels"] for t in targets]), "masks": torch.cat([t["masks"] for t in targets])}
+
     @torch.no_grad()
-    def match(self, logits: Tensor, masks: Tensor, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
+    def match(self, logits: Tensor, masks: Tensor, bt: dict) -> list[tuple[Tensor, Tensor]]:
         """Cost on the predictions' own (stride-4) grid, over non-ignored pixels only; the whole
-        batch at once on targets padded to the largest M."""
+        batch at once on targets padded to the largest M (``batch_targets``)."""
         c = self.cfg
-        size = masks.shape[-2:]
-        tm, counts = pad_targets(targets, "masks", masks.device)
+        counts = bt["counts"]
         if max(counts, default=0) == 0:
             return hungarian_padded(masks.new_zeros(len(counts), masks.shape[1], 0), counts)
-        tm = Fn.interpolate(tm, size=size, mode="nearest").flatten(2)
-        valid = torch.stack([t["valid"] for t in targets])[:, None].float()
-        valid = Fn.interpolate(valid, size=size, mode="nearest").flatten(1)
-        labels, _ = pad_targets(targets, "labels", masks.device)
-        cost = match_cost(logits, masks.flatten(2), labels, tm, c.cls_weight, c.mask_weight, c.dice_weight, valid)
+        size = tuple(masks.shape[-2:])
+        if size not in bt["grid"]:  # the layers share one grid: resample the targets once
+            tm = Fn.interpolate(bt["masks_pad"], size=size, mode="nearest").flatten(2)
+            valid = Fn.interpolate(bt["valid"][:, None].float(), size=size, mode="nearest").flatten(1)
+            bt["grid"][size] = tm, valid
+        tm, valid = bt["grid"][size]
+        cost = match_cost(logits, masks.flatten(2), bt["labels_pad"], tm, c.cls_weight, c.mask_weight, c.dice_weight, valid)
         return hungarian_padded(cost, counts)
 
-    def layer_loss(self, logits: Tensor, masks: Tensor, targets: list[dict], num_masks: float) -> dict[str, Tensor]:
+    def layer_loss(self, logits: Tensor, masks: Tensor, bt: dict, num_masks: float) -> dict[str, Tensor]:
+        """Loss of one decoder layer; ``bt``: ``batch_targets`` of the batch."""
         c = self.cfg
-        m = pack_matches(self.match(logits, masks, targets), [len(t["labels"]) for t in targets], logits.device)
+        m = pack_matches(self.match(logits, masks, bt), bt["counts"], logits.device)
         tgt_cls = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
-        tgt_cls[m.img, m.pred] = torch.cat([t["labels"] for t in targets])[m.tgt]
+        tgt_cls[m.img, m.pred] = bt["labels"][m.tgt]
         loss_ce = Fn.cross_entropy(logits.transpose(1, 2).float(), tgt_cls, self.empty_weight)
         if len(m) == 0:
             zero = masks.sum() * 0.0
             return {"loss_ce": loss_ce, "loss_mask": zero, "loss_dice": zero}
         src = masks[m.img, m.pred]
-        tgt = torch.cat([t["masks"] for t in targets])[m.tgt]
-        valid = torch.stack([t["valid"] for t in targets])[m.img]
+        tgt = bt["masks"][m.tgt]
+        valid = bt["valid"][m.img]
         src = src.float()[:, None]
         if c.num_points > 0:
             with torch.no_grad():
@@ -122,10 +134,11 @@ class SetCriterion(nn.Module):
         if num_masks is None:
             num_masks = sum(len(t["labels"]) for t in targets)
         num_masks = max(float(num_masks), 1.0)
+        bt = self.batch_targets(targets)
         layers = [outputs] + (outputs.get("aux_outputs", []) if self.cfg.deep_supervision else [])
         terms = {"loss_ce": 0.0, "loss_mask": 0.0, "loss_dice": 0.0}
         for out in layers:
-            for k, v in self.layer_loss(out["pred_logits"], out["pred_masks"], targets, num_masks).items():
+            for k, v in self.layer_loss(out["pred_logits"], out["pred_masks"], bt, num_masks).items():
                 terms[k] = terms[k] + v
         c = self.cfg
         terms = {
