@@ -34,8 +34,8 @@ from rc2l.models.segmenter import build_model
 
 
 class RegionScore:
-    """Accumulates, per τ_cls and class, kept regions, their pixels, their correct pixels and
-    the true pixels they cover. ``tau_pix`` > 0 first cuts every region to the pixels whose
+    """Accumulates, per τ_cls and class, the kept regions, their pixels by true class and the
+    class's true pixels they cover. ``tau_pix`` > 0 first cuts every region to the pixels whose
     teacher confidence max S̄ reaches it (what SMC already does for its own target);
     ``mask_score`` > 0 drops regions whose mean σ(p) inside their mask is lower (Mask2Former's
     mask score)."""
