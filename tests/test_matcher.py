@@ -52,6 +52,20 @@ def test_cost_terms_equal_their_pixelwise_definitions():
     assert torch.isclose(dice[1, 2], ref, atol=1e-6)
 
 
+def test_bce_cost_soft_targets_and_large_logits():
+    """softplus(x) − x·t summed over many pixels must not lose the small BCE of confident, right
+    predictions to cancellation (logits ±30, 16k pixels), and must hold for soft targets."""
+    g = torch.Generator().manual_seed(2)
+    tgt = torch.rand(3, 16384, generator=g)
+    tgt[0] = (tgt[0] > 0.5).float()
+    logits = torch.cat([30 * (2 * tgt[:1] - 1), torch.randn(2, 16384, generator=g) * 5])
+    bce = batch_bce_cost(logits, tgt)
+    for i in range(3):
+        for j in range(3):
+            ref = torch.nn.functional.binary_cross_entropy_with_logits(logits[i].double(), tgt[j].double())
+            assert abs(bce[i, j].item() - ref.item()) < 1e-4 * max(1.0, ref.item()), (i, j)
+
+
 def test_matching_recovers_a_permutation():
     """Predictions that are a permutation of the targets are matched back to it."""
     masks = torch.zeros(3, 8, 8)

@@ -28,16 +28,19 @@ def batch_bce_cost(pred_logits: Tensor, tgt: Tensor, weight: Tensor | None = Non
     """pred_logits: (..., N, P), tgt: (..., M, P) -> (..., N, M) mean sigmoid BCE over the pixels
     of ``weight`` (..., P) in {0, 1} (None = all).
 
-    Uses BCE(x, t) = softplus(x) - x*t, so the (N, M) matrix is two matmuls, not N*M*P.
+    Uses BCE(x, t) = softplus(x) - x*t: the (N, M) matrix is Σ_p softplus(x) (one per query)
+    minus one matmul, not N*M*P, and only one (..., N, P) temporary, which is what bounds it
+    on a CPU (memory traffic) once a whole batch is costed at once.
     """
-    pos = torch.nn.functional.softplus(-pred_logits)  # -log σ(x)
-    neg = torch.nn.functional.softplus(pred_logits)  # -log(1-σ(x))
+    x = pred_logits
+    sp = torch.nn.functional.softplus(x)  # -log(1-σ(x))
     if weight is None:
-        npix = torch.full(pred_logits.shape[:-2], float(max(pred_logits.shape[-1], 1)), device=pred_logits.device)
+        npix = torch.full(x.shape[:-2], float(max(x.shape[-1], 1)), device=x.device)
     else:
-        pos, neg = pos * weight[..., None, :], neg * weight[..., None, :]
+        w = weight[..., None, :]
+        sp, x = sp * w, x * w
         npix = weight.sum(-1).clamp(min=1)
-    return (pos @ tgt.mT + neg @ (1 - tgt).mT) / npix[..., None, None]
+    return (sp.sum(-1)[..., :, None] - x @ tgt.mT) / npix[..., None, None]
 
 
 @torch.no_grad()
