@@ -3,8 +3,9 @@
     python benchmarks/matcher_vs_reference.py [--ref 0be67a3] [--batches 2 8] [--sizes 128 256 512 1024]
 
 The reference is ``rc2l/losses/matcher.py`` read from git at ``--ref`` (the last commit that
-matched image by image) and imported beside the current one; both get the same inputs (N=100
-queries, K=21 classes, 8 blocky target regions per image) and must return the same matches.
+matched image by image) and imported beside the current one; both get region_vs_pixel.py's
+inputs (N=100 queries, K=21 classes, 8 teacher regions per image) and must return the same
+matches.
 Per batch and input side: median time of interleaved calls, the ratio current / reference, and
 the tensor operations each call dispatches (``count_ops``: on a GPU, kernel launches)."""
 from __future__ import annotations
@@ -21,6 +22,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common as cm
+from benchmarks.region_vs_pixel import Inputs
 from rc2l.losses import matcher as current
 
 NAME = "matcher_vs_reference"
@@ -42,20 +44,6 @@ def load_reference(ref: str):
     return mod
 
 
-def inputs(batch: int, side: int, queries: int = 100, classes: int = 21, regions: int = 8, seed: int = 0):
-    h = -(-side // 4)
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(batch, queries, classes + 1, generator=g)
-    masks = torch.randn(batch, queries, h, h, generator=g)
-    targets = []
-    for _ in range(batch):
-        blocks = torch.randint(0, regions, (max(h // 8, 1), max(h // 8, 1)), generator=g)
-        lab = blocks.repeat_interleave(8, 0).repeat_interleave(8, 1)[:h, :h]
-        present = lab.unique()
-        targets.append({"labels": present, "masks": (lab[None] == present[:, None, None]).float()})
-    return logits, masks, targets
-
-
 def main(argv: list[str] | None = None) -> int:
     p = cm.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--ref", default="0be67a3", help="git commit of the reference (per-image) matcher")
@@ -71,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     rows, table = [], []
     for batch in args.batches:
         for side in args.sizes:
-            logits, masks, targets = [x.to(args.device) if torch.is_tensor(x) else x for x in inputs(batch, side)]
-            targets = [{k: v.to(args.device) for k, v in t.items()} for t in targets]
-            fns = {"reference": lambda: ref.match(logits, masks, targets), "current": lambda: current.match(logits, masks, targets)}
+            x = Inputs(side, batch, queries=100, channels=256, classes=21, regions=8, device=args.device)
+            call = (x.pred_logits, x.pred_masks, x.regions, *x.rl.match_weights)
+            fns = {"reference": lambda: ref.match(*call), "current": lambda: current.match(*call)}
             a, b = fns["reference"](), fns["current"]()
-            same = all(torch.equal(x[0].cpu(), y[0].cpu()) and torch.equal(x[1].cpu(), y[1].cpu()) for x, y in zip(a, b))
+            same = all(torch.equal(p.cpu(), q.cpu()) for u, v in zip(a, b) for p, q in zip(u, v))
             if not same:
                 raise SystemExit(f"error: batch {batch}, side {side}: the current matcher disagrees with {args.ref}")
             times = cm.interleaved(fns, args.device, args.reps)
@@ -87,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                           ops["reference"], ops["current"]])
             print(f"batch {batch}, {side}²: reference {cm.fmt_time(t_ref)}, current {cm.fmt_time(t_cur)}", flush=True)
     md = (f"Reference: `rc2l/losses/matcher.py` at `{args.ref}` (per image), same inputs and matches; "
-          f"N=100, K=21, 8 regions per image; median of {args.reps} interleaved calls.\n\n"
+          f"region_vs_pixel.py's inputs (N=100, K=21, 8 regions per image); median of {args.reps} interleaved calls.\n\n"
           + cm.markdown_table(["batch", "input", "reference", "current", "current / reference", "ops/call reference",
                                "ops/call current"], table))
     cm.publish(NAME, args, meta, rows, md)

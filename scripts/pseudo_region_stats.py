@@ -54,10 +54,13 @@ class RegionScore:
         self.truth += torch.bincount(gt[known], minlength=self.K)[: self.K].float()
         self.images += 1
         conf = normalize_semantic(out["sem_masks"])[0].max(0).values
+        r = query_regions(out, self.taus[0], soft_masks=True)[0]  # the loosest τ; stricter ones filter it
+        score = r["probs"][:, :-1].max(-1).values.tolist()
         for t, tau in enumerate(self.taus):
-            r = query_regions(out, tau, soft_masks=True)[0]
             cover = torch.zeros(self.K, *gt.shape, dtype=torch.bool)
-            for soft, c in zip(r["masks"], r["labels"].tolist()):
+            for soft, c, sc in zip(r["masks"], r["labels"].tolist(), score):
+                if sc < tau:
+                    continue
                 m = soft > 0.5
                 if self.mask_score > 0 and soft[m].mean() < self.mask_score:
                     continue
