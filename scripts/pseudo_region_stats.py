@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -139,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
               + " | " + ", ".join(f"{n} {v:.0f}%" for v, n in wrong) + " |")
     if args.json:
         rows = {names[c]: {str(tau): v for tau, v in row.items()} for c, row in table.items()}
-        args.json.write_text(json.dumps({"run": str(args.run), "model": who, "step": state["step"], "tau_pix": args.tau_pix,
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+        command = "python scripts/pseudo_region_stats.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        args.json.write_text(json.dumps({"command": command, "commit": commit,
+                                         "run": str(args.run), "model": who, "step": state["step"], "tau_pix": args.tau_pix,
                                          "mask_score": args.mask_score, "class_names": names,
                                          "images": len(ds), "classes": rows}, indent=1))
     return 0
