@@ -1,11 +1,11 @@
 """Append a measured result to docs/results.json from a finished run folder.
 
     python scripts/record_result.py RUN_DIR --command "rc2l train ..." [--note TEXT]
-    python scripts/record_result.py --table camvid:1_8 [--where H100]  # markdown rows for docs/results.md
+    python scripts/record_result.py --table camvid:1_8 [--where H100] [--per-class]  # markdown for docs/results.md
     python scripts/record_result.py RUN_DIR --command ... --machine "H100 (cuda)" --commit abc1234  # made elsewhere
 
 The row is read from the run itself (config.yaml, metrics.jsonl), never typed by hand: the
-best evaluation (student or teacher), its step, the dataset, split and eval mode."""
+best evaluation (student or teacher), its step, its per-class IoU, the dataset, split and eval mode."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,21 @@ def labeled_count(run: Path) -> int | None:
         return None
 
 
+def class_names(run: Path, n: int) -> list[str]:
+    """The dataset's class names (from the run's config; a reader's fixed names when its root is
+    not on this machine), or "class i" when they cannot be had."""
+    from rc2l.config import load_config
+    from rc2l.data.build import dataset_info
+    from rc2l.data.datasets import READERS
+
+    try:
+        names = dataset_info(load_config(run / "config.yaml")).class_names
+    except Exception:  # noqa: BLE001 — names are labels for the numbers, which stay valid without them
+        name = (yaml.safe_load((run / "config.yaml").read_text()).get("data") or {}).get("name")
+        names = list(getattr(READERS.get(name), "class_names", []))
+    return names if len(names) == n else [f"class {i}" for i in range(n)]
+
+
 def table(rows: list[dict], dataset: str, split: str, machine: str = "") -> str:
     """Markdown rows (note, method, best mIoU and its model and step, final student/teacher,
     command) for one dataset and split (and machines whose description contains ``machine``),
@@ -45,6 +60,20 @@ def table(rows: list[dict], dataset: str, split: str, machine: str = "") -> str:
     return "\n".join(out)
 
 
+def per_class_table(rows: list[dict], dataset: str, split: str, machine: str = "") -> str:
+    """Markdown: one line per class, one column per recorded row (with per-class IoU) of the
+    dataset and split, each at its best evaluation."""
+    rows = [r for r in rows if r["dataset"] == dataset and r["split"] == split and machine in r.get("machine", "")
+            and r.get("per_class")]
+    if not rows:
+        return "(no recorded row with per-class IoU)"
+    head = [f"{r['note'] or r['method']} ({r['model_evaluated']}, {r['best_step']})" for r in rows]
+    out = ["| class | " + " | ".join(head) + " |", "|---|" + "---:|" * len(rows)]
+    for c in rows[0]["per_class"]:
+        out.append(f"| {c} | " + " | ".join(f"{r['per_class'][c]:.1f}" if c in r["per_class"] else "–" for r in rows) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir", nargs="?")
@@ -55,10 +84,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "results.json"))
     ap.add_argument("--table", metavar="DATASET:SPLIT", help="print the recorded rows as markdown and exit")
     ap.add_argument("--where", default="", help="with --table: only rows whose machine contains this text")
+    ap.add_argument("--per-class", action="store_true", help="with --table: per-class IoU, one column per row")
     a = ap.parse_args()
     if a.table:
         dataset, _, split = a.table.partition(":")
-        print(table(json.loads(Path(a.out).read_text()), dataset, split, a.where))
+        print((per_class_table if a.per_class else table)(json.loads(Path(a.out).read_text()), dataset, split, a.where))
         return
     if not a.run_dir or not a.command:
         ap.error("RUN_DIR and --command are required (or --table DATASET:SPLIT)")
@@ -81,6 +111,8 @@ def main() -> None:
         "model_evaluated": best["model"],
         "best_step": best["step"],
         "final": {r["model"]: round(r["miou"], 2) for r in evals if r["step"] == last},
+        "per_class": dict(zip(class_names(run, len(best["per_class"])), (round(v, 2) for v in best["per_class"])))
+        if best.get("per_class") else None,
         "iters": cfg["train"]["iters"],
         "last_eval_step": last,
         "backbone": cfg["model"]["backbone"],

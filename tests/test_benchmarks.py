@@ -142,3 +142,17 @@ def test_matcher_vs_reference_unknown_ref(bench, tmp_path):
     m = bench("matcher_vs_reference")
     with pytest.raises(SystemExit, match="cannot read rc2l/losses/matcher.py at commit 'nosuchref'"):
         m.main(["--quick", "--ref", "nosuchref", "--out", str(tmp_path)])
+
+
+def test_op_counts_quick(bench, tmp_path):
+    """Every call dispatches as many operations for 1 image as for 3 (no per-image loop, the
+    supervised criterion included); the criterion's count grows with its decoder layers."""
+    m = bench("op_counts")
+    assert m.main(["--quick", "--batches", "1", "3", "--out", str(tmp_path)]) == 0
+    data, md = read_out(tmp_path)
+    rows = {r["call"]: r for r in data["rows"] if r["run"] == "op_counts/cpu"}
+    assert set(rows) == {"match", "rmc", "rfc", "rcc", "smc", "region_all", "criterion"}
+    assert all(r["ops_batch_1"] == r["ops_batch_3"] > 0 for r in rows.values())
+    assert rows["region_all"]["ops_batch_1"] > rows["match"]["ops_batch_1"] + rows["rmc"]["ops_batch_1"]
+    assert m.counts(1, layers=1)["criterion"] < rows["criterion"]["ops_batch_1"]  # --quick: 2 layers
+    assert "| supervised criterion, 2 layers |" in md

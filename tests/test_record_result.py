@@ -17,7 +17,8 @@ def _run_folder(tmp_path: Path, iters: int = 400) -> Path:
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     recs = [{"step": 25, "type": "train", "it_s": 0.4},
             {"step": 200, "split": "val", "mode": "original", "miou": 50.0, "model": "student"},
-            {"step": 400, "split": "val", "mode": "original", "miou": 52.5, "model": "teacher"},
+            {"step": 400, "split": "val", "mode": "original", "miou": 52.5, "model": "teacher",
+             "per_class": [90.0 + i for i in range(10)] + [12.345]},
             {"step": 400, "split": "val", "mode": "original", "miou": 51.0, "model": "student"}]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     return run
@@ -32,9 +33,15 @@ def test_record_then_table(tmp_path):
     assert len(rows) == 1
     assert (rows[0]["miou"], rows[0]["model_evaluated"], rows[0]["best_step"]) == (52.5, "teacher", 400)
     assert rows[0]["final"] == {"teacher": 52.5, "student": 51.0}
+    # the best evaluation's per-class IoU, named by the dataset's classes (CamVid's 11)
+    assert list(rows[0]["per_class"].items())[:2] == [("sky", 90.0), ("building", 91.0)]
+    assert rows[0]["per_class"]["bicyclist"] == 12.35
     md = subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--out", str(out)], check=True,
                         capture_output=True, text=True).stdout
     assert "| rc2l row | 52.50 | teacher, 400 | 51.00 / 52.50 | `rc2l train x` |" in md
+    pc = subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--per-class", "--out", str(out)],
+                        check=True, capture_output=True, text=True).stdout
+    assert "| class | rc2l row (teacher, 400) |" in pc and "| pole | 92.0 |" in pc
     assert subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_4", "--out", str(out)],
                           capture_output=True, text=True).stdout.count("\n") == 2  # header only
 
