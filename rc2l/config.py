@@ -136,6 +136,9 @@ class SemiConfig:
     tau_pix: float = 0.7  # ignore pseudo-label pixels with max S̄ < tau_pix (SMC, pixel contrast)
     regions: str = "queries"  # queries | classes
     soft_masks: bool = False  # teacher region masks σ(p) instead of binary
+    # all | confident: query regions, the matching, RMC's dice and RFC's MAP only over pixels
+    # with max S̄^t ≥ tau_pix (unsure pixels count for neither side)
+    region_pixels: str = "all"
     lambda_u: float = 1.0
     rampup_iters: int = 200
     start_iter: int = 0  # λ_u = 0 before this step (supervised warm-up of student and teacher)
@@ -181,6 +184,7 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "eval.mode": ("original", "center_crop", "sliding_window"),
     "semi.regions": ("queries", "classes"),
+    "semi.region_pixels": ("all", "confident"),
     "semi.rfc_scope": ("batch", "image"),
     "semi.pixel_contrast_mode": ("sampled", "exact"),
 }

@@ -251,3 +251,29 @@ def test_work_per_call_does_not_grow_with_the_batch():
         return count_ops(lambda: sum(losses(student, targets).values()).backward())
 
     assert ops(2) == ops(8) > 0
+
+
+def test_confident_region_pixels_ignore_unsure_pixels():
+    """region_pixels=confident: what the student predicts on unsure pixels (valid False) changes
+    neither the matching nor RMC nor RFC; with "all" it changes RMC."""
+    student, regions, _ = scene()
+    valid = torch.ones(2, H, W, dtype=torch.bool)
+    valid[:, :, 6:] = False  # the right two columns are unsure
+    targets = {"regions": regions, "label": torch.zeros(2, H, W, dtype=torch.int64), "valid": valid}
+    noisy = dict(student)
+    g = torch.Generator().manual_seed(1)
+    noisy["pred_masks"] = student["pred_masks"].detach().clone()
+    noisy["pred_masks"][..., 6:] = 10 * torch.randn(2, N, H, 2, generator=g)
+    noisy["pixel_feats"] = student["pixel_feats"].detach().clone()
+    noisy["pixel_feats"][..., 6:] = torch.randn(2, C, H, 2, generator=g)
+
+    def terms(mode, s):
+        torch.manual_seed(0)  # the same RFC head for every call
+        losses = RegionLosses(SemiConfig(region_pixels=mode, rfc_scope="image"), C)
+        return {k: v.item() for k, v in losses(s, targets).items()}
+
+    clean, moved = terms("confident", student), terms("confident", noisy)
+    for k in ("rmc", "rfc"):
+        assert moved[k] == pytest.approx(clean[k], rel=1e-5, abs=1e-6), k
+    assert terms("all", noisy)["rmc"] != pytest.approx(terms("all", student)["rmc"], rel=1e-3)
+    assert moved["rmc"] != pytest.approx(terms("all", noisy)["rmc"], rel=1e-3)

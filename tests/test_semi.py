@@ -44,10 +44,12 @@ def _check_run(trainer, teacher0, records, terms):
     assert best.keys() == trainer.model.state_dict().keys()
 
 
-def test_rc2l_on_synthetic_logs_every_term(tmp_path):
+@pytest.mark.parametrize("region_pixels", ["all", "confident"])
+def test_rc2l_on_synthetic_logs_every_term(tmp_path, region_pixels):
     trainer, t0, records = _run(tmp_path, "configs/synthetic.yaml",
                                 ["method=rc2l", "data.split=1_4", "data.synthetic.num_train=16",
-                                 "data.synthetic.num_val=2", "semi.pixel_contrast=0.1"])
+                                 "data.synthetic.num_val=2", "semi.pixel_contrast=0.1",
+                                 f"semi.region_pixels={region_pixels}", "semi.tau_pix=0.3"])
     _check_run(trainer, t0, records, REGION_TERMS + ("pixel_contrast",))
     train = [r for r in records if r.get("type") == "train"]
     assert any(r["regions_per_image"] > 0 for r in train)  # tau_cls=0 keeps the non-empty queries

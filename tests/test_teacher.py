@@ -157,3 +157,22 @@ def test_region_losses_zero_and_finite_when_teacher_keeps_nothing():
     assert total.item() == 0.0
     total.backward()
     assert all(torch.isfinite(student[k].grad).all() for k in ("pred_logits", "pred_masks", "pixel_feats"))
+
+
+def test_confident_query_regions_keep_only_confident_pixels():
+    """region_pixels=confident: query masks are cut to pixels with max S̄ ≥ τ_pix, their features
+    pool only there, and a query whose mask lies on unsure pixels only is dropped."""
+    out = teacher_out()
+    S = torch.zeros(2, K, h, w)
+    S[:, 0, :, 0] = 1.0  # column 0: class 0, sure
+    S[:, 1, :, 1:] = 0.5  # columns 1..: two classes at 0.5, unsure
+    S[:, 2, :, 1:] = 0.5
+    out["sem_masks"] = S
+    plain = teacher_targets(out, "queries", tau_cls=0.3, tau_pix=0.7)
+    cut = teacher_targets(out, "queries", tau_cls=0.3, tau_pix=0.7, confident=True)
+    assert [r["labels"].tolist() for r in plain["regions"]] == [[0, 2], [0, 2]]
+    for b, r in enumerate(cut["regions"]):
+        assert r["labels"].tolist() == [0]  # query 2 (columns 2..) lies on unsure pixels only
+        assert r["masks"][0, :, 0].eq(1).all() and r["masks"][0, :, 1:].eq(0).all()
+        assert torch.allclose(r["features"][0], out["pixel_feats"][b, :, :, 0].mean(-1), atol=1e-6)
+    assert torch.equal(cut["valid"], plain["valid"]) and cut["valid"][:, :, 1:].any().item() is False

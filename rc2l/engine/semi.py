@@ -75,7 +75,8 @@ def unlabeled_targets(ctx: StepContext, batch_u: dict, step: int) -> tuple[dict,
         t_out = ctx.teacher(weak)
     h, w = t_out["pred_masks"].shape[-2:]
     ignore = Fn.interpolate(pad[:, None].float(), size=(h, w), mode="nearest")[:, 0].bool()
-    targets = teacher_targets(t_out, c.semi.regions, c.semi.tau_cls, c.semi.tau_pix, c.semi.soft_masks, ignore)
+    targets = teacher_targets(t_out, c.semi.regions, c.semi.tau_cls, c.semi.tau_pix, c.semi.soft_masks, ignore,
+                              confident=c.semi.region_pixels == "confident")
     regions_kept = sum(len(r["labels"]) for r in targets["regions"]) / max(len(targets["regions"]), 1)
     small, big = stride_boxes(weak.shape[0], tuple(weak.shape[-2:]), (h, w), c.semi.cutmix_p, c.seed, step, ctx.device)
     targets = cutmix_targets(targets, small)

@@ -153,11 +153,13 @@ def teacher_targets(
     tau_pix: float = 0.0,
     soft_masks: bool = False,
     ignore: Tensor | None = None,
+    confident: bool = False,
 ) -> dict:
     """Everything the student is trained against, from the teacher's output on the weak view:
     {"label": Ŷ (B, h, w) int64, "conf": (B, h, w), "valid": (B, h, w) bool (conf ≥ τ_pix and
     not ignored), "sem": S̄^t (B, K, h, w), "feats": F^t (B, C, h, w), "regions": list per image
-    (``pseudo_regions``), "mode": mode}. All detached."""
+    (``pseudo_regions``), "mode": mode}. All detached. ``confident``: ``queries`` regions are cut
+    to the valid pixels (``classes`` regions always are)."""
     if mode not in ("queries", "classes"):
         raise ValueError(f"pseudo-region mode must be 'queries' or 'classes', got {mode!r}")
     sem = normalize_semantic(teacher_out["sem_masks"].detach())
@@ -167,7 +169,7 @@ def teacher_targets(
         valid = valid & ~ignore
     feats = teacher_out["pixel_feats"].detach().float()
     if mode == "queries":
-        regions = query_regions(teacher_out, tau_cls, soft_masks, ignore)
+        regions = query_regions(teacher_out, tau_cls, soft_masks, ~valid if confident else ignore)
     else:
         regions = regions_from_label(label, valid, feats, sem)
     return {"label": label, "conf": conf, "valid": valid, "sem": sem, "feats": feats, "regions": regions, "mode": mode}

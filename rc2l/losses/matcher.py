@@ -146,13 +146,16 @@ def match(
     cls_weight: float = 2.0,
     mask_weight: float = 5.0,
     dice_weight: float = 5.0,
+    weight: Tensor | None = None,
 ) -> list[tuple[Tensor, Tensor]]:
     """Match a batch. pred_logits: (B, N, K+1); pred_masks: (B, N, h, w) logits;
-    targets[b] = {"labels": (M,), "masks": (M, h, w)} at the resolution of pred_masks.
+    targets[b] = {"labels": (M,), "masks": (M, h, w)} at the resolution of pred_masks;
+    weight: (B, h, w) pixels that count in the mask costs (None = all).
     Returns per image (pred_idx, tgt_idx)."""
     masks, counts = pad_targets(targets, "masks", pred_masks.device)
     if max(counts, default=0) == 0:
         return hungarian_padded(pred_masks.new_zeros(len(counts), pred_masks.shape[1], 0), counts)
     labels, _ = pad_targets(targets, "labels", pred_masks.device)
-    cost = match_cost(pred_logits, pred_masks.flatten(2), labels, masks.flatten(2), cls_weight, mask_weight, dice_weight)
+    w = None if weight is None else weight.flatten(1)
+    cost = match_cost(pred_logits, pred_masks.flatten(2), labels, masks.flatten(2), cls_weight, mask_weight, dice_weight, w)
     return hungarian_padded(cost, counts)

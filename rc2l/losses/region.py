@@ -98,6 +98,7 @@ def rmc_loss(
     indices: list[tuple[Tensor, Tensor]],
     tau_m: float = 0.1,
     eps: float = 1e-6,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """Region Mask Contrastive.
 
@@ -105,13 +106,17 @@ def rmc_loss(
 
     pred_masks: (B, N, h, w) student logits p^s; regions[b]["masks"]: (M_b, h, w) m^t.
     Positive: the matched student mask; negatives: the other N−1 masks of the same image.
-    Cost: one batched product (B, max M, P)(B, P, N). Returns a scalar."""
+    weight: (B, h, w) pixels the dice is summed over (None = all). Cost: one batched product
+    (B, max M, P)(B, P, N). Returns a scalar."""
     m = as_matches(regions, indices, pred_masks.device)
     if len(m) == 0:
         return connected_zero(pred_masks)
     s = pred_masks.float().sigmoid().flatten(2)  # (B, N, P)
     t = cat_regions(regions, "masks", s.device).float().flatten(1)[m.tgt]  # (L, P)
     t_pad = s.new_zeros(s.shape[0], max(m.counts), s.shape[2]).index_put((m.img, m.local), t)
+    if weight is not None:
+        w = weight.to(s.device).float().flatten(1)[:, None]  # (B, 1, P)
+        s, t_pad = s * w, t_pad * w
     logits = soft_dice(t_pad, s, eps)[m.img, m.local] / tau_m  # (L, N): each t against its image's N masks
     return Fn.cross_entropy(logits, m.pred)
 
@@ -139,6 +144,7 @@ def rfc_loss(
     tau_f: float = 0.1,
     scope: str = "batch",
     eps: float = 1e-6,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """Region Feature Contrastive.
 
@@ -149,14 +155,17 @@ def rfc_loss(
     ``scope``: "batch" → 𝒩 = all B·N student regions; "image" → the N of the same image.
     ``head`` = g (``RFCHead``); None = identity. The teacher features are detached, but both
     sides go through the same g, so g is trained from both (the teacher network gets nothing).
-    Returns a scalar."""
+    weight: (B, h, w) pixels the student's MAP pools over (None = all). Returns a scalar."""
     if scope not in ("batch", "image"):
         raise ValueError(f"rfc scope must be 'batch' or 'image', got {scope!r}")
     g = head if head is not None else nn.Identity()
     m = as_matches(regions, indices, pred_masks.device)
     if len(m) == 0:
         return connected_zero(pred_masks, pixel_feats, head)
-    r_s = mask_average_pool(pixel_feats.float(), pred_masks.float().sigmoid(), eps)  # (B, N, C)
+    m_s = pred_masks.float().sigmoid()
+    if weight is not None:
+        m_s = m_s * weight.to(m_s.device).float()[:, None]
+    r_s = mask_average_pool(pixel_feats.float(), m_s, eps)  # (B, N, C)
     z_s = Fn.normalize(g(r_s).float(), dim=-1)  # (B, N, D)
     B, N = z_s.shape[:2]
     r_t = cat_regions(regions, "features", z_s.device).float()[m.tgt]  # (L, C)
@@ -276,24 +285,26 @@ class RegionLosses(nn.Module):
         self.rfc_head = head
 
     @torch.no_grad()
-    def match(self, student: dict, regions: list[dict]) -> list[tuple[Tensor, Tensor]]:
+    def match(self, student: dict, regions: list[dict], weight: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
         """Hungarian matching of the N student queries to each image's teacher regions."""
-        return match(student["pred_logits"], student["pred_masks"], regions, *self.match_weights)
+        return match(student["pred_logits"], student["pred_masks"], regions, *self.match_weights, weight)
 
     def forward(self, student: dict, targets: dict, indices: list | None = None, return_stats: bool = False):
         s = self.semi
         regions = targets["regions"]
+        w = targets["valid"] if s.region_pixels == "confident" else None  # unsure pixels count for neither side
         need_match = s.rmc > 0 or s.rfc > 0 or s.rcc > 0
         if indices is None and need_match:
-            indices = self.match(student, regions)
+            indices = self.match(student, regions, w)
         if indices is not None:
             indices = as_matches(regions, indices, student["pred_logits"].device)
         terms = {}
         if s.rmc > 0:
-            terms["rmc"] = s.rmc * rmc_loss(student["pred_masks"], regions, indices, s.tau_m)
+            terms["rmc"] = s.rmc * rmc_loss(student["pred_masks"], regions, indices, s.tau_m, weight=w)
         if s.rfc > 0:
             terms["rfc"] = s.rfc * rfc_loss(
-                student["pred_masks"], student["pixel_feats"], regions, indices, self.rfc_head, s.tau_f, s.rfc_scope
+                student["pred_masks"], student["pixel_feats"], regions, indices, self.rfc_head, s.tau_f, s.rfc_scope,
+                weight=w,
             )
         if s.rcc > 0:
             terms["rcc"] = s.rcc * rcc_loss(student["pred_logits"], regions, indices, self.no_object_weight, s.rcc_soft)
