@@ -1,11 +1,12 @@
 """Append a measured result to docs/results.json from a finished run folder.
 
     python scripts/record_result.py RUN_DIR --command "rc2l train ..." [--note TEXT]
-    python scripts/record_result.py --table camvid:1_8 [--where H100] [--per-class]  # markdown for docs/results.md
+    python scripts/record_result.py --table camvid:1_8 [--where H100] [--iters 1500] [--per-class | --curves]  # markdown for docs/results.md
     python scripts/record_result.py RUN_DIR --command ... --machine "H100 (cuda)" --commit abc1234  # made elsewhere
 
 The row is read from the run itself (config.yaml, metrics.jsonl), never typed by hand: the
-best evaluation (student or teacher), its step, its per-class IoU, the dataset, split and eval mode."""
+best evaluation (student or teacher), its step, its per-class IoU, every evaluation's mIoU, the dataset,
+split and eval mode."""
 from __future__ import annotations
 
 import argparse
@@ -44,33 +45,51 @@ def class_names(run: Path, n: int) -> list[str]:
     return names if len(names) == n else [f"class {i}" for i in range(n)]
 
 
-def table(rows: list[dict], dataset: str, split: str, machine: str = "") -> str:
+def select(rows: list[dict], dataset: str, split: str, machine: str = "", iters: int | None = None) -> list[dict]:
+    """The recorded rows of one dataset and split, on machines whose description contains
+    ``machine``, and of one schedule (``iters``) when given, in the order they were recorded."""
+    return [r for r in rows if r["dataset"] == dataset and r["split"] == split and machine in r.get("machine", "")
+            and iters in (None, r["iters"])]
+
+
+def table(rows: list[dict]) -> str:
     """Markdown rows (note, method, best mIoU and its model and step, final student/teacher,
-    command) for one dataset and split (and machines whose description contains ``machine``),
-    in the order they were recorded. A run stopped before its last evaluation says
-    where it was last evaluated."""
+    command). A run stopped before its last evaluation says where it was last evaluated."""
     out = ["| run | val mIoU (best) | model, step | final student / teacher | command |", "|---|---:|---|---|---|"]
     for r in rows:
-        if r["dataset"] == dataset and r["split"] == split and machine in r.get("machine", ""):
-            fin = " / ".join(f"{r['final'][m]:.2f}" for m in ("student", "teacher") if m in r["final"])
-            done = r.get("last_eval_step", r["iters"])
-            stopped = f" (stopped: last evaluated at step {done} of {r['iters']})" if done < r["iters"] else ""
-            out.append(f"| {r['note'] or r['method']}{stopped} | {r['miou']:.2f} | {r['model_evaluated']}, {r['best_step']} "
-                       f"| {fin} | `{r['command']}` |")
+        fin = " / ".join(f"{r['final'][m]:.2f}" for m in ("student", "teacher") if m in r["final"])
+        done = r.get("last_eval_step", r["iters"])
+        stopped = f" (stopped: last evaluated at step {done} of {r['iters']})" if done < r["iters"] else ""
+        out.append(f"| {r['note'] or r['method']}{stopped} | {r['miou']:.2f} | {r['model_evaluated']}, {r['best_step']} "
+                   f"| {fin} | `{r['command']}` |")
     return "\n".join(out)
 
 
-def per_class_table(rows: list[dict], dataset: str, split: str, machine: str = "") -> str:
-    """Markdown: one line per class, one column per recorded row (with per-class IoU) of the
-    dataset and split, each at its best evaluation."""
-    rows = [r for r in rows if r["dataset"] == dataset and r["split"] == split and machine in r.get("machine", "")
-            and r.get("per_class")]
+def per_class_table(rows: list[dict]) -> str:
+    """Markdown: one line per class, one column per row with per-class IoU, each at its best
+    evaluation."""
+    rows = [r for r in rows if r.get("per_class")]
     if not rows:
         return "(no recorded row with per-class IoU)"
     head = [f"{r['note'] or r['method']} ({r['model_evaluated']}, {r['best_step']})" for r in rows]
     out = ["| class | " + " | ".join(head) + " |", "|---|" + "---:|" * len(rows)]
     for c in rows[0]["per_class"]:
         out.append(f"| {c} | " + " | ".join(f"{r['per_class'][c]:.1f}" if c in r["per_class"] else "–" for r in rows) + " |")
+    return "\n".join(out)
+
+
+def curves_table(rows: list[dict]) -> str:
+    """Markdown: val mIoU (student / teacher) of each row at every evaluation step."""
+    rows = [r for r in rows if r.get("history")]
+    if not rows:
+        return "(no recorded row with its evaluation history)"
+    steps = sorted({int(s) for r in rows for h in r["history"].values() for s in h})
+    out = ["| run | " + " | ".join(map(str, steps)) + " |", "|---|" + "---|" * len(steps)]
+    for r in rows:
+        models = [m for m in ("student", "teacher") if m in r["history"]]
+        cells = [" / ".join(f"{r['history'][m][str(s)]:.1f}" if str(s) in r["history"][m] else "–" for m in models)
+                 for s in steps]
+        out.append(f"| {r['note'] or r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -84,11 +103,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "results.json"))
     ap.add_argument("--table", metavar="DATASET:SPLIT", help="print the recorded rows as markdown and exit")
     ap.add_argument("--where", default="", help="with --table: only rows whose machine contains this text")
+    ap.add_argument("--iters", type=int, help="with --table: only rows of this schedule (train.iters)")
     ap.add_argument("--per-class", action="store_true", help="with --table: per-class IoU, one column per row")
+    ap.add_argument("--curves", action="store_true", help="with --table: val mIoU at every evaluation, one line per row")
     a = ap.parse_args()
     if a.table:
         dataset, _, split = a.table.partition(":")
-        print((per_class_table if a.per_class else table)(json.loads(Path(a.out).read_text()), dataset, split, a.where))
+        render = per_class_table if a.per_class else curves_table if a.curves else table
+        print(render(select(json.loads(Path(a.out).read_text()), dataset, split, a.where, a.iters)))
         return
     if not a.run_dir or not a.command:
         ap.error("RUN_DIR and --command are required (or --table DATASET:SPLIT)")
@@ -111,7 +133,9 @@ def main() -> None:
         "model_evaluated": best["model"],
         "best_step": best["step"],
         "final": {r["model"]: round(r["miou"], 2) for r in evals if r["step"] == last},
-        "per_class": dict(zip(class_names(run, len(best["per_class"])), (round(v, 2) for v in best["per_class"])))
+        "history": {m: {str(r["step"]): round(r["miou"], 4) for r in evals if r["model"] == m}
+                    for m in sorted({r["model"] for r in evals})},
+        "per_class": dict(zip(class_names(run, len(best["per_class"])), (round(v, 4) for v in best["per_class"])))
         if best.get("per_class") else None,
         "iters": cfg["train"]["iters"],
         "last_eval_step": last,

@@ -35,15 +35,19 @@ def test_record_then_table(tmp_path):
     assert rows[0]["final"] == {"teacher": 52.5, "student": 51.0}
     # the best evaluation's per-class IoU, named by the dataset's classes (CamVid's 11)
     assert list(rows[0]["per_class"].items())[:2] == [("sky", 90.0), ("building", 91.0)]
-    assert rows[0]["per_class"]["bicyclist"] == 12.35
+    assert rows[0]["per_class"]["bicyclist"] == 12.345
     md = subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--out", str(out)], check=True,
                         capture_output=True, text=True).stdout
     assert "| rc2l row | 52.50 | teacher, 400 | 51.00 / 52.50 | `rc2l train x` |" in md
     pc = subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--per-class", "--out", str(out)],
                         check=True, capture_output=True, text=True).stdout
     assert "| class | rc2l row (teacher, 400) |" in pc and "| pole | 92.0 |" in pc
-    assert subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_4", "--out", str(out)],
-                          capture_output=True, text=True).stdout.count("\n") == 2  # header only
+    curves = subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--curves", "--out", str(out)],
+                            check=True, capture_output=True, text=True).stdout
+    assert "| run | 200 | 400 |" in curves and "| rc2l row | 50.0 / – | 51.0 / 52.5 |" in curves
+    for other in (["camvid:1_4"], ["camvid:1_8", "--iters", "600"]):  # another split, another schedule: header only
+        assert subprocess.run([sys.executable, str(SCRIPT), "--table", *other, "--out", str(out)],
+                              capture_output=True, text=True).stdout.count("\n") == 2
 
 
 def test_rows_from_another_machine_and_stopped_runs(tmp_path):
