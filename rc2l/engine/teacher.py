@@ -108,7 +108,8 @@ def query_regions(teacher_out: dict, tau_cls: float = 0.7, soft_masks: bool = Fa
     whose binary mask σ(p^t) > 0.5 is non-empty.
 
     teacher_out: the segmenter's dict (pred_logits (B, N, K+1), pred_masks (B, N, h, w),
-    pixel_feats (B, C, h, w)); ignore: (B, h, w) bool padding (removed from masks) or None.
+    pixel_feats (B, C, h, w)); ignore: (B, h, w) bool pixels removed from the masks (padding; with
+    ``teacher_targets(confident=True)`` also the unsure ones) or None.
     → per image {"masks": (M, h, w) binary, or σ(p^t) with ``soft_masks``, "labels": (M,) ĉ,
     "features": (M, C) = MAP(F^t, m), "probs": (M, K+1) softmax(c^t)}."""
     probs = teacher_out["pred_logits"].detach().float().softmax(-1)  # (B, N, K+1)
