@@ -22,11 +22,12 @@ import platform
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable
+
+from rc2l.provenance import cpu_model, git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -70,29 +71,6 @@ def amp_context(device: str, amp: bool):
 
 
 # ----------------------------------------------------------------------------- description
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    """Short HEAD hash, with "+dirty" when tracked or untracked files differ from HEAD.
-    RC2L_COMMIT overrides it for copies of the tree without .git (a rented GPU machine)."""
-    if os.environ.get("RC2L_COMMIT"):
-        return os.environ["RC2L_COMMIT"]
-    try:
-        h = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        return h + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def command_line(script: str | None = None, argv: list[str] | None = None) -> str:
     """The exact command: interpreter, the script (relative to the repository root when
     possible) and its arguments (``argv`` when main() was called with them, else sys.argv)."""

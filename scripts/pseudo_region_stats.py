@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from rc2l.engine.checkpoint import load_state
 from rc2l.engine.teacher import query_regions
 from rc2l.losses.region import normalize_semantic
 from rc2l.models.segmenter import build_model
+from rc2l.provenance import git_commit
 
 
 class RegionScore:
@@ -141,10 +141,8 @@ def main(argv: list[str] | None = None) -> int:
               + " | " + ", ".join(f"{n} {v:.0f}%" for v, n in wrong) + " |")
     if args.json:
         rows = {names[c]: {str(tau): v for tau, v in row.items()} for c, row in table.items()}
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parents[1]).stdout.strip()
         command = "python scripts/pseudo_region_stats.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        args.json.write_text(json.dumps({"command": command, "commit": commit,
+        args.json.write_text(json.dumps({"command": command, "commit": git_commit(),
                                          "run": str(args.run), "model": who, "step": state["step"], "tau_pix": args.tau_pix,
                                          "mask_score": args.mask_score, "class_names": names,
                                          "images": len(ds), "classes": rows}, indent=1))

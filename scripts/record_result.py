@@ -12,12 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 from pathlib import Path
 
 import yaml
 
+from rc2l.provenance import git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_commits(records: list[dict]) -> str | None:
+    """The commit(s) the run's own start records name, in order ("a, resumed at b" when a resume
+    ran other code); None for runs made before the trainer wrote them."""
+    seen = list(dict.fromkeys(r["commit"] for r in records if r.get("type") == "start" and r.get("commit")))
+    return ", resumed at ".join(seen) or None
 
 
 def labeled_count(run: Path) -> int | None:
@@ -99,7 +107,7 @@ def main() -> None:
     ap.add_argument("--command")
     ap.add_argument("--note", default="")
     ap.add_argument("--machine", help="where it ran (default: this machine's CPU)")
-    ap.add_argument("--commit", help="the commit it ran at (default: HEAD; for runs made elsewhere)")
+    ap.add_argument("--commit", help="the commit it ran at (default: the run's own start records, else HEAD)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results.json"))
     ap.add_argument("--table", metavar="DATASET:SPLIT", help="print the recorded rows as markdown and exit")
     ap.add_argument("--where", default="", help="with --table: only rows whose machine contains this text")
@@ -116,12 +124,13 @@ def main() -> None:
         ap.error("RUN_DIR and --command are required (or --table DATASET:SPLIT)")
     run = Path(a.run_dir)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "miou" in r]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = [r for r in records if "miou" in r]
     if not evals:
         raise SystemExit(f"error: no evaluation in {run / 'metrics.jsonl'}")
     best = max(evals, key=lambda r: r["miou"])
     last = max(r["step"] for r in evals)
-    train = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("type") == "train"]
+    train = [r for r in records if r.get("type") == "train"]
     row = {
         "dataset": cfg["data"]["name"],
         "labeled": labeled_count(run),
@@ -142,7 +151,7 @@ def main() -> None:
         "backbone": cfg["model"]["backbone"],
         "train_it_s_median": sorted(r["it_s"] for r in train)[len(train) // 2] if train else None,
         "command": a.command,
-        "commit": a.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
+        "commit": a.commit or run_commits(records) or git_commit(),
         "machine": a.machine or f"{platform.machine()} {platform.processor() or ''} cpu".strip(),
         "note": a.note,
     }

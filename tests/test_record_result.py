@@ -63,3 +63,18 @@ def test_rows_from_another_machine_and_stopped_runs(tmp_path):
     md = subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--where", "H100", "--out", str(out)],
                         check=True, capture_output=True, text=True).stdout
     assert md.count("\n") == 3 and "(stopped: last evaluated at step 400 of 600)" in md
+
+
+def test_commit_comes_from_the_runs_own_start_records(tmp_path):
+    """The trainer writes a start record (with its commit) at every start and resume: the row's
+    commit is read from there, naming a resume that ran other code; --commit still overrides."""
+    run, out = _run_folder(tmp_path), tmp_path / "results.json"
+    starts = [{"type": "start", "step": 0, "commit": "aaa1111"}, {"type": "start", "step": 200, "commit": "aaa1111"},
+              {"type": "start", "step": 300, "commit": "bbb2222+dirty"}]
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("\n".join(json.dumps(r) for r in starts) + "\n")
+    rec = [sys.executable, str(SCRIPT), str(run), "--command", "rc2l train x", "--out", str(out)]
+    subprocess.run(rec, check=True, capture_output=True)
+    assert json.loads(out.read_text())[0]["commit"] == "aaa1111, resumed at bbb2222+dirty"
+    subprocess.run(rec + ["--commit", "ccc3333"], check=True, capture_output=True)
+    assert json.loads(out.read_text())[0]["commit"] == "ccc3333"

@@ -168,3 +168,19 @@ def test_report_without_a_run_folder(tmp_path):
     assert code == 2 and "run folder not found" in stderr
     code, _, stderr = cli(["report", str(tmp_path)])
     assert code == 2 and "metrics.jsonl not found" in stderr
+
+
+def test_metrics_log_after_a_cut_off_line_keeps_the_next_record(tmp_path):
+    """A run killed mid-write leaves half a line; the resumed run's first record must still
+    parse (only the half line is lost, and read_metrics names it)."""
+    from rc2l.engine.train import MetricsLog
+    from rc2l.infer.report import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "type": "train", "loss": 1.0}\n{"step": 2, "type": "tra')
+    log = MetricsLog(tmp_path, enabled=True)
+    log.write({"step": 2, "type": "train", "loss": 0.5}, "train")
+    log.close()
+    train, _, warns = read_metrics(path)
+    assert [r["step"] for r in train] == [1, 2]
+    assert warns == [f"{path}:2: not valid JSON, skipped"]

@@ -6,12 +6,14 @@ Bit-exactness holds on CPU with train.deterministic=true, train.threads=1, data.
 points from the global torch RNG every step, so the RNG states must be restored exactly too."""
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
 import torch
 
 from rc2l.engine.checkpoint import load_state
+from rc2l.provenance import git_commit
 from reliability_helpers import (assert_equal_tensors, cli_popen, tiny_overrides, train_inprocess, train_records,
                                  wait_for, weights)
 
@@ -56,6 +58,9 @@ def test_sigkill_then_resume_auto_is_bit_exact(tmp_path, reference):
     assert st["data"] == reference["state"]["data"]
     assert torch.equal(st["rng"]["torch"], reference["state"]["rng"]["torch"])
     assert _temp_files(run) == []  # a temp file left by the kill is cleaned up by the next save
+    starts = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"type": "start"' in line]
+    assert [r["step"] for r in starts] == [0, killed_at]  # every (re)start says where and with which code
+    assert {r["commit"] for r in starts} == {git_commit()}
 
 
 @pytest.mark.slow

@@ -8,8 +8,10 @@ import torch
 from safetensors.torch import load_file
 
 from rc2l.config import load_config
+from rc2l.engine.checkpoint import read_meta
 from rc2l.engine.semi import lambda_u, stride_boxes
 from rc2l.engine.train import Trainer
+from rc2l.provenance import git_commit
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 TINY = ["model.pretrained=none", "model.backbone=resnet18", "model.hidden_dim=32", "model.mask_dim=32",
@@ -42,6 +44,9 @@ def _check_run(trainer, teacher0, records, terms):
     assert changed, "the EMA teacher did not change"
     best = load_file(str(trainer.run_dir / "best.safetensors"))
     assert best.keys() == trainer.model.state_dict().keys()
+    start = [r for r in records if r.get("type") == "start"]
+    assert [r["step"] for r in start] == [0] and start[0]["commit"] == git_commit()
+    assert read_meta(trainer.run_dir / "best.safetensors")["commit"] == start[0]["commit"]  # traceable to its code
 
 
 @pytest.mark.parametrize("region_pixels", ["all", "confident"])

@@ -26,6 +26,7 @@ from rc2l.engine.steps import STEPS, StepContext
 from rc2l.errors import CheckpointError, TrainingError
 from rc2l.losses.criterion import SetCriterion, targets_from_labels
 from rc2l.models.segmenter import build_model
+from rc2l.provenance import run_record
 
 log = logging.getLogger("rc2l")
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -111,6 +112,11 @@ class MetricsLog:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
+        if enabled and self.path.exists() and self.path.stat().st_size:
+            with open(self.path, "rb+") as f:  # a line cut off by a kill must not swallow the next record
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -193,6 +199,8 @@ class Trainer:
         self._build_loaders()
         self.log = MetricsLog(self.run_dir, self.main)
         self._maybe_resume()
+        self.provenance = run_record(self.step, self.device)
+        self.log.write(self.provenance, "run")
 
     # ----- set-up -------------------------------------------------------------------------
     def _setup_method(self) -> None:
@@ -445,7 +453,8 @@ class Trainer:
     def _meta(self, which: str, miou: float | None = None) -> dict:
         extra = {"step": str(self.step), "model_evaluated": which, "dataset": self.cfg.data.name,
                  "class_names": self.info.class_names, "palette": [list(p) for p in self.info.palette],
-                 "crop_size": list(self.cfg.data.crop_size), "resize": list(self.cfg.data.resize)}  # for predict/export
+                 "crop_size": list(self.cfg.data.crop_size), "resize": list(self.cfg.data.resize),  # for predict/export
+                 "commit": self.provenance["commit"]}
         if miou is not None:
             extra["miou"] = f"{miou:.4f}"
         return model_meta(self.model, to_dict(self.cfg)["model"], extra)

@@ -1,0 +1,49 @@
+"""Which code and machine made a run, recorded by the run itself, so that a result in
+docs/results.json or a shared best.safetensors can be traced back without anyone typing a hash."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+SOURCE = Path(__file__).resolve().parents[1]
+
+
+def git_commit(repo: Path = SOURCE) -> str:
+    """Short HEAD hash of ``repo``, with "+dirty" when tracked or untracked files differ from it;
+    "unknown" outside a git checkout (an installed wheel). RC2L_COMMIT overrides it for copies of
+    the tree without .git (e.g. a rented GPU machine)."""
+    if os.environ.get("RC2L_COMMIT"):
+        return os.environ["RC2L_COMMIT"]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        # A wheel installed in a virtualenv that sits inside some checkout must not report that
+        # checkout's commit: the package's source folder has to be the repository's top level.
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != Path(repo).resolve():
+            return "unknown"
+        return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_record(step: int, device) -> dict:
+    """The metrics.jsonl line written at every (re)start of a training run."""
+    import torch  # not at module level: benchmarks import git_commit into torch-free processes
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return {"type": "start", "step": step, "commit": git_commit(), "torch": torch.__version__,
+            "python": platform.python_version(), "device": f"{device.type}: {name}", "host": platform.node()}
