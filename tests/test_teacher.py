@@ -13,7 +13,6 @@ from rc2l.engine.teacher import (
     make_teacher,
     partner_index,
     pseudo_label,
-    pseudo_regions,
     teacher_targets,
 )
 from rc2l.losses.region import RegionLosses
@@ -79,14 +78,14 @@ def teacher_out(B=2, seed=0):
 
 def test_tau_cls_keeps_confident_nonempty_queries():
     out = teacher_out()
-    regions = pseudo_regions(out, "queries", tau_cls=0.7)
+    regions = teacher_targets(out, "queries", tau_cls=0.7)["regions"]
     for r in regions:
         assert r["labels"].tolist() == [0]  # query 1 empty mask, 2 unconfident, 3 no object
         assert r["masks"].shape == (1, h, w) and r["masks"][0, :, :2].eq(1).all() and r["masks"][0, :, 2:].eq(0).all()
         assert r["probs"].shape == (1, K + 1) and r["features"].shape == (1, C)
-    assert len(pseudo_regions(out, "queries", tau_cls=0.3)[0]["labels"]) == 2  # query 2 now passes
-    assert len(pseudo_regions(out, "queries", tau_cls=0.999)[0]["labels"]) == 0
-    soft = pseudo_regions(out, "queries", soft_masks=True)[0]["masks"]
+    assert len(teacher_targets(out, "queries", tau_cls=0.3)["regions"][0]["labels"]) == 2  # query 2 now passes
+    assert len(teacher_targets(out, "queries", tau_cls=0.999)["regions"][0]["labels"]) == 0
+    soft = teacher_targets(out, "queries", soft_masks=True)["regions"][0]["masks"]
     assert 0 < soft.min() < 0.5 < soft.max() < 1
 
 
@@ -99,8 +98,8 @@ def test_tau_pix_drops_unconfident_pixels_in_classes_mode():
            "pred_logits": torch.zeros(1, N, K + 1), "pred_masks": torch.zeros(1, N, h, w)}
     label, conf = pseudo_label(S)
     assert label[0, 0].tolist() == [0, 0, 1, 1] and conf[0, 0, 2].item() == pytest.approx(0.55)
-    assert pseudo_regions(out, "classes", tau_pix=0.5)[0]["labels"].tolist() == [0, 1]
-    r = pseudo_regions(out, "classes", tau_pix=0.6)[0]
+    assert teacher_targets(out, "classes", tau_pix=0.5)["regions"][0]["labels"].tolist() == [0, 1]
+    r = teacher_targets(out, "classes", tau_pix=0.6)["regions"][0]
     assert r["labels"].tolist() == [0] and r["masks"][0].sum() == 8
     t = teacher_targets(out, "classes", tau_pix=0.6)
     assert t["valid"][0, :, 2:].any().item() is False

@@ -132,21 +132,6 @@ def query_regions(teacher_out: dict, tau_cls: float = 0.7, soft_masks: bool = Fa
             for m, c, f, p in zip(split(masks_all), split(cls), split(feats), split(probs))]
 
 
-def pseudo_regions(
-    teacher_out: dict,
-    mode: str = "queries",
-    tau_cls: float = 0.7,
-    tau_pix: float = 0.0,
-    soft_masks: bool = False,
-    ignore: Tensor | None = None,
-) -> list[dict]:
-    """Teacher pseudo-regions, per image {"masks" (M, h, w) float, "labels" (M,) int64,
-    "features" (M, C), "probs" (M, K+1)}. ``mode="queries"``: see ``query_regions`` (τ_cls,
-    soft_masks); ``mode="classes"``: see ``regions_from_label`` on Ŷ with pixels of
-    max S̄^t < τ_pix (or ignored) removed. r^t = MAP(F^t, m^t) either way."""
-    return teacher_targets(teacher_out, mode, tau_cls, tau_pix, soft_masks, ignore)["regions"]
-
-
 def teacher_targets(
     teacher_out: dict,
     mode: str = "queries",
@@ -159,7 +144,9 @@ def teacher_targets(
     """Everything the student is trained against, from the teacher's output on the weak view:
     {"label": Ŷ (B, h, w) int64, "conf": (B, h, w), "valid": (B, h, w) bool (conf ≥ τ_pix and
     not ignored), "sem": S̄^t (B, K, h, w), "feats": F^t (B, C, h, w), "regions": list per image
-    (``pseudo_regions``), "mode": mode}. All detached. ``confident``: ``queries`` regions are cut
+    {"masks" (M, h, w) float, "labels" (M,) int64, "features" r^t = MAP(F^t, m^t) (M, C), "probs"
+    (M, K+1)}: ``query_regions`` for ``queries`` (τ_cls, soft_masks), ``regions_from_label`` on Ŷ
+    without the pixels of max S̄^t < τ_pix or ignored for ``classes``, "mode": mode}. All detached. ``confident``: ``queries`` regions are cut
     to the valid pixels (``classes`` regions always are)."""
     if mode not in ("queries", "classes"):
         raise ValueError(f"pseudo-region mode must be 'queries' or 'classes', got {mode!r}")

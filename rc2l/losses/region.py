@@ -5,7 +5,7 @@ Inputs, shared by all four (B images, N student queries, K classes, C = channels
 - student: the segmenter's output dict on the (strong, CutMixed) view — ``pred_logits``
   (B, N, K+1) c^s, ``pred_masks`` (B, N, h, w) logits p^s, ``pixel_feats`` (B, C, h, w) F^s,
   ``sem_masks`` (B, K, h, w) S^s;
-- teacher regions, one dict per image (``rc2l.engine.teacher.pseudo_regions``):
+- teacher regions, one dict per image (``teacher_targets(...)["regions"]`` in rc2l.engine.teacher):
   ``masks`` (M, h, w) m^t in [0, 1], ``labels`` (M,) int64 ĉ, ``features`` (M, C) r^t,
   optional ``probs`` (M, K+1) teacher class distribution;
 - matching, one ``(pred_idx, tgt_idx)`` pair per image (``rc2l.losses.matcher``): both
