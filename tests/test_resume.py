@@ -58,6 +58,9 @@ def test_sigkill_then_resume_auto_is_bit_exact(tmp_path, reference):
     assert st["data"] == reference["state"]["data"]
     assert torch.equal(st["rng"]["torch"], reference["state"]["rng"]["torch"])
     assert _temp_files(run) == []  # a temp file left by the kill is cleaned up by the next save
+    # the log reads like the uninterrupted run's: what the killed run logged after its checkpoint is gone
+    losses = lambda r: [(x["step"], x["loss"]) for x in train_records(r)]  # noqa: E731
+    assert losses(run) == losses(reference["run"])
     starts = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"type": "start"' in line]
     assert [r["step"] for r in starts] == [0, killed_at]  # every (re)start says where and with which code
     assert {r["commit"] for r in starts} == {git_commit()}
@@ -134,3 +137,32 @@ def test_resume_with_another_world_size_maps_the_data_position(tmp_path, referen
     assert (tr.positions["labeled"].epoch, tr.positions["labeled"].position) == (1, 6)
     assert tr.step == ITERS
     assert "saved by 2 process(es), this run has 1: RNG states not restored" in caplog.text
+
+
+def test_resumed_log_drops_what_the_interrupted_run_logged_after_its_checkpoint(tmp_path):
+    """Resuming at step 4: the killed run's records of steps 5-6 go (they are logged again), its
+    records up to 4, start records and a half-written line stay; TensorBoard hides them too."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rc2l.engine.train import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    first = MetricsLog(tmp_path, enabled=True)
+    recs = [{"type": "start", "step": 0}, *({"type": "train", "step": s, "loss": s / 4} for s in range(1, 7)),
+            {"step": 4, "miou": 50.0, "model": "student"}, {"step": 6, "miou": 51.0, "model": "student"}]
+    for r in recs:
+        first.write(r, "train")
+    first.close()
+    with open(path, "a") as f:
+        f.write('{"step": 7, "ty')
+    log = MetricsLog(tmp_path, enabled=True, resumed_at=4)
+    log.write({"type": "start", "step": 4}, "run")
+    log.write({"type": "train", "step": 5, "loss": 0.5}, "train")
+    log.close()
+    lines = path.read_text().splitlines()
+    assert [json.loads(x) for x in lines[:-3]] == [r for r in recs if r["step"] <= 4]
+    assert lines[-3] == '{"step": 7, "ty'
+    assert [json.loads(x)["step"] for x in lines[-2:]] == [4, 5]
+    tb = EventAccumulator(str(tmp_path / "tb"))
+    tb.Reload()
+    assert [(e.step, e.value) for e in tb.Scalars("train/loss")] == [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0), (5, 0.5)]

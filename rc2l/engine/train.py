@@ -19,7 +19,7 @@ from rc2l.config import Config, save_config, to_dict
 from rc2l.data.build import build_datasets, collate, dataset_info
 from rc2l.data.sampler import ResumableSampler, SeededDataset, StreamPosition
 from rc2l.engine import distributed as D
-from rc2l.engine.checkpoint import load_state, model_meta, save_state, save_weights
+from rc2l.engine.checkpoint import atomic_write, load_state, model_meta, save_state, save_weights
 from rc2l.engine.evaluate import evaluate
 from rc2l.engine.optim import build_optimizer, build_scheduler
 from rc2l.engine.steps import STEPS, StepContext
@@ -106,24 +106,45 @@ class GracefulStop:
 
 
 class MetricsLog:
-    """metrics.jsonl (one JSON object per log step and per evaluation) and TensorBoard."""
+    """metrics.jsonl (one JSON object per log step and per evaluation) and TensorBoard.
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    ``resumed_at``: the step a resumed run continues from. What the interrupted run logged after
+    its last checkpoint is dropped from both (TensorBoard's ``purge_step``), so the log of a
+    resumed run reads like that of an uninterrupted one instead of repeating those steps."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resumed_at: int | None = None):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
-        if enabled and self.path.exists() and self.path.stat().st_size:
+        if not enabled:
+            return
+        if resumed_at is not None and self.path.exists():
+            self._drop_after(resumed_at)
+        elif self.path.exists() and self.path.stat().st_size:
             with open(self.path, "rb+") as f:  # a line cut off by a kill must not swallow the next record
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":
                     f.write(b"\n")
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        try:
+            from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tb"))
-            except ImportError:  # TensorBoard is optional at run time
-                self.tb = None
+            purge = None if resumed_at is None else resumed_at + 1
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
+        except ImportError:  # TensorBoard is optional at run time
+            self.tb = None
+
+    def _drop_after(self, step: int) -> None:
+        """Rewrite metrics.jsonl (atomically) without the records of steps > ``step``; lines that
+        are not JSON (cut off by a kill) are kept, for ``rc2l report`` to name them."""
+        keep = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                rec = None
+            if not (isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)) and rec["step"] > step):
+                keep.append(line + "\n")
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(keep), encoding="utf-8"))
 
     def write(self, record: dict, prefix: str) -> None:
         if not self.enabled:
@@ -197,8 +218,8 @@ class Trainer:
         self.skipped_steps = 0
         self.skipped_samples = 0  # bad samples dropped (data.bad_samples=skip), counted per draw
         self._build_loaders()
-        self.log = MetricsLog(self.run_dir, self.main)
-        self._maybe_resume()
+        resumed = self._maybe_resume()
+        self.log = MetricsLog(self.run_dir, self.main, self.step if resumed else None)
         self.provenance = run_record(self.step, self.device)
         self.log.write(self.provenance, "run")
 
@@ -278,14 +299,15 @@ class Trainer:
                     raise TrainingError(f"{name} tensor '{k}' is not finite at step {self.step}: not saving it; "
                                         f"last good state in {self.run_dir / STATE_FILE}")
 
-    def _maybe_resume(self) -> None:
+    def _maybe_resume(self) -> bool:
+        """Restore the training state named by ``resume``; whether one was restored."""
         r = self.cfg.resume
         if not r:
-            return
+            return False
         path = self.run_dir / STATE_FILE if r == "auto" else Path(r)
         if r == "auto" and not path.exists():
             log.info("resume=auto: no %s yet, starting from scratch", path)
-            return
+            return False
         st = load_state(path)
         if st.get("format") != "rc2l-state-v1":
             raise CheckpointError(f"{path}: not an rc2l training state")
@@ -328,6 +350,7 @@ class Trainer:
         self.skipped_samples = st.get("skipped_samples", 0)
         if self.main:
             log.info("resumed from %s at step %d", path, self.step)
+        return True
 
     # ----- loop ---------------------------------------------------------------------------
     def _mask_norm(self, batches: list[dict]) -> float:
