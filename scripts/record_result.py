@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from pathlib import Path
 
 import yaml
 
+from rc2l.engine.metrics_log import read_records
 from rc2l.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +126,9 @@ def main() -> None:
         ap.error("RUN_DIR and --command are required (or --table DATASET:SPLIT)")
     run = Path(a.run_dir)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records, warns = read_records(run / "metrics.jsonl")
+    for w in warns:
+        print(f"warning: {w}", file=sys.stderr)
     evals = [r for r in records if "miou" in r]
     if not evals:
         raise SystemExit(f"error: no evaluation in {run / 'metrics.jsonl'}")

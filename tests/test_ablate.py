@@ -23,13 +23,48 @@ def test_rows_switch_the_right_terms():
 
 
 @pytest.mark.slow
-def test_ablate_runs_rows_and_writes_table_and_plot(tmp_path):
-    rc = main(["ablate", "configs/synthetic.yaml", *TINY, "--out", str(tmp_path), "--only", "supervised,+RCC"])
-    assert rc == 0
+def test_ablate_runs_rows_writes_table_and_plot_and_continues_an_interrupted_ablation(tmp_path, monkeypatch):
+    """The +RCC row was cut off at step 2 of 4 (Ctrl-C): running the ablation resumes it from its
+    checkpoint instead of starting over; running it again keeps both finished rows; a changed
+    command is refused instead of mixed into the old rows."""
+    import signal
+
+    from rc2l.config import load_config
+    import rc2l.engine.semi  # noqa: F401  (registers the rc2l step)
+    from rc2l.engine import steps as steps_mod
+    from rc2l.engine.train import train
+    from reliability_helpers import TorchSettings
+
+    args = ["configs/synthetic.yaml", *TINY, "train.iters=4", "train.eval_every=4"]
+    real = steps_mod.STEPS["rc2l"]
+
+    def stop_at_2(ctx, batch_l, batch_u, step):
+        if step == 1:
+            signal.raise_signal(signal.SIGINT)
+        return real(ctx, batch_l, batch_u, step)
+
+    monkeypatch.setitem(steps_mod.STEPS, "rc2l", stop_at_2)
+    with TorchSettings():
+        cut = train(load_config(args[0], [*args[1:], *DEFAULT_ROWS["+RCC"], f"out_dir={tmp_path / 'plus_RCC'}"]))
+    assert cut == {"interrupted": True, "step": 2}
+    monkeypatch.setitem(steps_mod.STEPS, "rc2l", real)
+
+    assert main(["ablate", *args, "--out", str(tmp_path), "--only", "supervised,+RCC"]) == 0
     rows = json.loads((tmp_path / "ablation.json").read_text())
     assert [r["row"] for r in rows] == ["supervised", "+RCC"]
     assert all(r["returncode"] == 0 and r["peak_rss_mib"] > 50 and "best_miou" in r for r in rows)
     assert rows[1]["final"].keys() == {"student", "teacher"}
+    assert [r["resumed_at"] for r in rows] == [None, 2]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "plus_RCC" / "metrics.jsonl").read_text().splitlines()
+             if '"type": "train"' in x]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # continued, not restarted
     table = (tmp_path / "ablation.md").read_text()
-    assert "| supervised |" in table and "| +RCC |" in table
+    assert "| supervised |" in table and "(resumed at step 2)" in table
     assert (tmp_path / "ablation.png").stat().st_size > 1000
+
+    logs = {p: p.read_bytes() for p in tmp_path.glob("*/metrics.jsonl")}
+    assert main(["ablate", *args, "--out", str(tmp_path), "--only", "supervised,+RCC"]) == 0
+    assert {p: p.read_bytes() for p in logs} == logs  # nothing ran again
+    assert json.loads((tmp_path / "ablation.json").read_text()) == rows
+    with pytest.raises(SystemExit, match=r"row 'supervised' was run with another config \(differs in: train\.iters\)"):
+        main(["ablate", *args, "train.iters=6", "--out", str(tmp_path), "--only", "supervised,+RCC"])

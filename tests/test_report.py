@@ -173,7 +173,7 @@ def test_report_without_a_run_folder(tmp_path):
 def test_metrics_log_after_a_cut_off_line_keeps_the_next_record(tmp_path):
     """A run killed mid-write leaves half a line; the resumed run's first record must still
     parse (only the half line is lost, and read_metrics names it)."""
-    from rc2l.engine.train import MetricsLog
+    from rc2l.engine.metrics_log import MetricsLog
     from rc2l.infer.report import read_metrics
 
     path = tmp_path / "metrics.jsonl"

@@ -144,7 +144,7 @@ def test_resumed_log_drops_what_the_interrupted_run_logged_after_its_checkpoint(
     records up to 4, start records and a half-written line stay; TensorBoard hides them too."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from rc2l.engine.train import MetricsLog
+    from rc2l.engine.metrics_log import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     first = MetricsLog(tmp_path, enabled=True)

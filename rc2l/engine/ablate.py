@@ -1,6 +1,10 @@
 """`rc2l ablate CONFIG`: the method's ablation rows with one seed and one schedule, each a
 fresh `rc2l train` process (so its peak memory is its own), then a markdown table and a
-plot of val mIoU against step for every row."""
+plot of val mIoU against step for every row.
+
+Running the same command again continues an interrupted ablation: finished rows are kept,
+the row that was cut off resumes from its last checkpoint (``resume=auto``), the rest run.
+A row folder that holds a run of another config is refused rather than mixed in."""
 from __future__ import annotations
 
 import json
@@ -10,6 +14,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from rc2l.engine.metrics_log import read_records
 
 OFF = {"semi.rmc": 0, "semi.rfc": 0, "semi.rcc": 0, "semi.smc": 0}
 
@@ -45,11 +51,48 @@ def parse_rows(only: str | None, extra: list[str]) -> dict[str, list[str]]:
     return rows
 
 
+# Keys that may differ between an interrupted row and its continuation.
+RUN_ONLY_KEYS = ("out_dir", "resume", "train.progress")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_row_folder(name: str, run_dir: Path, config: str, overrides: list[str]) -> None:
+    """Refuse a row folder that holds a run of another config (e.g. the command changed since)."""
+    import yaml
+
+    from rc2l.config import load_config, to_dict
+
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return
+    old = _flat(yaml.safe_load(saved.read_text()) or {})
+    new = _flat(to_dict(load_config(config, [*overrides, f"out_dir={run_dir}"])))
+    diff = sorted(k for k in old.keys() | new.keys() if k not in RUN_ONLY_KEYS and old.get(k) != new.get(k))
+    if diff:
+        raise SystemExit(f"error: {saved}: row {name!r} was run with another config (differs in: {', '.join(diff)}); "
+                         f"use another --out or remove {run_dir}")
+
+
+def resumed_at(run_dir: Path) -> int | None:
+    """The step the row's last start continued from (its ``start`` record), None for a fresh run."""
+    path = run_dir / "metrics.jsonl"
+    starts = [r for r in read_records(path)[0] if r.get("type") == "start"] if path.exists() else []
+    return (starts[-1]["step"] or None) if starts else None
+
+
 def run_row(config: str, overrides: list[str], out_dir: Path, log_path: Path) -> dict:
-    """One training in a child process; returns wall time, peak RSS (MiB) and exit status."""
-    cmd = [sys.executable, "-m", "rc2l", "train", config, *overrides, f"out_dir={out_dir}", "train.progress=false"]
+    """One training in a child process (continuing the folder's run if it holds a checkpoint);
+    returns wall time, peak RSS (MiB) and exit status."""
+    cmd = [sys.executable, "-m", "rc2l", "train", config, *overrides, f"out_dir={out_dir}", "resume=auto",
+           "train.progress=false"]
     t0 = time.time()
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -59,9 +102,7 @@ def run_row(config: str, overrides: list[str], out_dir: Path, log_path: Path) ->
 
 def read_evals(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [r for r in map(json.loads, path.read_text().splitlines()) if "miou" in r]
+    return [r for r in read_records(path)[0] if "miou" in r] if path.exists() else []
 
 
 def summarize(name: str, run_dir: Path, info: dict) -> dict:
@@ -84,8 +125,9 @@ def write_table(rows: list[dict], path: Path, title: str) -> str:
             lines.append(f"| {r['row']} | failed (exit {r['returncode']}) | | | | {r['wall_s']:.0f} s | |")
             continue
         fin = " / ".join(f"{r['final'][m]:.2f}" for m in ("student", "teacher") if m in r["final"])
+        wall = f"{r['wall_s'] / 60:.1f} min" + (f" (resumed at step {r['resumed_at']})" if r.get("resumed_at") else "")
         lines.append(f"| {r['row']} | {r['best_miou']:.2f} | {r['best_model']} | {r['best_step']} | {fin} | "
-                     f"{r['wall_s'] / 60:.1f} min | {r['peak_rss_mib']:.0f} MiB |")
+                     f"{wall} | {r['peak_rss_mib']:.0f} MiB |")
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -128,15 +170,26 @@ def run(args) -> int:
 
     load_config(args.config, args.overrides)  # fail fast on a bad key, before any row runs
     rows = parse_rows(args.only, args.row)
+    out = Path(args.out)
+    dirs = {name: out / name.replace("+", "plus_").replace(" ", "_") for name in rows}
     for name, ov in rows.items():
         load_config(args.config, [*args.overrides, *ov])
-    out = Path(args.out)
+        check_row_folder(name, dirs[name], args.config, [*args.overrides, *ov])
     out.mkdir(parents=True, exist_ok=True)
+    previous = {}
+    if (out / "ablation.json").exists():
+        previous = {r["row"]: r for r in json.loads((out / "ablation.json").read_text())}
     results = []
     for i, (name, ov) in enumerate(rows.items()):
-        run_dir = out / name.replace("+", "plus_").replace(" ", "_")
-        print(f"[{i + 1}/{len(rows)}] {name}: {' '.join(ov)}", flush=True)
+        run_dir = dirs[name]
+        if (run_dir / "last.safetensors").exists() and name in previous:
+            print(f"[{i + 1}/{len(rows)}] {name}: finished before, kept", flush=True)
+            results.append(previous[name])
+            continue
+        more = " (continuing from its checkpoint)" if (run_dir / "state.pt").exists() else ""
+        print(f"[{i + 1}/{len(rows)}] {name}: {' '.join(ov)}{more}", flush=True)
         info = run_row(args.config, [*args.overrides, *ov], run_dir, out / f"{run_dir.name}.log")
+        info["resumed_at"] = resumed_at(run_dir)
         results.append(summarize(name, run_dir, info))
         (out / "ablation.json").write_text(json.dumps(results, indent=1))
         r = results[-1]

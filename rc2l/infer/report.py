@@ -29,26 +29,11 @@ MODEL_COLOURS = {"student": "tab:blue", "teacher": "tab:orange"}
 
 
 def read_metrics(path: Path) -> tuple[list[dict], list[dict], list[str]]:
-    """metrics.jsonl → (train records, eval records, warnings). A line that is not a JSON
-    object (e.g. cut off by a crash) is skipped with a warning naming its line."""
-    train, evals, warns = [], [], []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                warns.append(f"{path}:{i}: not valid JSON, skipped")
-                continue
-            if not isinstance(rec, dict) or not isinstance(rec.get("step"), (int, float)):
-                warns.append(f"{path}:{i}: not a metrics record (no numeric 'step'), skipped")
-                continue
-            if rec.get("type") == "train":
-                train.append(rec)
-            elif "miou" in rec:
-                evals.append(rec)
-    return train, evals, warns
+    """metrics.jsonl → (train records, eval records, warnings naming the lines skipped)."""
+    from rc2l.engine.metrics_log import read_records
+
+    recs, warns = read_records(path)
+    return [r for r in recs if r.get("type") == "train"], [r for r in recs if "miou" in r], warns
 
 
 def _num(v) -> bool:
