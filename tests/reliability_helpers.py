@@ -101,18 +101,10 @@ def wait_for(cond, timeout: float, proc: subprocess.Popen | None = None, interva
 
 
 def train_records(run: Path) -> list[dict]:
-    import json
+    from rc2l.engine.metrics_log import read_records
 
     path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    recs = []
-    for line in path.read_text().splitlines():
-        try:
-            recs.append(json.loads(line))
-        except ValueError:  # a line being written right now
-            pass
-    return [r for r in recs if r.get("type") == "train"]
+    return [r for r in read_records(path)[0] if r.get("type") == "train"] if path.exists() else []
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
