@@ -128,6 +128,8 @@ def _write_metrics(path: Path) -> None:
             recs.append({"step": step, "split": "val", "mode": "original", "miou": m, "model": model,
                          "per_class": [m, float("nan"), m / 2], "crop": [64, 64], "dataset": "synthetic",
                          "confusion": [[5, 5, 0], [0, 0, 0], [1, 0, 3]][:k]})
+    recs[:0] = [{"type": "start", "step": 0, "commit": "aaa1111", "torch": "2.14.1", "device": "cpu: X"}]
+    recs.insert(4, {"type": "start", "step": 3, "commit": "bbb2222", "torch": "2.14.1", "device": "cuda: H"})
     lines = [json.dumps(r) for r in recs]
     lines.insert(3, '{"step": 4, "type": "tra')  # a line cut off by a crash
     path.write_text("\n".join(lines) + "\n")
@@ -161,6 +163,8 @@ def test_report_from_metrics_only(tmp_path):
         with Image.open(run / "report" / f"{name}.png") as im:
             assert im.format == "PNG" and im.size[0] > 100
     assert "30.00 (student, step 6" in html and "28.00 (step 6)" in html  # best + last teacher
+    assert "<th>started</th><td>commit aaa1111, torch 2.14.1, cpu: X</td>" in html  # which code ran which steps
+    assert "<th>resumed at step 3</th><td>commit bbb2222, torch 2.14.1, cuda: H</td>" in html
 
 
 def test_report_without_a_run_folder(tmp_path):

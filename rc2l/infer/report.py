@@ -30,10 +30,17 @@ MODEL_COLOURS = {"student": "tab:blue", "teacher": "tab:orange"}
 
 def read_metrics(path: Path) -> tuple[list[dict], list[dict], list[str]]:
     """metrics.jsonl → (train records, eval records, warnings naming the lines skipped)."""
+    train, evals, _, warns = read_run_log(path)
+    return train, evals, warns
+
+
+def read_run_log(path: Path) -> tuple[list[dict], list[dict], list[dict], list[str]]:
+    """metrics.jsonl → (train records, eval records, start records, warnings)."""
     from rc2l.engine.metrics_log import read_records
 
     recs, warns = read_records(path)
-    return [r for r in recs if r.get("type") == "train"], [r for r in recs if "miou" in r], warns
+    pick = lambda f: [r for r in recs if f(r)]  # noqa: E731
+    return pick(lambda r: r.get("type") == "train"), pick(lambda r: "miou" in r), pick(lambda r: r.get("type") == "start"), warns
 
 
 def _num(v) -> bool:
@@ -289,7 +296,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, gallery: in
     img_dir.mkdir(parents=True, exist_ok=True)
     for old in img_dir.glob("gallery_*.png"):  # a smaller --gallery must not leave stale strips
         old.unlink()
-    train, evals, warns = read_metrics(metrics)
+    train, evals, starts, warns = read_run_log(metrics)
 
     def src(p: Path) -> str:
         return html.escape(Path(os.path.relpath(p.resolve(), out.resolve().parent)).as_posix())
@@ -320,6 +327,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, gallery: in
                                       f"{best.get('mode', '?')} mode, crop {best.get('crop', '?')}, split {best.get('split', '?')})"))
     for r in last:
         rows.append((f"last val mIoU ({r.get('model', 'student')})", f"{_fmt(r['miou'])} (step {r['step']})"))
+    for r in starts:  # one per start or resume: which code ran which steps, where
+        rows.append(("resumed at step " + str(r["step"]) if r["step"] else "started",
+                     f"commit {r.get('commit', '?')}, torch {r.get('torch', '?')}, {r.get('device', '?')}"))
     parts.append("<table>" + "".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(b)}</td></tr>" for a, b in rows)
                  + "</table>")
     for w in warns:
