@@ -85,5 +85,3 @@ class MetricsLog:
     def close(self):
         if self.tb is not None:
             self.tb.close()
-
-

@@ -146,8 +146,9 @@ def teacher_targets(
     not ignored), "sem": S̄^t (B, K, h, w), "feats": F^t (B, C, h, w), "regions": list per image
     {"masks" (M, h, w) float, "labels" (M,) int64, "features" r^t = MAP(F^t, m^t) (M, C), "probs"
     (M, K+1)}: ``query_regions`` for ``queries`` (τ_cls, soft_masks), ``regions_from_label`` on Ŷ
-    without the pixels of max S̄^t < τ_pix or ignored for ``classes``, "mode": mode}. All detached. ``confident``: ``queries`` regions are cut
-    to the valid pixels (``classes`` regions always are)."""
+    without the pixels of max S̄^t < τ_pix or ignored for ``classes``, "mode": mode}. All
+    detached. ``confident``: ``queries`` regions are cut to the valid pixels (``classes`` regions
+    always are)."""
     if mode not in ("queries", "classes"):
         raise ValueError(f"pseudo-region mode must be 'queries' or 'classes', got {mode!r}")
     sem = normalize_semantic(teacher_out["sem_masks"].detach())
