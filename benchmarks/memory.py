@@ -91,13 +91,12 @@ def step_worker(config: str, overrides: list[str], device: str, steps: int, thre
         its = tr._iterators()
         fixed = {k: itertools.repeat(next(it)) for k, it in its.items()}
         del its
-        ctx = tr.context()
-        if tr.train_step(fixed, ctx) is None:
+        if tr.train_step(fixed) is None:
             raise RuntimeError("warm-up step skipped (non-finite loss)")
         times = []
         with cm.PeakMeter(device) as m:
             for _ in range(steps):
-                times.append(cm.time_once(lambda: tr.train_step(fixed, ctx), device))
+                times.append(cm.time_once(lambda: tr.train_step(fixed), device))
         params = sum(p.numel() for p in tr.model.parameters())
         return {"peak_abs": m.absolute, "peak_step": m.peak, "times": times, "params": params,
                 "rss_before": m.before, "num_classes": tr.info.num_classes}
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         args.steps = 1
     cm.finish_args(args)
     meta = cm.run_meta(NAME, args, argv, __file__)
-    runner = cm.FreshRunner(["torch", "rc2l.engine.train", "rc2l.engine.semi", "benchmarks.memory"]) if args.mem == "fresh" else None
+    runner = cm.FreshRunner(["torch", "rc2l.engine.train", "rc2l.engine.methods", "benchmarks.memory"]) if args.mem == "fresh" else None
     rows = []
     t0 = time.time()
     for config in configs:

@@ -198,8 +198,7 @@ def step_share(args) -> dict:
         its = tr._iterators()
         b_l, b_u = next(its["labeled"]), next(its["unlabeled"])
         fixed = {"labeled": itertools.repeat(b_l), "unlabeled": itertools.repeat(b_u)}
-        ctx = tr.context()
-        rl = tr.extras["region_losses"]
+        rl = tr.method.region_losses
         orig = rl.forward
         captured: dict = {}
 
@@ -216,7 +215,7 @@ def step_share(args) -> dict:
         stats = {}
 
         def step():
-            logs = tr.train_step(fixed, ctx)
+            logs = tr.train_step(fixed)
             if logs is None:
                 raise RuntimeError("training step skipped (non-finite loss)")
             stats.update(logs)

@@ -44,6 +44,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
+    arch: str = "maskformer"  # maskformer (mask classification) | deeplabv3plus (per-pixel)
     backbone: str = "resnet18"  # resnet18 | resnet50 | resnet101 | efficientnet_lite0
     pretrained: str = "imagenet"  # imagenet | none | path to a local weights file
     num_queries: int = 100  # N
@@ -176,6 +177,7 @@ class Config:
 
 CHOICES = {
     "method": ("supervised", "fixmatch", "rc2l"),
+    "model.arch": ("maskformer", "deeplabv3plus"),
     "model.backbone": ("resnet18", "resnet50", "resnet101", "efficientnet_lite0"),
     "loss.mask_loss": ("bce", "focal"),
     "data.name": ("synthetic", "camvid", "voc", "cityscapes", "folder"),

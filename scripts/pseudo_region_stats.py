@@ -30,7 +30,7 @@ from rc2l.data.datasets import SegDataset, make_reader
 from rc2l.data.transforms import EvalTransform
 from rc2l.engine.checkpoint import load_state
 from rc2l.engine.teacher import query_regions
-from rc2l.losses.region import normalize_semantic
+from rc2l.losses.functional import normalize_semantic
 from rc2l.models.segmenter import build_model
 from rc2l.provenance import git_commit
 

@@ -30,24 +30,23 @@ def test_ablate_runs_rows_writes_table_and_plot_and_continues_an_interrupted_abl
     import signal
 
     from rc2l.config import load_config
-    import rc2l.engine.semi  # noqa: F401  (registers the rc2l step)
-    from rc2l.engine import steps as steps_mod
+    from rc2l.engine.methods import RC2L
     from rc2l.engine.train import train
     from reliability_helpers import TorchSettings
 
     args = ["configs/synthetic.yaml", *TINY, "train.iters=4", "train.eval_every=4"]
-    real = steps_mod.STEPS["rc2l"]
+    real = RC2L.step
 
-    def stop_at_2(ctx, batch_l, batch_u, step):
+    def stop_at_2(self, batch_l, batch_u, step, num_masks=None):
         if step == 1:
             signal.raise_signal(signal.SIGINT)
-        return real(ctx, batch_l, batch_u, step)
+        return real(self, batch_l, batch_u, step, num_masks)
 
-    monkeypatch.setitem(steps_mod.STEPS, "rc2l", stop_at_2)
+    monkeypatch.setattr(RC2L, "step", stop_at_2)
     with TorchSettings():
         cut = train(load_config(args[0], [*args[1:], *DEFAULT_ROWS["+RCC"], f"out_dir={tmp_path / 'plus_RCC'}"]))
     assert cut == {"interrupted": True, "step": 2}
-    monkeypatch.setitem(steps_mod.STEPS, "rc2l", real)
+    monkeypatch.setattr(RC2L, "step", real)
 
     assert main(["ablate", *args, "--out", str(tmp_path), "--only", "supervised,+RCC"]) == 0
     rows = json.loads((tmp_path / "ablation.json").read_text())

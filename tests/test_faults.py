@@ -255,18 +255,18 @@ def test_eval_with_weights_of_another_class_count_is_refused(synthetic_run, tmp_
 def test_nonfinite_steps_are_skipped_counted_and_training_goes_on(tmp_path, monkeypatch):
     """Two NaN losses (max_bad_steps=3) are skipped without touching the weights; the run ends
     with the requested number of good steps and reports skipped_steps."""
-    from rc2l.engine import steps as steps_mod
+    from rc2l.engine.methods import Supervised
 
-    real, calls = steps_mod.STEPS["supervised"], []
+    real, calls = Supervised.step, []
 
-    def sometimes_nan(ctx, bl, bu, step):
+    def sometimes_nan(self, bl, bu, step, num_masks=None):
         calls.append(step)
-        terms = real(ctx, bl, bu, step)
+        terms = real(self, bl, bu, step, num_masks)
         if len(calls) in (2, 3):
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
-    monkeypatch.setitem(steps_mod.STEPS, "supervised", sometimes_nan)
+    monkeypatch.setattr(Supervised, "step", sometimes_nan)
     out = train_inprocess(tmp_path, "train.iters=3", "train.max_bad_steps=3", "train.eval_every=100",
                           "train.save_every=100")
     assert out["step"] == 3 and calls == [0, 1, 1, 1, 2]
@@ -278,15 +278,15 @@ def test_nonfinite_steps_are_skipped_counted_and_training_goes_on(tmp_path, monk
 def test_infinite_gradient_with_finite_loss_is_skipped_without_clipping(tmp_path, monkeypatch):
     """train.clip_grad=0: a finite loss whose gradient is Inf must not be applied (it would
     write a NaN model); it counts as a bad step like a NaN loss."""
-    from rc2l.engine import steps as steps_mod
+    from rc2l.engine.methods import Supervised
 
-    real, calls = steps_mod.STEPS["supervised"], []
+    real, calls = Supervised.step, []
 
-    def inf_grad_once(ctx, bl, bu, step):
+    def inf_grad_once(self, bl, bu, step, num_masks=None):
         calls.append(step)
-        terms = real(ctx, bl, bu, step)
+        terms = real(self, bl, bu, step, num_masks)
         if len(calls) == 2:  # this backward: the loss stays finite, one gradient becomes Inf
-            p = next(ctx.model.parameters())
+            p = next(self.net.parameters())
 
             def once(g):
                 handle.remove()
@@ -295,7 +295,7 @@ def test_infinite_gradient_with_finite_loss_is_skipped_without_clipping(tmp_path
             handle = p.register_hook(once)
         return terms
 
-    monkeypatch.setitem(steps_mod.STEPS, "supervised", inf_grad_once)
+    monkeypatch.setattr(Supervised, "step", inf_grad_once)
     out = train_inprocess(tmp_path, "train.iters=3", "train.clip_grad=0", "train.eval_every=100", "train.save_every=100")
     assert out["step"] == 3 and calls == [0, 1, 1, 2]
     assert train_records(tmp_path)[-1]["skipped_steps"] == 1

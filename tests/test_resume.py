@@ -94,25 +94,24 @@ def test_sigterm_saves_current_step_exits_cleanly_and_resumes(tmp_path, referenc
 def test_in_process_signal_stop_and_resume_semi_rc2l(tmp_path, monkeypatch):
     """method=rc2l (EMA teacher, RFC head, unlabeled stream): stop by SIGINT (Ctrl-C) at step 2, resume,
     and compare student, teacher and head with an uninterrupted 4-step run."""
-    semi = pytest.importorskip("rc2l.engine.semi")
-    from rc2l.engine import steps as steps_mod
+    from rc2l.engine.methods import RC2L
 
     extra = ["method=rc2l", "data.split=1_4", "data.unlabeled_batch_size=2", "train.iters=4", "train.save_every=100",
              "train.eval_every=100", "semi.rampup_iters=2"]
     train_inprocess(tmp_path / "ref", *extra)
     ref = load_state(tmp_path / "ref" / "state.pt")
 
-    real = steps_mod.STEPS["rc2l"]
+    real = RC2L.step
 
-    def stop_at_2(ctx, batch_l, batch_u, step):
+    def stop_at_2(self, batch_l, batch_u, step, num_masks=None):
         if step == 1:  # during the 2nd step: the loop saves and stops after it
             signal.raise_signal(signal.SIGINT)
-        return real(ctx, batch_l, batch_u, step)
+        return real(self, batch_l, batch_u, step, num_masks)
 
-    monkeypatch.setitem(steps_mod.STEPS, "rc2l", stop_at_2)
+    monkeypatch.setattr(RC2L, "step", stop_at_2)
     out = train_inprocess(tmp_path / "run", *extra)
     assert out == {"interrupted": True, "step": 2}
-    monkeypatch.setitem(steps_mod.STEPS, "rc2l", real)
+    monkeypatch.setattr(RC2L, "step", real)
     train_inprocess(tmp_path / "run", *extra, "resume=auto")
     st = load_state(tmp_path / "run" / "state.pt")
     assert st["step"] == 4

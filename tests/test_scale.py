@@ -33,7 +33,7 @@ def _first_step_grads(tmp_path, *extra: str) -> dict[str, torch.Tensor]:
     grads = {}
     tr.optimizer.register_step_pre_hook(lambda *_: grads.update(
         {k: p.grad.detach().clone() for k, p in tr.model.named_parameters() if p.grad is not None}))
-    assert tr.train_step(tr._iterators(), tr.context()) is not None
+    assert tr.train_step(tr._iterators()) is not None
     return grads
 
 

@@ -1,7 +1,8 @@
 import torch
 
 from rc2l.config import ModelConfig
-from rc2l.models.segmenter import build_model, region_features, semantic_masks
+from rc2l.losses.functional import mask_average_pool as region_features
+from rc2l.models.segmenter import build_model, semantic_masks
 
 TINY = ModelConfig(backbone="resnet18", pretrained="none", num_queries=8, hidden_dim=32, mask_dim=32,
                    dec_layers=2, nheads=4, dim_feedforward=64)

@@ -12,7 +12,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 
-def _seed(*parts: int) -> int:
+def mix_seed(*parts: int) -> int:
+    """One 63-bit seed from several integers (seed, epoch, step, ...), so every random draw
+    has its own reproducible stream."""
     h = 0x9E3779B97F4A7C15
     for p in parts:
         h = (h ^ (p + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
@@ -40,7 +42,7 @@ class ResumableSampler(Sampler):
 
     def epoch_indices(self, epoch: int) -> list[int]:
         if self.shuffle:
-            g = torch.Generator().manual_seed(_seed(self.seed, epoch))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
             order = torch.randperm(self.size, generator=g).tolist()
         else:
             order = list(range(self.size))
@@ -56,7 +58,7 @@ class ResumableSampler(Sampler):
                 # augmentation seeded by the sample's place in the (padded) epoch order, not by
                 # (rank, local position): N ranks × batch b see the same augmented samples as one
                 # process × batch N·b (for world = 1 this is the former (p, 0) seed)
-                yield idx[p], _seed(self.seed, epoch, self.rank + p * self.world, 0, 7)
+                yield idx[p], mix_seed(self.seed, epoch, self.rank + p * self.world, 0, 7)
             epoch, pos = epoch + 1, 0
 
 

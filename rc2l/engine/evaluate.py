@@ -1,4 +1,4 @@
-"""Confusion matrix, mIoU and the field's three eval modes (FIELD.md):
+"""Confusion matrix, mIoU and the field's three eval modes (docs/method.md, "Protocol"):
 ``original`` (whole image), ``center_crop`` and ``sliding_window`` (window = crop, stride 2/3)."""
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as Fn
 from torch import Tensor
+from torch.utils.data import DataLoader
 
+from rc2l.data.datasets import collate
+from rc2l.engine import distributed as D
 from rc2l.engine.distributed import all_reduce_sum
 
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ScoreFn = Callable[[Tensor], Tensor]  # images (B, 3, H, W) → scores (B, K, H, W)
 
 
@@ -122,3 +126,12 @@ def evaluate(
         "pixels": int(cm.sum()),
         "confusion": cm.cpu().tolist(),
     }
+
+
+def val_loader(dataset, workers: int):
+    """Rank r evaluates images r, r + world, ...: every image exactly once over all ranks (a
+    DistributedSampler would pad with repeats and count them twice in the all-reduced confusion)."""
+    sampler = None
+    if D.is_dist():
+        sampler = list(range(D.rank(), len(dataset), D.world_size()))
+    return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=min(workers, 2), collate_fn=collate)

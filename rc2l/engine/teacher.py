@@ -1,15 +1,17 @@
 """EMA teacher, its pseudo-label Ŷ and pseudo-regions, and CutMix of images and targets
-(METHOD.md, "Semi-supervised loop").
+(docs/method.md, "Semi-supervised loop").
 
-One unlabeled batch travels as
-    teacher(u_w) → teacher_targets(...)  → cutmix_targets(targets, downsample_box(box, (h, w)))
-    apply_cutmix(u_w, box) → strong photometric → student → RegionLosses(student, targets)
+One unlabeled batch travels as (the method's ``step`` makes these calls in this order)
+    teacher(u_w) → teacher_targets(...)              targets on the stride-4 grid
+    stride_boxes(...) → (box on the grid, box at image resolution)
+    cutmix_targets(targets, grid box);  apply_cutmix(u_s, image box) → student
+
+u_s is the strong photometric view of the same weak crop (the loader makes both), so the
+teacher's targets and the student's input are mixed with the same box at the same pixels.
 
 CutMix partner convention (one rule, no parameters): in a batch of B images the partner of
 image i is image (i + 1) % B, i.e. ``x.roll(-1, dims=0)``. Where ``box[i]`` is True the mixed
-image i takes the partner's pixels; elsewhere it keeps its own. The same rule mixes the
-student's input (``apply_cutmix``) and the teacher's targets (``cutmix_targets``), with the
-box at image resolution for the former and ``downsample_box`` of it for the latter.
+image i takes the partner's pixels; elsewhere it keeps its own.
 
 All teacher-side outputs are detached. Shapes: B images, N queries, K classes, C channels of
 F, (h, w) the stride-4 grid of ``pred_masks``.
@@ -22,9 +24,10 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor, nn
 
-from rc2l.losses.criterion import targets_from_labels
+from rc2l.data.sampler import mix_seed
+from rc2l.data.transforms import cutmix_boxes
+from rc2l.losses.functional import mask_average_pool, normalize_semantic, targets_from_labels
 from rc2l.losses.matcher import pad_targets
-from rc2l.losses.region import mask_average_pool, normalize_semantic
 
 
 # ----------------------------------------------------------------------------- EMA teacher
@@ -182,6 +185,26 @@ def mix_with_partner(x: Tensor, box: Tensor) -> Tensor:
 def apply_cutmix(images: Tensor, box: Tensor) -> Tensor:
     """Student input: images (B, 3, H, W), box (B, H, W) bool at image resolution → mixed images."""
     return mix_with_partner(images, box)
+
+
+def feat_size(size: tuple[int, int]) -> tuple[int, int]:
+    """Spatial size of the stride-4 grid (F, pred_masks) for an input size, as the backbones
+    round (ceil)."""
+    return -(-size[0] // 4), -(-size[1] // 4)
+
+
+def stride_boxes(batch: int, size_img: tuple[int, int], size_feat: tuple[int, int], p: float, seed: int, step: int,
+                 device, stream: int = 11) -> tuple[Tensor, Tensor]:
+    """CutMix boxes drawn on the stride-4 grid (B, h, w) and blown up to image pixels (B, H, W),
+    so the student's input and the teacher's targets are cut at exactly the same place.
+    Seeded by (seed, step, stream): a resumed run draws the same boxes; another ``stream``
+    draws boxes independent of the first (UniMatch's second strong view)."""
+    g = torch.Generator().manual_seed(mix_seed(seed, step, stream))
+    small = cutmix_boxes(batch, size_feat[0], size_feat[1], p, g)
+    sy = -(-size_img[0] // size_feat[0])
+    sx = -(-size_img[1] // size_feat[1])
+    big = small.repeat_interleave(sy, 1).repeat_interleave(sx, 2)[:, : size_img[0], : size_img[1]]
+    return small.to(device), big.to(device)
 
 
 def downsample_box(box: Tensor, size: tuple[int, int]) -> Tensor:

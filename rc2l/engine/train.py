@@ -20,17 +20,16 @@ from rc2l.data.build import build_datasets, collate, dataset_info
 from rc2l.data.sampler import ResumableSampler, SeededDataset, StreamPosition
 from rc2l.engine import distributed as D
 from rc2l.engine.checkpoint import load_state, model_meta, save_state, save_weights
-from rc2l.engine.evaluate import evaluate
+from rc2l.engine.evaluate import AMP_DTYPES, evaluate, val_loader
 from rc2l.engine.metrics_log import MetricsLog
 from rc2l.engine.optim import build_optimizer, build_scheduler
-from rc2l.engine.steps import STEPS, StepContext
+from rc2l.engine.methods import METHODS
 from rc2l.errors import CheckpointError, TrainingError
-from rc2l.losses.criterion import SetCriterion, targets_from_labels
+from rc2l.losses.functional import targets_from_labels
 from rc2l.models.segmenter import build_model
 from rc2l.provenance import run_record
 
 log = logging.getLogger("rc2l")
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STATE_FILE = "state.pt"
 
 
@@ -74,15 +73,6 @@ def make_loader(dataset, batch_size: int, sampler: ResumableSampler, workers: in
     )
 
 
-def val_loader(dataset, workers: int) -> DataLoader:
-    """Rank r evaluates images r, r + world, ...: every image exactly once over all ranks (a
-    DistributedSampler would pad with repeats and count them twice in the all-reduced confusion)."""
-    sampler = None
-    if D.is_dist():
-        sampler = list(range(D.rank(), len(dataset), D.world_size()))
-    return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=min(workers, 2), collate_fn=collate)
-
-
 class GracefulStop:
     """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step and exits."""
 
@@ -107,8 +97,9 @@ class GracefulStop:
 
 
 class Trainer:
-    """Holds everything a resume must restore: student, EMA teacher, extra heads, optimizer,
-    scheduler, AMP scaler, data-stream positions, RNG states, step and best score."""
+    """Holds everything a resume must restore: student, the method's EMA teacher and extra
+    heads, optimizer, scheduler, AMP scaler, data-stream positions, RNG states, step and best
+    score. What a step computes is the method's (``rc2l.engine.methods``)."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -131,16 +122,14 @@ class Trainer:
         self.datasets = build_datasets(cfg)
         k = self.info.num_classes
         self.model = build_model(k, cfg.model).to(self.device)
-        self.model.decoder.aux_predictions = cfg.loss.deep_supervision
+        if not self.model.per_pixel:  # mask classification: deep supervision needs every layer's output
+            self.model.decoder.aux_predictions = cfg.loss.deep_supervision
         if cfg.model.sync_bn and D.is_dist():
             if self.device.type != "cuda":
                 raise TrainingError("model.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
                                     "kernel); set model.sync_bn=false for CPU/gloo runs")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.criterion = SetCriterion(k, cfg.loss, self.info.ignore_index).to(self.device)
-        self.teacher = None
-        self.heads = nn.ModuleDict()
-        self._setup_method()
+        self.method = METHODS[cfg.method](cfg, self.model, self.device, k, self.info.ignore_index)
         if D.rank() > 0:  # per-rank randomness (e.g. point sampling) from here on; rank 0 keeps cfg.seed
             seed_everything(cfg.seed + D.rank())
         groups = self.model.param_groups()
@@ -155,7 +144,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # semi-supervised steps may leave some parameters without a gradient in a step
             self.ddp_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=ids, find_unused_parameters=cfg.method != "supervised")
+                self.model, device_ids=ids, find_unused_parameters=self.method.uses_unlabeled)
+        self.method.net = self.ddp_model
         self.step = 0
         self.best = {"miou": -1.0, "model": None, "step": -1}
         self.bad_steps = 0
@@ -167,19 +157,20 @@ class Trainer:
         self.provenance = run_record(self.step, self.device)
         self.log.write(self.provenance, "run")
 
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self.method.teacher
+
+    @property
+    def heads(self) -> nn.ModuleDict:
+        return self.method.heads
+
     # ----- set-up -------------------------------------------------------------------------
-    def _setup_method(self) -> None:
-        if self.cfg.method == "supervised":
-            return
-        from rc2l.engine.semi import setup_semi
-
-        setup_semi(self)
-
     def _build_loaders(self) -> None:
         c = self.cfg
         r, w = D.rank(), D.world_size()
         self.samplers = {"labeled": ResumableSampler(len(self.datasets["labeled"]), c.seed, r, w)}
-        if self.cfg.method != "supervised":
+        if self.method.uses_unlabeled:
             if self.datasets.get("unlabeled") is None:
                 raise TrainingError(
                     f"method={c.method} needs unlabeled images: set data.split to a partition with an unlabeled.txt "
@@ -305,13 +296,6 @@ class Trainer:
         total = D.all_reduce_sum(torch.tensor(float(n), device=self.device))
         return total.item() / (D.world_size() * len(batches))
 
-    def context(self) -> StepContext:
-        return StepContext(
-            cfg=self.cfg, model=self.ddp_model, criterion=self.criterion, device=self.device,
-            teacher=self.teacher, heads=self.heads, num_masks_fn=None,
-            extras=getattr(self, "extras", {}),
-        )
-
     def _next(self, its: dict, key: str):
         """Next batch of a stream; samples dropped as bad (data.bad_samples=skip) are counted, and
         a batch with none left is skipped."""
@@ -325,23 +309,20 @@ class Trainer:
             self.skipped_samples += int(batch.get("num_skipped", 0))
             return batch
 
-    def train_step(self, its: dict, ctx: StepContext) -> dict | None:
+    def train_step(self, its: dict) -> dict | None:
         """One optimizer step over ``accum_steps`` micro-batches; None if skipped (non-finite)."""
         c = self.cfg
-        step_fn = STEPS[c.method]
         self.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
         micro_l = [self._next(its, "labeled") for _ in range(c.train.accum_steps)]
         micro_u = [self._next(its, "unlabeled") if "unlabeled" in its else None for _ in range(c.train.accum_steps)]
-        if D.is_dist() or c.train.accum_steps > 1:
-            norm = self._mask_norm(micro_l)
-            ctx.num_masks_fn = lambda labels: norm
+        norm = self._mask_norm(micro_l) if D.is_dist() or c.train.accum_steps > 1 else None
         for micro, (batch_l, batch_u) in enumerate(zip(micro_l, micro_u)):
             sync = micro == c.train.accum_steps - 1 or not D.is_dist()
             cm = self.ddp_model.no_sync() if not sync else _null()
             with cm:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                    terms = step_fn(ctx, batch_l, batch_u, self.step)
+                    terms = self.method.step(batch_l, batch_u, self.step, norm)
                 loss = terms["loss"]
                 finite = torch.isfinite(loss.detach()).float()
                 D.all_reduce_sum(finite)
@@ -365,11 +346,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        if self.teacher is not None:
-            from rc2l.engine.semi import semi_step
-            from rc2l.engine.teacher import ema_update
-
-            ema_update(self.teacher, self.model, semi_step(self.step, c), c.semi.ema_momentum)
+        self.method.after_step(self.step)
         return logs
 
     def _stop_requested(self, stop: GracefulStop) -> bool:
@@ -394,9 +371,7 @@ class Trainer:
         c = self.cfg
         crop = tuple(c.eval.crop_size or c.data.crop_size)
         loader = val_loader(self.datasets["val"], c.data.workers)
-        models = {"student": self.model}
-        if self.teacher is not None:
-            models["teacher"] = self.teacher
+        models = self.method.models_to_evaluate()
         for m in models.values():
             D.broadcast_buffers(m)
         results = []
@@ -428,7 +403,6 @@ class Trainer:
 
     def fit(self) -> dict:
         c = self.cfg
-        ctx = self.context()
         its = self._iterators()
         bar = None
         if self.main and c.train.progress:
@@ -443,7 +417,7 @@ class Trainer:
         last_eval = None
         with GracefulStop() as stop:
             while self.step < c.train.iters:
-                logs = self.train_step(its, ctx)
+                logs = self.train_step(its)
                 if logs is None:
                     self.bad_steps += 1
                     self.skipped_steps += 1

@@ -1,4 +1,4 @@
-"""Supervised set loss (METHOD.md, "Supervised loss"): Hungarian matching of N predictions
+"""Supervised set loss (docs/method.md, "Supervised loss"): Hungarian matching of N predictions
 to per-class target masks, CE on classes (no-object weight), BCE/focal + dice on masks,
 summed over decoder layers."""
 from __future__ import annotations
@@ -9,32 +9,8 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from rc2l.config import LossConfig
-from rc2l.losses.matcher import hungarian_padded, match_cost, pack_matches, pad_targets
-
-
-def targets_from_labels(labels: Tensor, ignore_index: int = 255) -> list[dict]:
-    """labels: (B, H, W) int64 → per image {"labels": (M,), "masks": (M, H, W) float,
-    "valid": (H, W) bool}: one binary mask per class present (METHOD.md). The classes of the
-    whole batch come from one ``unique`` (one device→host copy, not one per image)."""
-    B = labels.shape[0]
-    valid = labels != ignore_index
-    base = int(labels.max()) + 1 if labels.numel() else 1
-    img = torch.arange(B, device=labels.device)[:, None, None]
-    keys = torch.unique(torch.where(valid, labels + base * img, -1)).cpu()  # sorted: image, then class
-    keys = keys[keys >= 0]
-    counts = torch.bincount(keys // base, minlength=B).tolist()
-    img, classes = (keys // base).to(labels.device), (keys % base).to(labels.device)
-    masks = (labels[img] == classes[:, None, None]).float()  # (Σ M, H, W)
-    return [{"labels": c, "masks": m, "valid": v} for c, m, v in zip(classes.split(counts), masks.split(counts), valid)]
-
-
-def dice_loss(prob: Tensor, tgt: Tensor, weight: Tensor | None = None) -> Tensor:
-    """prob, tgt: (M, P); weight: (M, P) or None (0 = ignored pixel) → (M,) 1 − soft dice."""
-    if weight is not None:
-        prob, tgt = prob * weight, tgt * weight
-    num = 2 * (prob * tgt).sum(-1)
-    den = prob.sum(-1) + tgt.sum(-1)
-    return 1 - (num + 1) / (den + 1)
+from rc2l.losses.functional import dice, targets_from_labels
+from rc2l.losses.matcher import match_padded, pack_matches, pad_targets
 
 
 def sample_points(logits: Tensor, num: int, oversample: float, importance: float) -> Tensor:
@@ -57,7 +33,9 @@ def point_sample(x: Tensor, coords: Tensor, mode: str = "bilinear") -> Tensor:
 
 class SetCriterion(nn.Module):
     """loss(outputs, labels) → dict of scalar terms {"loss_ce", "loss_mask", "loss_dice"}
-    (weighted, summed over the final and auxiliary layers) and the total "loss"."""
+    (weighted, summed over the final and auxiliary layers), the total "loss", and each decoder
+    layer's weighted terms under "loss_ce_<l>", "loss_mask_<l>", "loss_dice_<l>" (detached, for
+    the log: l = 0 is the first decoder layer, the highest l the final output)."""
 
     def __init__(self, num_classes: int, cfg: LossConfig | None = None, ignore_index: int = 255):
         super().__init__()
@@ -85,15 +63,15 @@ class SetCriterion(nn.Module):
         c = self.cfg
         counts = bt["counts"]
         if max(counts, default=0) == 0:
-            return hungarian_padded(masks.new_zeros(len(counts), masks.shape[1], 0), counts)
+            return match_padded(logits, masks.flatten(2), bt["labels_pad"], masks.flatten(2), counts)
         size = tuple(masks.shape[-2:])
         if size not in bt["grid"]:  # the layers share one grid: resample the targets once
             tm = Fn.interpolate(bt["masks_pad"], size=size, mode="nearest").flatten(2)
             valid = Fn.interpolate(bt["valid"][:, None].float(), size=size, mode="nearest").flatten(1)
             bt["grid"][size] = tm, valid
         tm, valid = bt["grid"][size]
-        cost = match_cost(logits, masks.flatten(2), bt["labels_pad"], tm, c.cls_weight, c.mask_weight, c.dice_weight, valid)
-        return hungarian_padded(cost, counts)
+        return match_padded(logits, masks.flatten(2), bt["labels_pad"], tm, counts, c.cls_weight, c.mask_weight,
+                            c.dice_weight, valid)
 
     def layer_loss(self, logits: Tensor, masks: Tensor, bt: dict, num_masks: float) -> dict[str, Tensor]:
         """Loss of one decoder layer; ``bt``: ``batch_targets`` of the batch."""
@@ -124,7 +102,7 @@ class SetCriterion(nn.Module):
         else:
             pix = Fn.binary_cross_entropy_with_logits(s, t, reduction="none")
         loss_mask = ((pix * w).sum(-1) / npix).sum() / num_masks
-        loss_dice = dice_loss(s.sigmoid(), t, w).sum() / num_masks
+        loss_dice = (1 - dice(s.sigmoid(), t, weight=w)).sum() / num_masks
         return {"loss_ce": loss_ce, "loss_mask": loss_mask, "loss_dice": loss_dice}
 
     def forward(self, outputs: dict, labels: Tensor, num_masks: float | None = None) -> dict[str, Tensor]:
@@ -135,16 +113,17 @@ class SetCriterion(nn.Module):
             num_masks = sum(len(t["labels"]) for t in targets)
         num_masks = max(float(num_masks), 1.0)
         bt = self.batch_targets(targets)
-        layers = [outputs] + (outputs.get("aux_outputs", []) if self.cfg.deep_supervision else [])
+        aux = outputs.get("aux_outputs", []) if self.cfg.deep_supervision else []
+        layers = [outputs] + aux
+        c = self.cfg
+        weights = {"loss_ce": c.cls_weight, "loss_mask": c.mask_weight, "loss_dice": c.dice_weight}
         terms = {"loss_ce": 0.0, "loss_mask": 0.0, "loss_dice": 0.0}
-        for out in layers:
+        per_layer = {}
+        for i, out in enumerate(layers):
+            layer = len(layers) - 1 if i == 0 else i - 1  # decoder layer index: the final output is the last
             for k, v in self.layer_loss(out["pred_logits"], out["pred_masks"], bt, num_masks).items():
                 terms[k] = terms[k] + v
-        c = self.cfg
-        terms = {
-            "loss_ce": c.cls_weight * terms["loss_ce"],
-            "loss_mask": c.mask_weight * terms["loss_mask"],
-            "loss_dice": c.dice_weight * terms["loss_dice"],
-        }
+                per_layer[f"{k}_{layer}"] = weights[k] * v.detach()
+        terms = {k: weights[k] * v for k, v in terms.items()}
         terms["loss"] = terms["loss_ce"] + terms["loss_mask"] + terms["loss_dice"]
-        return terms
+        return {**terms, **dict(sorted(per_layer.items()))}

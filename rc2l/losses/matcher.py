@@ -13,15 +13,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from rc2l.losses.functional import dice
+
 
 def batch_dice_cost(pred: Tensor, tgt: Tensor, eps: float = 1.0, weight: Tensor | None = None) -> Tensor:
     """pred: (..., N, P) probabilities, tgt: (..., M, P) in [0, 1] -> (..., N, M) of 1 - dice.
     ``weight``: (..., P) in {0, 1}, pixels that count (None = all)."""
-    if weight is not None:
-        pred, tgt = pred * weight[..., None, :], tgt * weight[..., None, :]
-    num = 2 * pred @ tgt.mT
-    den = pred.sum(-1)[..., :, None] + tgt.sum(-1)[..., None, :]
-    return 1 - (num + eps) / (den + eps)
+    return 1 - dice(pred, tgt, smooth=eps, pairwise=True, weight=weight)
 
 
 def batch_bce_cost(pred_logits: Tensor, tgt: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -139,6 +137,28 @@ def hungarian_padded(cost: Tensor, counts: list[int]) -> list[tuple[Tensor, Tens
 
 
 @torch.no_grad()
+def match_padded(
+    pred_logits: Tensor,
+    pred_masks: Tensor,
+    labels: Tensor,
+    masks: Tensor,
+    counts: list[int],
+    cls_weight: float = 2.0,
+    mask_weight: float = 5.0,
+    dice_weight: float = 5.0,
+    weight: Tensor | None = None,
+) -> list[tuple[Tensor, Tensor]]:
+    """Match a batch whose targets are already padded (``pad_targets``). pred_logits:
+    (B, N, K+1); pred_masks: (B, N, P) logits; labels: (B, max M) int64; masks: (B, max M, P)
+    on the predictions' grid; counts: M_b; weight: (B, P) pixels that count (None = all).
+    Returns per image (pred_idx, tgt_idx)."""
+    if max(counts, default=0) == 0:
+        return hungarian_padded(pred_masks.new_zeros(len(counts), pred_masks.shape[1], 0), counts)
+    cost = match_cost(pred_logits, pred_masks, labels, masks, cls_weight, mask_weight, dice_weight, weight)
+    return hungarian_padded(cost, counts)
+
+
+@torch.no_grad()
 def match(
     pred_logits: Tensor,
     pred_masks: Tensor,
@@ -157,5 +177,5 @@ def match(
         return hungarian_padded(pred_masks.new_zeros(len(counts), pred_masks.shape[1], 0), counts)
     labels, _ = pad_targets(targets, "labels", pred_masks.device)
     w = None if weight is None else weight.flatten(1)
-    cost = match_cost(pred_logits, pred_masks.flatten(2), labels, masks.flatten(2), cls_weight, mask_weight, dice_weight, w)
-    return hungarian_padded(cost, counts)
+    return match_padded(pred_logits, pred_masks.flatten(2), labels, masks.flatten(2), counts, cls_weight, mask_weight,
+                        dice_weight, w)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as Fn
-from torch import Tensor
+from torch import Tensor, nn
 
-from rc2l.losses.region import connected_zero, log_normalized_semantic
+from rc2l.losses.functional import connected_zero, log_normalized_semantic
 
 
 def pixel_pseudo_ce(
@@ -116,3 +116,23 @@ def pixel_contrast_loss(
         pick = torch.randperm(idx.numel(), generator=generator)[:num_samples].to(idx.device)
         idx = idx[pick]
     return supcon_loss(z[idx], y[idx].to(z.device), tau, chunk)
+
+
+class PixelCriterion(nn.Module):
+    """Supervised loss of a per-pixel model: cross-entropy of its stride-4 logits, upsampled
+    to the label size, over non-ignored pixels (DeepLab/UniMatch convention)."""
+
+    def __init__(self, ignore_index: int = 255):
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, outputs: dict, labels: Tensor, num_masks: float | None = None) -> dict[str, Tensor]:
+        """outputs["sem_logits"]: (B, K, h, w); labels: (B, H, W) int64. ``num_masks`` is the
+        set loss's normaliser and has no meaning here (accepted for a common signature)."""
+        logits = Fn.interpolate(outputs["sem_logits"].float(), size=labels.shape[-2:], mode="bilinear",
+                                align_corners=False)
+        if not bool((labels != self.ignore_index).any()):
+            ce = connected_zero(outputs["sem_logits"])
+        else:
+            ce = Fn.cross_entropy(logits, labels, ignore_index=self.ignore_index)
+        return {"loss_ce": ce, "loss": ce}

@@ -1,4 +1,4 @@
-"""The four region-level losses of RC²L (METHOD.md, "The four region-level losses").
+"""The four region-level losses of RC²L (docs/method.md, "The four region-level losses").
 
 Inputs, shared by all four (B images, N student queries, K classes, C = channels of F):
 
@@ -26,58 +26,13 @@ import torch.nn.functional as Fn
 from torch import Tensor, nn
 
 from rc2l.config import LossConfig, SemiConfig
+from rc2l.losses.functional import connected_zero, dice, log_normalized_semantic, mask_average_pool, normalize_semantic
 from rc2l.losses.matcher import Matches, match, pack_matches
-from rc2l.models.segmenter import region_features
 
 TERMS = ("rmc", "rfc", "rcc", "smc")
 
 
 # ----------------------------------------------------------------------------- helpers
-def mask_average_pool(F: Tensor, m: Tensor, eps: float = 1e-6) -> Tensor:
-    """Region features r = MAP(F, m) = Σ_u m(u) F(u) / Σ_u m(u).
-
-    F: (B, C, h, w), m: (B, N, h, w) in [0, 1] → (B, N, C); or unbatched F: (C, h, w),
-    m: (N, h, w) → (N, C). One (N×P)(P×C) product per image: linear in the pixels P.
-    An empty mask gives a zero feature (not NaN)."""
-    if F.dim() == 3:
-        return region_features(F[None], m[None], eps)[0]
-    return region_features(F, m, eps)
-
-
-def soft_dice(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
-    """D(a, b) = 2 Σ ab / (Σa + Σb + ε) for all pairs. a: (..., N, P), b: (..., M, P) in [0, 1]
-    → (..., N, M)."""
-    return 2 * (a @ b.mT) / (a.sum(-1)[..., :, None] + b.sum(-1)[..., None, :] + eps)
-
-
-def normalize_semantic(S: Tensor, eps: float = 1e-6) -> Tensor:
-    """S̄ = S normalised over the K classes. S: (B, K, h, w) ≥ 0 → (B, K, h, w), sums to 1."""
-    S = S.float().clamp_min(0)
-    return S / S.sum(1, keepdim=True).clamp_min(eps)
-
-
-def log_normalized_semantic(S: Tensor, eps: float = 1e-6) -> Tensor:
-    """log S̄, computed as log S − log Σ_k S with clamps so it is finite. (B, K, h, w)."""
-    S = S.float().clamp_min(0)
-    return S.clamp_min(eps).log() - S.sum(1, keepdim=True).clamp_min(eps).log()
-
-
-def connected_zero(*tensors: Tensor | nn.Module | None) -> Tensor:
-    """An exact scalar 0 whose graph reaches ``tensors`` (and a module's parameters): backward
-    gives them zero gradients instead of failing, and DDP sees the parameters as used."""
-    zero = None
-    for t in tensors:
-        items = list(t.parameters()) if isinstance(t, nn.Module) else [t]
-        for x in items:
-            if isinstance(x, Tensor) and x.requires_grad and x.numel() > 0:
-                z = x.reshape(-1)[0].float() * 0.0
-                zero = z if zero is None else zero + z
-    if zero is None:
-        dev = next((x.device for x in tensors if isinstance(x, Tensor)), None)
-        zero = torch.zeros((), device=dev)
-    return zero
-
-
 def as_matches(regions: list[dict], indices: list[tuple[Tensor, Tensor]] | Matches, device) -> Matches:
     """Per-image matches packed for batched indexing (unchanged if already packed)."""
     if isinstance(indices, Matches):
@@ -117,7 +72,7 @@ def rmc_loss(
     if weight is not None:
         w = weight.to(s.device).float().flatten(1)[:, None]  # (B, 1, P)
         s, t_pad = s * w, t_pad * w
-    logits = soft_dice(t_pad, s, eps)[m.img, m.local] / tau_m  # (L, N): each t against its image's N masks
+    logits = dice(t_pad, s, smooth=0.0, eps=eps, pairwise=True)[m.img, m.local] / tau_m  # (L, N): each t against its image's N masks
     return Fn.cross_entropy(logits, m.pred)
 
 
@@ -247,10 +202,8 @@ def smc_loss(
     lab = label.clamp(0, K - 1)
     onehot = Fn.one_hot(lab, K).permute(0, 3, 1, 2).float() * vf  # (B, K, h, w)
     sbar = normalize_semantic(sem_masks, eps) * vf
-    inter = (sbar * onehot).sum((-2, -1))  # (B, K)
-    tsum = onehot.sum((-2, -1))
-    dice = 1 - (2 * inter + 1) / (sbar.sum((-2, -1)) + tsum + 1)
-    loss = dice[tsum > 0].mean()
+    tsum = onehot.sum((-2, -1))  # (B, K)
+    loss = (1 - dice(sbar.flatten(2), onehot.flatten(2)))[tsum > 0].mean()
     if not dice_only:
         logp = log_normalized_semantic(sem_masks, eps)  # (B, K, h, w)
         nll = -logp.gather(1, lab[:, None]).squeeze(1)  # (B, h, w)

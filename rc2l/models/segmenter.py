@@ -1,5 +1,5 @@
-"""The MaskFormer-style segmenter and the two region quantities the method is built on:
-region features r_i = MAP(F, σ(p_i)) and semantic masks S = Σ_i softmax(c_i)[:K] ⊗ σ(p_i)."""
+"""The MaskFormer-style segmenter and its semantic masks S = Σ_i softmax(c_i)[:K] ⊗ σ(p_i)
+(region features r_i = MAP(F, σ(p_i)) are computed by the losses: rc2l.losses.functional)."""
 from __future__ import annotations
 
 import torch
@@ -10,16 +10,6 @@ from rc2l.config import ModelConfig
 from rc2l.models.backbones import build_backbone
 from rc2l.models.decoder import TransformerDecoder
 from rc2l.models.pixel_decoder import FPNPixelDecoder
-
-
-def region_features(F: Tensor, masks: Tensor, eps: float = 1e-6) -> Tensor:
-    """Mask average pooling. F: (B, C, h, w); masks: (B, N, h, w) in [0, 1] → (B, N, C).
-
-    One (N×P)(P×C) product per image: linear in the number of pixels P. An empty mask gives
-    a zero feature, not NaN."""
-    masks = masks.to(F.dtype)
-    num = torch.einsum("bnhw,bchw->bnc", masks, F)
-    return num / (masks.sum((-2, -1))[..., None] + eps)
 
 
 def semantic_masks(pred_logits: Tensor, pred_masks: Tensor) -> Tensor:

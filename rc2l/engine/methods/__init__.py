@@ -1,0 +1,10 @@
+"""One file per training method, each a class with the interface of ``base.Method``; the
+trainer builds ``METHODS[cfg.method]``."""
+from __future__ import annotations
+
+from rc2l.engine.methods.base import Method
+from rc2l.engine.methods.fixmatch import FixMatch
+from rc2l.engine.methods.rc2l import RC2L
+from rc2l.engine.methods.supervised import Supervised
+
+METHODS: dict[str, type[Method]] = {"supervised": Supervised, "fixmatch": FixMatch, "rc2l": RC2L}

@@ -1,0 +1,83 @@
+"""The package's architecture, checked: layers import only downwards, no import cycles, and
+no function longer than the limit a reader can hold in view."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "rc2l"
+# Lower number = lower layer. A module may import its own layer or lower ones; `data` is a
+# side branch that imports none of models/losses/engine/infer.
+LAYERS = {"config": 0, "errors": 0, "provenance": 0, "data": 1, "models": 1, "losses": 2, "engine": 3, "infer": 4,
+          "api": 5, "cli": 6, "demo": 6, "__main__": 6, "__init__": 5}
+MAX_FUNCTION_LINES = 80
+
+
+def _modules() -> dict[str, Path]:
+    return {".".join(p.relative_to(PKG.parent).with_suffix("").parts): p for p in PKG.rglob("*.py")}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported rc2l module, at module level?) for every import in the file."""
+    tree = ast.parse(path.read_text())
+    top = set(map(id, tree.body))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rc2l") and node.level == 0:
+            found.append((node.module, id(node) in top))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, id(node) in top) for a in node.names if a.name.startswith("rc2l")]
+    return found
+
+
+def test_layers_only_import_downwards():
+    bad = []
+    for mod, path in _modules().items():
+        src = _layer(mod)
+        for imp, _ in _imports(path):
+            dst = _layer(imp)
+            if imp == "rc2l":
+                continue
+            if src == "data" and dst in ("models", "losses", "engine", "infer"):
+                bad.append(f"{mod} imports {imp} (data imports none of the model/loss/engine/infer layers)")
+            elif LAYERS.get(dst, 0) > LAYERS.get(src, 0) and not (src == "models" and dst == "data"):
+                bad.append(f"{mod} (layer {src}) imports {imp} (layer {dst}, above it)")
+            elif src == "models" and dst == "data":
+                bad.append(f"{mod} imports {imp}: models must not depend on data")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycles_at_module_level():
+    mods = _modules()
+    graph = {m: {i for i, top in _imports(p) if top and i in mods and i != m} for m, p in mods.items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for n in graph[m]:
+            if state.get(n) == 1:
+                cycles.append(" → ".join(stack[stack.index(n):] + [n]))
+            elif n not in state:
+                visit(n, stack + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "\n".join(cycles)
+
+
+@pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
+def test_no_function_longer_than_the_limit(path):
+    tree = ast.parse(path.read_text())
+    long = [f"{n.name} ({n.end_lineno - n.lineno + 1} lines, line {n.lineno})" for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f"{path.name}: " + ", ".join(long)
