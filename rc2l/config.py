@@ -44,6 +44,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
+    arch: str = "maskformer"  # maskformer (mask classification) | deeplabv3plus (per-pixel)
     backbone: str = "resnet18"  # resnet18 | resnet50 | resnet101 | efficientnet_lite0
     pretrained: str = "imagenet"  # imagenet | none | path to a local weights file
     num_queries: int = 100  # N
@@ -54,6 +55,8 @@ class ModelConfig:
     dim_feedforward: int = 1024
     masked_attention: bool = False  # Mask2Former-style masked cross-attention
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
+    aspp_dim: int = 256  # deeplabv3plus: channels of the ASPP branches and projection
+    decoder_dim: int = 256  # deeplabv3plus: channels of the two 3×3 fusion convs
 
 
 @dataclass
@@ -176,6 +179,7 @@ class Config:
 
 CHOICES = {
     "method": ("supervised", "fixmatch", "rc2l"),
+    "model.arch": ("maskformer", "deeplabv3plus"),
     "model.backbone": ("resnet18", "resnet50", "resnet101", "efficientnet_lite0"),
     "loss.mask_loss": ("bce", "focal"),
     "data.name": ("synthetic", "camvid", "voc", "cityscapes", "folder"),
@@ -248,6 +252,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.resize' must be [] or [height, width], got {cfg.data.resize!r}")
     if cfg.train.accum_steps < 1:
         raise ConfigError("config key 'train.accum_steps' must be >= 1")
+    if cfg.method == "rc2l" and cfg.model.arch != "maskformer":
+        raise ConfigError(f"method=rc2l needs model.arch=maskformer, not {cfg.model.arch!r}: "
+                          f"its region losses need mask proposals, which a per-pixel model does not make")
 
 
 def get_key(cfg: Any, dotted: str) -> Any:
