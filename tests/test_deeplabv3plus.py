@@ -194,7 +194,8 @@ def test_overfits_four_synthetic_images_with_plain_cross_entropy():
     valid = labels != 255
     acc = float((pred[valid] == labels[valid]).float().mean())
     miou = _miou(pred[valid], labels[valid], NUM_CLASSES)
-    assert acc > 0.93 and miou > 0.85, f"pixel acc {acc:.3f}, mIoU {miou:.3f} after 60 steps ({time.time() - start:.0f} s)"
+    took = time.time() - start
+    assert acc > 0.93 and miou > 0.85, f"pixel acc {acc:.3f}, mIoU {miou:.3f} after 60 steps ({took:.0f} s)"
 
 
 def test_config_arch_choices_and_rc2l_refusal():
