@@ -55,6 +55,8 @@ class ModelConfig:
     dim_feedforward: int = 1024
     masked_attention: bool = False  # Mask2Former-style masked cross-attention
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
+    aspp_dim: int = 256  # deeplabv3plus: channels of the ASPP branches and projection
+    decoder_dim: int = 256  # deeplabv3plus: channels of the two 3×3 fusion convs
 
 
 @dataclass
@@ -250,6 +252,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.resize' must be [] or [height, width], got {cfg.data.resize!r}")
     if cfg.train.accum_steps < 1:
         raise ConfigError("config key 'train.accum_steps' must be >= 1")
+    if cfg.method == "rc2l" and cfg.model.arch != "maskformer":
+        raise ConfigError(f"method=rc2l needs model.arch=maskformer, not {cfg.model.arch!r}: "
+                          f"its region losses need mask proposals, which a per-pixel model does not make")
 
 
 def get_key(cfg: Any, dotted: str) -> Any:

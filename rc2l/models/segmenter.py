@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from rc2l.config import ModelConfig
 from rc2l.models.backbones import build_backbone
 from rc2l.models.decoder import TransformerDecoder
+from rc2l.models.deeplabv3plus import DeepLabV3Plus
 from rc2l.models.pixel_decoder import FPNPixelDecoder
 
 
@@ -24,6 +25,8 @@ class Segmenter(nn.Module):
     Input: images (B, 3, H, W) float in [0, 1]; the model normalizes with its backbone's
     statistics, so data pipelines, predict and ONNX export need no separate step.
     """
+
+    per_pixel = False  # mask classification: N mask proposals, what the region losses need
 
     def __init__(self, num_classes: int, cfg: ModelConfig | None = None):
         super().__init__()
@@ -52,12 +55,30 @@ class Segmenter(nn.Module):
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
         return {"backbone": bb, "head": rest}
 
-    def forward(self, images: Tensor) -> dict:
+    def forward(self, images: Tensor, fp_dropout: float = 0.0) -> dict:
         """Returns pred_logits (B, N, K+1), pred_masks (B, N, h, w) logits at stride 4,
         mask_embed (B, N, C), pixel_feats F (B, C, h, w), sem_masks S (B, K, h, w) and
-        aux_outputs (earlier layers' pred_logits / pred_masks)."""
-        x = (images - self.mean) / self.std
-        F, pyramid = self.pixel_decoder(self.backbone(x))
+        aux_outputs (earlier layers' pred_logits / pred_masks).
+
+        ``fp_dropout`` > 0 adds "fp": {pred_logits, pred_masks, sem_masks} of UniMatch's feature
+        perturbation: the backbone maps get channel dropout (p = fp_dropout) and go through the
+        pixel and transformer decoders in one batch with the clean maps. Both decoders treat
+        each image on its own (GroupNorm, LayerNorm, attention within an image), so the clean
+        half is what a forward without the branch gives."""
+        feats = self.backbone((images - self.mean) / self.std)
+        if fp_dropout <= 0:
+            return self._decode(feats)
+        b = images.shape[0]
+        feats = [torch.cat((f, Fn.dropout2d(f, fp_dropout, training=True))) for f in feats]
+        both = self._decode(feats)
+        out = {k: v[:b] for k, v in both.items() if k != "aux_outputs"}
+        out["aux_outputs"] = [{k: v[:b] for k, v in aux.items()} for aux in both["aux_outputs"]]
+        out["fp"] = {k: both[k][b:] for k in ("pred_logits", "pred_masks", "sem_masks")}
+        return out
+
+    def _decode(self, feats: list[Tensor]) -> dict:
+        """Backbone maps (B, C_l, H/s, W/s), s = 4..32 → the output dict of :meth:`forward`."""
+        F, pyramid = self.pixel_decoder(feats)
         layers = self.decoder(pyramid, F)
         logits, emb, masks = layers[-1]
         return {
@@ -75,5 +96,9 @@ class Segmenter(nn.Module):
         return Fn.interpolate(out["sem_masks"], size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def build_model(num_classes: int, cfg: ModelConfig) -> Segmenter:
-    return Segmenter(num_classes, cfg)
+def build_model(num_classes: int, cfg: ModelConfig) -> nn.Module:
+    """The segmenter ``cfg.arch`` names: Segmenter (maskformer) or DeepLabV3Plus (deeplabv3plus)."""
+    archs = {"maskformer": Segmenter, "deeplabv3plus": DeepLabV3Plus}
+    if cfg.arch not in archs:
+        raise ValueError(f"unknown model.arch {cfg.arch!r}; choose one of {', '.join(archs)}")
+    return archs[cfg.arch](num_classes, cfg)
