@@ -131,6 +131,19 @@ class EvalConfig:
 
 
 @dataclass
+class UniMatchConfig:
+    """UniMatch (docs/baselines.md): weak view → pseudo-label; ``views`` strong views, each with
+    its own photometric draw and CutMix box; the feature-perturbation (FP) branch. ``views=1
+    fp=false`` is FixMatch with UniMatch's loss."""
+
+    teacher: str = "self"  # self (V1: the student's own weak prediction) | ema (V2: the EMA teacher)
+    views: int = 2  # strong views, 1 or 2
+    fp: bool = True  # feature perturbation: channel dropout on the features the decoder reads
+    fp_dropout: float = 0.5
+    threshold: float = 0.95  # τ: pixels with confidence below it do not count in the CE (but in its denominator)
+
+
+@dataclass
 class SemiConfig:
     """Semi-supervised options (METHOD.md, "Semi-supervised loop" and region losses)."""
 
@@ -161,13 +174,14 @@ class SemiConfig:
     pixel_contrast_mode: str = "sampled"  # sampled | exact
     pixel_contrast_samples: int = 1024
     pixel_contrast_tau: float = 0.1
+    unimatch: UniMatchConfig = field(default_factory=UniMatchConfig)
 
 
 @dataclass
 class Config:
     out_dir: str = "runs/default"
     seed: int = 0
-    method: str = "supervised"  # supervised | fixmatch | rc2l
+    method: str = "supervised"  # supervised | fixmatch | rc2l | unimatch
     resume: str = ""  # "" | auto | path to a training-state file
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -178,7 +192,9 @@ class Config:
 
 
 CHOICES = {
-    "method": ("supervised", "fixmatch", "rc2l"),
+    "method": ("supervised", "fixmatch", "rc2l", "unimatch"),
+    "semi.unimatch.teacher": ("self", "ema"),
+    "semi.unimatch.views": (1, 2),
     "model.arch": ("maskformer", "deeplabv3plus"),
     "model.backbone": ("resnet18", "resnet50", "resnet101", "efficientnet_lite0"),
     "loss.mask_loss": ("bce", "focal"),

@@ -40,7 +40,8 @@ def _check_run(trainer, teacher0, records, terms):
     train = [r for r in records if r.get("type") == "train"]
     assert len(train) == 4
     for r in train:
-        for k in (*terms, "loss_sup", "loss_unsup", "regions_per_image", "conf_frac", "lambda_u"):
+        region_stats = ("regions_per_image",) if "rmc" in terms else ()  # a pixel method keeps no regions
+        for k in (*terms, "loss_sup", "loss_unsup", *region_stats, "conf_frac", "lambda_u"):
             assert k in r, f"{k} not logged"
             assert math.isfinite(r[k]), f"{k} not finite: {r[k]}"
     evals = [r for r in records if "miou" in r]

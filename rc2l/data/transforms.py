@@ -120,18 +120,24 @@ class TrainTransform:
 
 class UnlabeledTransform:
     """Unlabeled views sharing one crop → ``image_w``, ``image_s`` (3, ch, cw) float32 and
-    ``valid`` (ch, cw) bool (False on padding). The mask argument is ignored."""
+    ``valid`` (ch, cw) bool (False on padding); with ``strong_views=2`` also ``image_s2``, a
+    second strong view with its own photometric draw (UniMatch). The mask argument is ignored."""
 
     needs_mask = False
 
-    def __init__(self, crop_size: Sequence[int], scale_range: Sequence[float] = (0.5, 2.0), resize: Sequence[int] | None = None):
+    def __init__(self, crop_size: Sequence[int], scale_range: Sequence[float] = (0.5, 2.0),
+                 resize: Sequence[int] | None = None, strong_views: int = 1):
         self.crop_size, self.scale_range, self.resize = list(crop_size), list(scale_range), list(resize or [])
+        self.strong_views = strong_views
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
         ones = tv_tensors.Mask(torch.ones(image.shape[-2:], dtype=torch.uint8))
         image, valid = weak_geometry(image, ones, self.crop_size, self.scale_range, self.resize, mask_fill=0)
         weak = to_float(image)
-        return {"image_w": weak, "image_s": strong_photometric(weak.clone()), "valid": valid.as_subclass(torch.Tensor).bool()}
+        out = {"image_w": weak, "image_s": strong_photometric(weak.clone()), "valid": valid.as_subclass(torch.Tensor).bool()}
+        if self.strong_views > 1:  # drawn after the first, so image_s is the same with one view or two
+            out["image_s2"] = strong_photometric(weak.clone())
+        return out
 
 
 class EvalTransform:

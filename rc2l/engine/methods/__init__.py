@@ -6,5 +6,6 @@ from rc2l.engine.methods.base import Method
 from rc2l.engine.methods.fixmatch import FixMatch
 from rc2l.engine.methods.rc2l import RC2L
 from rc2l.engine.methods.supervised import Supervised
+from rc2l.engine.methods.unimatch import UniMatch
 
-METHODS: dict[str, type[Method]] = {"supervised": Supervised, "fixmatch": FixMatch, "rc2l": RC2L}
+METHODS: dict[str, type[Method]] = {"supervised": Supervised, "fixmatch": FixMatch, "rc2l": RC2L, "unimatch": UniMatch}

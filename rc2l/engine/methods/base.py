@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from rc2l.config import Config, SemiConfig
 from rc2l.data.sampler import mix_seed
-from rc2l.engine.teacher import apply_cutmix, cutmix_targets, ema_update, make_teacher, mix_with_partner, \
-    stride_boxes, teacher_targets
+from rc2l.engine.teacher import (apply_cutmix, cutmix_targets, ema_update, make_teacher, mix_with_partner,
+                                 stride_boxes, teacher_targets)
 from rc2l.losses.criterion import SetCriterion
 from rc2l.losses.pixel import PixelCriterion, pixel_contrast_loss
 

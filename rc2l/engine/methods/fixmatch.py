@@ -1,25 +1,20 @@
-"""FixMatch on the segmenter's per-pixel output: the EMA teacher's confident pixels (max
-probability ≥ semi.fixmatch_threshold) are the targets of the student's CutMix-ed strong view."""
+"""FixMatch (Sohn et al., 2020) on the segmenter's per-pixel output: the EMA teacher's
+confident pixels (probability ≥ semi.fixmatch_threshold) on the weak view are the targets of
+the student's CutMix-ed strong view. It is UniMatch's special case of one strong view, no
+feature perturbation and an EMA teacher."""
 from __future__ import annotations
 
-from torch import Tensor
+import torch
+from torch import nn
 
-from rc2l.engine.methods.base import SemiMethod, combine, warmup_terms
-from rc2l.losses.pixel import pixel_pseudo_ce
+from rc2l.config import Config, UniMatchConfig
+from rc2l.engine.methods.unimatch import UniMatch
 
 
-class FixMatch(SemiMethod):
-    uses_unlabeled = True
+class FixMatch(UniMatch):
+    def __init__(self, cfg: Config, model: nn.Module, device: torch.device, num_classes: int, ignore_index: int = 255):
+        settings = UniMatchConfig(teacher="ema", views=1, fp=False, threshold=cfg.semi.fixmatch_threshold)
+        super().__init__(cfg, model, device, num_classes, ignore_index, settings)
 
-    def step(self, labeled: dict, unlabeled: dict | None, step: int, num_masks: float | None = None) -> dict[str, Tensor]:
-        s = self.cfg.semi
-        sup = self.supervised_loss(labeled, num_masks)
-        lam = self.lambda_u(step)
-        if self.semi_step(step) < 0:
-            return warmup_terms(sup, lam)
-        targets, mixed, stats = self.mixed_targets(unlabeled, step, s.fixmatch_threshold)
-        s_out = self.net(mixed)
-        unsup = {"fixmatch": pixel_pseudo_ce(s_out["sem_masks"], targets["label"], targets["conf"],
-                                             s.fixmatch_threshold, ignore=~targets["real"])}
-        unsup.update(self.pixel_contrast(s_out, targets, step))
-        return combine(sup, unsup, lam, stats)
+    def term(self, view: int) -> str:
+        return "fixmatch"

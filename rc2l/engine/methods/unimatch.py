@@ -1,0 +1,112 @@
+"""UniMatch (Yang et al., CVPR 2023; docs/baselines.md), the pixel-level method this field
+runs, on either architecture (mask classification: CE on log S̄; per-pixel: CE on logits).
+
+One unlabeled batch, top to bottom (``UniMatch.step``):
+    weak view u_w → pseudo-label Ŷ, confidence (the student itself in train mode, V1, or the
+        EMA teacher, V2), and in the same forward the FP branch: the features the decoder
+        reads get channel dropout and are decoded beside the clean ones
+    each strong view u_s1, u_s2 (own photometric draw) → its own CutMix box, applied to the
+        view and to Ŷ / confidence / padding
+    student(u_s1, u_s2) → per-pixel CE where confidence ≥ τ, divided by the non-padded pixels
+    L = L_sup + λ_u·(0.25·L_s1 + 0.25·L_s2 + 0.5·L_fp)
+With one view and no FP the weights become 1·L_s1: FixMatch with UniMatch's loss.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from rc2l.config import Config, UniMatchConfig
+from rc2l.engine.methods.base import Method, combine, lambda_u, semi_step, warmup_terms
+from rc2l.engine.teacher import apply_cutmix, ema_update, make_teacher, mix_with_partner, stride_boxes
+from rc2l.losses.functional import pixel_probs
+from rc2l.losses.pixel import pixel_pseudo_ce
+
+BOX_STREAMS = (11, 17)  # one independent CutMix stream per strong view (11 is FixMatch's/RC²L's)
+
+
+def pixel_ce(out: dict, label: Tensor, conf: Tensor, threshold: float, real: Tensor) -> Tensor:
+    """UniMatch's unlabeled loss on one output dict of either architecture: CE to ``label``
+    (B, h, w) where ``conf`` ≥ τ and ``real`` (B, h, w, not padding), summed and divided by the
+    number of real pixels."""
+    if "sem_logits" in out:
+        return pixel_pseudo_ce(out["sem_logits"], label, conf, threshold, ignore=~real, input="logits")
+    return pixel_pseudo_ce(out["sem_masks"], label, conf, threshold, ignore=~real, input="sem")
+
+
+def view_weights(views: int, fp: bool) -> tuple[float, float]:
+    """(weight of each strong view, weight of FP): (0.25, 0.5) with two views and FP as
+    UniMatch; the strong views share 1 − w_fp."""
+    w_fp = 0.5 if fp else 0.0
+    return (1.0 - w_fp) / views, w_fp
+
+
+class UniMatch(Method):
+    """``settings``: the semi.unimatch section (FixMatch passes its own)."""
+
+    uses_unlabeled = True
+
+    def __init__(self, cfg: Config, model: nn.Module, device: torch.device, num_classes: int, ignore_index: int = 255,
+                 settings: UniMatchConfig | None = None):
+        super().__init__(cfg, model, device, num_classes, ignore_index)
+        self.settings = settings or cfg.semi.unimatch
+        if self.settings.teacher == "ema":
+            self.teacher = make_teacher(model).to(device)
+
+    def term(self, view: int) -> str:
+        """Log key of strong view ``view``'s loss (0-based)."""
+        return f"unimatch_s{view + 1}"
+
+    def after_step(self, step: int) -> None:
+        if self.teacher is not None:
+            ema_update(self.teacher, self.model, semi_step(step, self.cfg.semi), self.cfg.semi.ema_momentum)
+
+    def models_to_evaluate(self) -> dict[str, nn.Module]:
+        return {"student": self.model} if self.teacher is None else {"student": self.model, "teacher": self.teacher}
+
+    def weak_pass(self, weak: Tensor) -> tuple[Tensor, Tensor, dict | None]:
+        """weak (B, 3, H, W) → Ŷ (B, h, w), confidence (B, h, w), both detached, and the FP
+        branch's output (None without FP). With the self teacher Ŷ comes from the clean half
+        of the same forward that decodes the perturbed features."""
+        u = self.settings
+        fp_out = None
+        if u.fp:
+            out = self.net(weak, fp_dropout=u.fp_dropout)
+            fp_out = out["fp"]
+        if self.teacher is not None:
+            with torch.no_grad():
+                out = self.teacher(weak)
+        elif not u.fp:
+            with torch.no_grad():
+                out = self.net(weak)
+        conf, label = pixel_probs(out).max(1)
+        return label, conf, fp_out
+
+    def step(self, labeled: dict, unlabeled: dict | None, step: int, num_masks: float | None = None) -> dict[str, Tensor]:
+        c, u = self.cfg, self.settings
+        sup = self.supervised_loss(labeled, num_masks)
+        lam = lambda_u(step, c.semi)
+        if semi_step(step, c.semi) < 0:
+            return warmup_terms(sup, lam)
+        weak = unlabeled["image_w"].to(self.device, non_blocking=True)
+        strong = [unlabeled[k].to(self.device, non_blocking=True) for k in ("image_s", "image_s2")[: u.views]]
+        pad = ~unlabeled["valid"].to(self.device)
+        label, conf, fp_out = self.weak_pass(weak)
+        h, w = label.shape[-2:]
+        real = ~nn.functional.interpolate(pad[:, None].float(), size=(h, w), mode="nearest")[:, 0].bool()
+        mixed, targets = [], []
+        for view, stream in zip(strong, BOX_STREAMS):
+            small, big = stride_boxes(weak.shape[0], tuple(weak.shape[-2:]), (h, w), c.semi.cutmix_p, c.seed, step,
+                                      self.device, stream)
+            mixed.append(apply_cutmix(view, big))
+            targets.append([mix_with_partner(t, small) for t in (label, conf, real)])
+        s_out = self.net(torch.cat(mixed))
+        w_s, w_fp = view_weights(u.views, u.fp)
+        unsup = {}
+        for i, (lab, cf, rl) in enumerate(targets):
+            part = {k: v[i * weak.shape[0]:(i + 1) * weak.shape[0]] for k, v in s_out.items() if k in ("sem_logits", "sem_masks")}
+            unsup[self.term(i)] = w_s * pixel_ce(part, lab, cf, u.threshold, rl)
+        if fp_out is not None:
+            unsup["unimatch_fp"] = w_fp * pixel_ce(fp_out, label, conf, u.threshold, real)
+        stats = {"conf_frac": float(((conf >= u.threshold) & real).sum() / real.sum().clamp(min=1))}
+        return combine(sup, unsup, lam, stats)
