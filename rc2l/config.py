@@ -97,6 +97,9 @@ class DataConfig:
     batch_size: int = 8  # labeled images per step (per process)
     unlabeled_batch_size: int = 8
     workers: int = 2
+    # keep each decoded image and mask in RAM after its first read (per process: every DataLoader
+    # worker holds its own copy; ~0.7 MB per 480×360 CamVid frame + mask)
+    cache: bool = False
     bad_samples: str = "error"  # error | skip (skip and report bad samples)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -111,7 +114,11 @@ class TrainConfig:
     poly_power: float = 0.9
     clip_grad: float = 1.0  # max grad norm, 0 = off
     accum_steps: int = 1  # gradient accumulation: global batch = batch * accum * world
-    amp: str = "off"  # off | bf16 | fp16
+    # off | bf16 | fp16 | auto (bf16 where the hardware has it: CUDA with bf16, CPUs with
+    # AVX512-BF16 or AMX; else off). Not the default: bf16 must first match fp32's accuracy
+    # on a full run (issue 15), and auto would make one config train differently per machine.
+    amp: str = "off"
+    channels_last: bool = False  # model weights and input batches in NHWC memory format
     device: str = "auto"  # auto | cpu | cuda
     eval_every: int = 200
     log_every: int = 10
@@ -127,7 +134,7 @@ class EvalConfig:
     mode: str = "original"  # original | center_crop | sliding_window
     crop_size: list[int] = field(default_factory=list)  # default: data.crop_size
     stride_ratio: float = 2.0 / 3.0
-    batch_size: int = 1
+    batch_size: int = 1  # consecutive same-size val images per forward (identical confusion matrix)
 
 
 @dataclass
@@ -200,7 +207,7 @@ CHOICES = {
     "loss.mask_loss": ("bce", "focal"),
     "data.name": ("synthetic", "camvid", "voc", "cityscapes", "folder"),
     "data.bad_samples": ("error", "skip"),
-    "train.amp": ("off", "bf16", "fp16"),
+    "train.amp": ("off", "bf16", "fp16", "auto"),
     "train.device": ("auto", "cpu", "cuda"),
     "eval.mode": ("original", "center_crop", "sliding_window"),
     "semi.regions": ("queries", "classes"),

@@ -115,7 +115,7 @@ def build_datasets(cfg: Config, only_val: bool = False) -> dict:
     sdir = splits_dir(cfg)
     if only_val:
         val = _base_list(reader, sdir, d.val_split, need_mask=True)
-        return {"labeled": None, "unlabeled": None, "val": SegDataset(reader, val, eval_t, d.bad_samples)}
+        return {"labeled": None, "unlabeled": None, "val": SegDataset(reader, val, eval_t, d.bad_samples, d.cache)}
     unlabeled = None
     if d.split == "full":
         labeled = _base_list(reader, sdir, d.train_split, need_mask=True)
@@ -139,7 +139,7 @@ def build_datasets(cfg: Config, only_val: bool = False) -> dict:
             check_disjoint(labeled, unlabeled, folder / "labeled.txt", folder / "unlabeled.txt")
     val = _base_list(reader, sdir, d.val_split, need_mask=True)
     return {
-        "labeled": SegDataset(reader, labeled, train_t, d.bad_samples),
-        "unlabeled": None if unlabeled is None else SegDataset(reader, unlabeled, unl_t, d.bad_samples),
-        "val": SegDataset(reader, val, eval_t, d.bad_samples),
+        "labeled": SegDataset(reader, labeled, train_t, d.bad_samples, d.cache),
+        "unlabeled": None if unlabeled is None else SegDataset(reader, unlabeled, unl_t, d.bad_samples, d.cache),
+        "val": SegDataset(reader, val, eval_t, d.bad_samples, d.cache),
     }

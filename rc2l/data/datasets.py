@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 
+from rc2l.data.cache import DecodedCache
 from rc2l.data.splits import SplitLine, read_split_file
 from rc2l.errors import DataError
 
@@ -443,7 +444,7 @@ class SegDataset(Dataset):
     bad_samples: "error" raises the DataError; "skip" logs it once and returns None.
     """
 
-    def __init__(self, reader: Reader, items: list[Item], transform, bad_samples: str = "error"):
+    def __init__(self, reader: Reader, items: list[Item], transform, bad_samples: str = "error", cache: bool = False):
         if bad_samples not in ("error", "skip"):
             raise ValueError(f"bad_samples must be 'error' or 'skip', got {bad_samples!r}")
         self.reader, self.items, self.transform, self.bad_samples = reader, list(items), transform, bad_samples
@@ -452,6 +453,8 @@ class SegDataset(Dataset):
             missing = next((it for it in self.items if it.mask is None), None)
             if missing is not None:
                 raise DataError(f"labeled image {missing.image} has no mask")
+        # data.cache: decode each file once (a bad file raises on every read, it is never cached)
+        self._read = DecodedCache(self.load) if cache else self.load
 
     def __len__(self) -> int:
         return len(self.items)
@@ -473,7 +476,7 @@ class SegDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict | None:
         try:
-            image, mask = self.load(i)
+            image, mask = self._read(i)
         except DataError as e:
             if self.bad_samples != "skip":
                 raise

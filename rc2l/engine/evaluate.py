@@ -15,6 +15,34 @@ from rc2l.engine import distributed as D
 from rc2l.engine.distributed import all_reduce_sum
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX flags in /proc/cpuinfo): only
+    then is CPU bf16 autocast faster than fp32 rather than emulated. False where unreadable."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
+def resolve_amp(amp: str, device: torch.device | str, cpuinfo: str | None = None) -> str:
+    """train.amp with "auto" resolved: bf16 on CUDA devices that support it and on CPUs with
+    native bf16 (``cpu_has_bf16``), else "off"; other values are returned as they are."""
+    if amp != "auto":
+        return amp
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "off"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16(cpuinfo) else "off"
 ScoreFn = Callable[[Tensor], Tensor]  # images (B, 3, H, W) → scores (B, K, H, W)
 
 
@@ -76,6 +104,22 @@ def predict_scores(score_fn: ScoreFn, image: Tensor, mode: str, crop: tuple[int,
     raise ValueError(f"unknown eval mode {mode!r}")
 
 
+def _score_chunk(score_fn: ScoreFn, chunk: list[tuple[Tensor, Tensor]], mode: str, crop: tuple[int, int],
+                 stride_ratio: float, num_classes: int, ignore_index: int) -> Tensor:
+    """Confusion matrix of same-size (image (3, H, W), mask (H, W)) pairs, scored in one forward
+    (original, center_crop) or image by image (sliding_window)."""
+    images = torch.stack([im for im, _ in chunk])
+    masks = torch.stack([m for _, m in chunk])
+    if mode == "sliding_window":
+        scores = torch.cat([predict_scores(score_fn, images[i:i + 1], mode, crop, stride_ratio, num_classes)
+                            for i in range(len(chunk))])
+    else:
+        scores = predict_scores(score_fn, images, mode, crop, stride_ratio, num_classes)
+    if mode == "center_crop":
+        masks = center_crop(masks, crop)
+    return confusion_matrix(scores.argmax(1), masks, num_classes, ignore_index)
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -88,9 +132,13 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
     ignore_index: int = 255,
+    batch_size: int = 1,
 ) -> dict:
     """mIoU of ``model`` (a Segmenter) over ``loader`` (batches of {"image", "mask"}); the
-    confusion matrix is all-reduced across processes."""
+    confusion matrix is all-reduced across processes. ``batch_size``: up to that many
+    consecutive same-size images go through the model at once (fewer, larger matmuls; eval mode
+    makes every image's scores independent of its batch mates), sliding windows one image at
+    a time."""
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -105,16 +153,23 @@ def evaluate(
         from tqdm import tqdm
 
         it = tqdm(loader, desc=f"eval ({mode})", leave=False, dynamic_ncols=True)
+    pending: list[tuple[Tensor, Tensor]] = []  # consecutive same-size images of one forward
+
+    def flush() -> None:
+        nonlocal cm
+        if pending:
+            cm += _score_chunk(score_fn, pending, mode, crop, stride_ratio, num_classes, ignore_index)
+            pending.clear()
+
     for batch in it:
         if batch is None:
             continue
         images, masks = batch["image"].to(device), batch["mask"].to(device)
         for i in range(images.shape[0]):
-            img, mask = images[i : i + 1], masks[i]
-            scores = predict_scores(score_fn, img, mode, crop, stride_ratio, num_classes)
-            if mode == "center_crop":
-                mask = center_crop(mask, crop)
-            cm += confusion_matrix(scores.argmax(1)[0], mask, num_classes, ignore_index)
+            if pending and (pending[0][0].shape != images[i].shape or len(pending) >= batch_size):
+                flush()
+            pending.append((images[i], masks[i]))
+    flush()
     all_reduce_sum(cm)
     model.train(was_training)
     miou, per_class = iou_from_confusion(cm.cpu())

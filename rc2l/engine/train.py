@@ -20,7 +20,7 @@ from rc2l.data.build import build_datasets, collate, dataset_info
 from rc2l.data.sampler import ResumableSampler, SeededDataset, StreamPosition
 from rc2l.engine import distributed as D
 from rc2l.engine.checkpoint import load_state, model_meta, save_state, save_weights
-from rc2l.engine.evaluate import AMP_DTYPES, evaluate, val_loader
+from rc2l.engine.evaluate import AMP_DTYPES, evaluate, resolve_amp, val_loader
 from rc2l.engine.metrics_log import MetricsLog
 from rc2l.engine.optim import build_optimizer, build_scheduler
 from rc2l.engine.methods import METHODS
@@ -60,13 +60,25 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_loader(dataset, batch_size: int, sampler: ResumableSampler, workers: int) -> DataLoader:
+def channels_last_collate(batch: list[dict | None]) -> dict | None:
+    """``collate`` with the image batches in channels_last (NHWC) memory format, for a model
+    converted to it (train.channels_last): convolutions then need no layout conversion."""
+    out = collate(batch)
+    if out is not None:
+        for k, v in out.items():
+            if torch.is_tensor(v) and v.dim() == 4:
+                out[k] = v.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def make_loader(dataset, batch_size: int, sampler: ResumableSampler, workers: int,
+                channels_last: bool = False) -> DataLoader:
     return DataLoader(
         SeededDataset(dataset),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=channels_last_collate if channels_last else collate,
         drop_last=True,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
@@ -124,6 +136,8 @@ class Trainer:
         self.model = build_model(k, cfg.model).to(self.device)
         if not self.model.per_pixel:  # mask classification: deep supervision needs every layer's output
             self.model.decoder.aux_predictions = cfg.loss.deep_supervision
+        if cfg.train.channels_last:  # before the method copies the student into its EMA teacher
+            self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.model.sync_bn and D.is_dist():
             if self.device.type != "cuda":
                 raise TrainingError("model.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
@@ -137,8 +151,9 @@ class Trainer:
             groups["head"] = groups["head"] + [p for p in self.heads.parameters()]
         self.optimizer = build_optimizer(groups, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
-        self.amp_dtype = AMP_DTYPES[cfg.train.amp]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
+        self.amp = resolve_amp(cfg.train.amp, self.device)  # "auto" → bf16 | off for this device
+        self.amp_dtype = AMP_DTYPES[self.amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.ddp_model = self.model
         if D.is_dist():
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -189,7 +204,7 @@ class Trainer:
             for k, s in self.samplers.items():
                 s.start(self.positions[k].epoch, self.positions[k].position)
                 bs = c.data.batch_size if k == "labeled" else c.data.unlabeled_batch_size
-                its[k] = iter(make_loader(self.datasets[k], bs, s, c.data.workers))
+                its[k] = iter(make_loader(self.datasets[k], bs, s, c.data.workers, c.train.channels_last))
         return its
 
     # ----- state --------------------------------------------------------------------------
