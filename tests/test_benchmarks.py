@@ -156,3 +156,26 @@ def test_op_counts_quick(bench, tmp_path):
     assert rows["region_all"]["ops_batch_1"] > rows["match"]["ops_batch_1"] + rows["rmc"]["ops_batch_1"]
     assert m.counts(1, layers=1)["criterion"] < rows["criterion"]["ops_batch_1"]  # --quick: 2 layers
     assert "| supervised criterion, 2 layers |" in md
+
+
+def test_train_speed_quick(bench, tmp_path):
+    m = bench("train_speed")
+    assert m.main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    data, md = read_out(tmp_path)
+    meta = data["runs"]["train_speed/cpu"]
+    assert meta["quick"] and meta["peak_flops"]["fp32"] > 0 and meta["peak_flops"]["bf16"] > 0
+    rows = [r for r in data["rows"] if r["run"] == "train_speed/cpu"]
+    steps = {(r["method"], r["lever"]): r for r in rows if r["kind"] == "step"}
+    expected = {(meth, lv) for meth in ("supervised", "rc2l") for lv in m.LEVERS}
+    assert set(steps) == expected - {("supervised", "teacher_inference_mode")}
+    for (meth, lv), r in steps.items():
+        assert r["step_s"] > 0 and r["flops_per_step"] > 0 and 0 < r["share_of_peak"]
+        assert r["ratio_vs_reference"] == pytest.approx(r["step_s"] / steps[(meth, "fp32")]["step_s"])
+        assert r["peak_dtype"] == ("bf16" if "bf16" in lv else "fp32")
+    assert steps[("rc2l", "fp32")]["flops_per_step"] > steps[("supervised", "fp32")]["flops_per_step"]
+    profiles = [r for r in rows if r["kind"] == "profile"]
+    assert {(r["method"], r["lever"]) for r in profiles} == {(x, y) for x in ("supervised", "rc2l") for y in ("fp32", "kept")}
+    assert all(r["top_ops"] and r["top_ops"][0]["self_ms"] > 0 for r in profiles)
+    evals = {r["variant"] for r in rows if r["kind"] == "eval"}
+    assert evals == {"fp32_bs1", "fp32_bs8", "bf16_bs1", "bf16_bs8"}
+    assert "<!-- BEGIN train_speed/cpu" in md and "speed-up vs fp32" in md and "Top ops" in md
