@@ -1,0 +1,50 @@
+"""Every method trains end to end on both architectures it supports (tiny synthetic runs)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rc2l.config import load_config
+from rc2l.engine.train import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model.pretrained=none", "model.backbone=resnet18", "model.hidden_dim=32", "model.mask_dim=32",
+        "model.num_queries=8", "model.dec_layers=2", "model.nheads=4", "model.dim_feedforward=64",
+        "model.aspp_dim=32", "model.decoder_dim=32", "data.workers=0", "data.batch_size=2",
+        "data.unlabeled_batch_size=2", "data.split=1_4", "data.synthetic.num_train=16", "data.synthetic.num_val=2",
+        "train.iters=3", "train.eval_every=3", "train.save_every=3", "train.log_every=1", "train.progress=false",
+        "train.threads=1", "semi.rampup_iters=1", "train.warmup_iters=1", "semi.unimatch.threshold=0.0",
+        "semi.fixmatch_threshold=0.0", "semi.start_iter=0"]
+TERMS = {"supervised": (), "fixmatch": ("fixmatch",), "unimatch": ("unimatch_s1", "unimatch_s2", "unimatch_fp")}
+
+
+@pytest.mark.parametrize("arch,method", [("deeplabv3plus", "supervised"), ("deeplabv3plus", "fixmatch"),
+                                         ("deeplabv3plus", "unimatch"), ("maskformer", "unimatch")])
+def test_method_trains_and_evaluates(tmp_path, arch, method):
+    cfg = load_config(REPO / "configs" / "synthetic.yaml", TINY + [f"model.arch={arch}", f"method={method}",
+                                                                 f"out_dir={tmp_path}"])
+    result = Trainer(cfg).fit()
+    assert result["step"] == 3
+    recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r.get("type") == "train"]
+    assert len(train) == 3
+    for r in train:
+        for k in ("loss", *TERMS[method]):
+            assert math.isfinite(r[k]), (k, r)
+    if method != "supervised":
+        assert any(r["loss_unsup"] > 0 for r in train)
+    models = {r["model"] for r in recs if "miou" in r}
+    assert models == ({"student", "teacher"} if method == "fixmatch" else {"student"})
+    assert (tmp_path / "best.safetensors").exists()
+
+
+def test_rc2l_on_a_per_pixel_model_is_refused_in_one_line(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "rc2l", "train", str(REPO / "configs" / "synthetic.yaml"),
+                        "method=rc2l", "model.arch=deeplabv3plus", f"out_dir={tmp_path}"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "mask proposals" in lines[0]
