@@ -127,6 +127,9 @@ class EvalConfig:
     mode: str = "original"  # original | center_crop | sliding_window
     crop_size: list[int] = field(default_factory=list)  # default: data.crop_size
     stride_ratio: float = 2.0 / 3.0
+    # native: predictions upsampled to the label files' own size (the field's protocol, e.g.
+    # CamVid 360×480 whatever data.resize is); resized: labels resized with the image (data.resize)
+    labels: str = "native"
     batch_size: int = 1
 
 
@@ -203,6 +206,7 @@ CHOICES = {
     "train.amp": ("off", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "eval.mode": ("original", "center_crop", "sliding_window"),
+    "eval.labels": ("native", "resized"),
     "semi.regions": ("queries", "classes"),
     "semi.region_pixels": ("all", "confident"),
     "semi.rfc_scope": ("batch", "image"),
@@ -266,6 +270,9 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' must be [height, width], got {v!r}")
     if cfg.data.resize and len(cfg.data.resize) != 2:
         raise ConfigError(f"config key 'data.resize' must be [] or [height, width], got {cfg.data.resize!r}")
+    if cfg.eval.mode == "center_crop" and cfg.eval.labels == "native" and cfg.data.resize:
+        raise ConfigError("eval.mode=center_crop crops image and labels alike: with data.resize set it needs "
+                          "eval.labels=resized")
     if cfg.train.accum_steps < 1:
         raise ConfigError("config key 'train.accum_steps' must be >= 1")
     if cfg.method == "rc2l" and cfg.model.arch != "maskformer":

@@ -106,7 +106,7 @@ def build_datasets(cfg: Config, only_val: bool = False) -> dict:
     train_t = TrainTransform(d.crop_size, d.scale_range, d.resize)
     views = cfg.semi.unimatch.views if cfg.method == "unimatch" else 1
     unl_t = UnlabeledTransform(d.crop_size, d.scale_range, d.resize, strong_views=views)
-    eval_t = EvalTransform(d.resize)
+    eval_t = EvalTransform(d.resize, native_labels=cfg.eval.labels == "native")
     want_unlabeled = cfg.method != "supervised" and d.split != "full"
     if d.name == "synthetic":
         return _synthetic(cfg, want_unlabeled, only_val, train_t, unl_t, eval_t)

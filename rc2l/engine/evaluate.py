@@ -114,6 +114,8 @@ def evaluate(
             scores = predict_scores(score_fn, img, mode, crop, stride_ratio, num_classes)
             if mode == "center_crop":
                 mask = center_crop(mask, crop)
+            if scores.shape[-2:] != mask.shape[-2:]:  # labels at their native size: upsample the scores to it
+                scores = Fn.interpolate(scores, size=mask.shape[-2:], mode="bilinear", align_corners=False)
             cm += confusion_matrix(scores.argmax(1)[0], mask, num_classes, ignore_index)
     all_reduce_sum(cm)
     model.train(was_training)

@@ -378,7 +378,8 @@ class Trainer:
         for name, m in models.items():
             r = evaluate(m, loader, self.info.num_classes, c.eval.mode, crop, c.eval.stride_ratio, self.device,
                          self.amp_dtype, progress=False, ignore_index=self.info.ignore_index)
-            rec = {"step": self.step, "split": c.data.val_split, "mode": r["mode"], "miou": r["miou"],
+            rec = {"step": self.step, "split": c.data.val_split, "mode": r["mode"], "labels": c.eval.labels,
+                   "miou": r["miou"],
                    "per_class": r["per_class"], "model": name, "crop": r["crop"], "dataset": c.data.name,
                    "confusion": r["confusion"]}
             self.log.write(rec, f"val_{name}")
