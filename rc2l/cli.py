@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     splits.add_parser(sub)
     demo.add_parser(sub)
-    for mod in ("rc2l.engine.ablate", "rc2l.infer.predict", "rc2l.infer.export", "rc2l.infer.report"):
+    for mod in ("rc2l.engine.ablate", "rc2l.engine.compare", "rc2l.infer.predict", "rc2l.infer.export", "rc2l.infer.report"):
         try:
             module = __import__(mod, fromlist=["add_parser"])
         except ModuleNotFoundError as err:
