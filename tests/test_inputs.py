@@ -105,7 +105,7 @@ def test_large_image_goes_through_the_window_and_says_so(model, caplog):
             pred = model.predict(img, mode="original", max_pixels=64 * 64)
         assert pred.shape == (100, 140)
         assert len(calls) > 1 and set(calls) == {(1, 3, 64, 64)}
-        assert any("above 0.0 MP: sliding window 64x64 to bound memory" in r.getMessage() for r in caplog.records)
+        assert any("100x140 is 0.014 MP, above 0.0041 MP: sliding window 64x64 to bound memory" in r.getMessage() for r in caplog.records)
         calls.clear()
         model.predict(img, mode="original")
         assert calls == [(1, 3, 100, 140)]

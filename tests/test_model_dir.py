@@ -109,3 +109,11 @@ def test_bad_folder_config_is_one_line(run_dir, folder, tmp_path):
         rc2l.load(bad)
     code, _, stderr = cli(["export", "--weights", str(run_dir)])
     assert code == 2 and stderr.strip() == "error: rc2l export: give --onnx OUT.onnx and/or --model-dir DIR"
+
+
+def test_command_line():
+    from rc2l.engine.model_dir import command_line
+
+    assert command_line(["/venv/bin/rc2l", "train", "c.yaml", "data.split=1_8"]) == "rc2l train c.yaml data.split=1_8"
+    assert command_line(["/repo/rc2l/__main__.py", "train", "a b.yaml"]) == "rc2l train 'a b.yaml'"
+    assert command_line(["nb.py", "--x"]) == "python nb.py --x"

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import sys
 from pathlib import Path
 
 import torch
@@ -43,6 +45,18 @@ DATA_LICENCES = {
 METHODS = {"supervised": "supervised only (labeled images)",
            "fixmatch": "FixMatch-style pixel pseudo-labels from an EMA teacher",
            "rc2l": "RC²L region-level contrast and consistency (RMC, RFC, RCC, SMC) with an EMA teacher"}
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that started this process, as a user would type it: ``rc2l train ...`` for
+    the CLI (``rc2l`` script, ``python -m rc2l`` or torchrun), else ``python script.py ...``."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv:
+        return ""
+    head = Path(argv[0]).name
+    if head in ("rc2l", "__main__.py") or argv[0] == "-m":
+        return shlex.join(["rc2l", *argv[1:]])
+    return shlex.join(["python", *argv])
 
 
 def _weights(src, info: dict, config: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
