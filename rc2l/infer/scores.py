@@ -69,7 +69,7 @@ def predict_batch(score_fn: Callable[[Tensor], Tensor], images: Tensor, info: In
     win = choose_window(h, w, info, mode, max_pixels)
     if win and h * w > max_pixels and mode != "sliding_window":
         log.info("%s%dx%d is %.3g MP, above %.3g MP: sliding window %dx%d to bound memory", f"{name}: " if name else "",
-                 w, h, h * w / 1e6, max_pixels / 1e6, win[0], win[1])
+                 h, w, h * w / 1e6, max_pixels / 1e6, win[0], win[1])
     if win:
         scores = torch.cat([sliding_window(score_fn, x[i : i + 1], win, stride_ratio, info.num_classes)
                             for i in range(x.shape[0])])
