@@ -37,10 +37,10 @@ def data_labels(seed: int, values: list[int], h: int = DATA_H, w: int = DATA_W) 
 
 def data_save_palette_png(path: Path, labels: np.ndarray) -> None:
     """A VOC-style palette ('P') PNG whose indices are the labels."""
-    from rc2l.data.datasets import _voc_palette
+    from rc2l.data.formats import voc_palette
 
     im = Image.fromarray(labels, mode="P")
-    im.putpalette([c for rgb in _voc_palette(256) for c in rgb])
+    im.putpalette([c for rgb in voc_palette(256) for c in rgb])
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path)
 

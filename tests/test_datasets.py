@@ -10,7 +10,7 @@ from PIL import Image
 from rc2l.config import ConfigError
 from rc2l.data import datasets as D
 from rc2l.data.build import build_datasets, dataset_info
-from rc2l.data.splits import main as splits_main
+from rc2l.cli import main as splits_main
 from rc2l.errors import DataError
 
 CAMVID = Path("/work/shared/data/camvid")

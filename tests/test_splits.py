@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from conftest import data_write_camvid
 
-from rc2l.data import splits
+from rc2l import cli
 from rc2l.data.splits import make_splits, parse_ratio, read_split_file
 from rc2l.errors import DataError
 
@@ -48,10 +48,10 @@ def test_read_split_file_formats(tmp_path):
 def test_cli_writes_splits_and_val(tmp_path, capsys):
     root = data_write_camvid(tmp_path / "camvid", n_train=20, n_val=3)
     parser = argparse.ArgumentParser()
-    splits.add_parser(parser.add_subparsers())
+    cli.add_splits_parser(parser.add_subparsers())
     out = tmp_path / "splits" / "camvid"
     args = parser.parse_args(["splits", "--dataset", "camvid", "--root", str(root), "--ratio", "1/4", "--seed", "0", "--out", str(out / "1_4")])
-    assert args.func is splits.run and args.func(args) == 0
+    assert args.func is cli.cmd_splits and args.func(args) == 0
     summary = capsys.readouterr().out.strip().splitlines()
     assert len(summary) == 1 and "5 labeled, 15 unlabeled" in summary[0]
     lab = (out / "1_4" / "labeled.txt").read_text().splitlines()
@@ -61,11 +61,11 @@ def test_cli_writes_splits_and_val(tmp_path, capsys):
     assert img.startswith("images/train/") and img.endswith(".webp") and mask == img.replace("images/", "labels/").replace(".webp", ".png")
     assert len((out / "val.txt").read_text().splitlines()) == 3
     # same seed → same files; another seed → another partition
-    assert splits.main(["splits", "--dataset", "camvid", "--root", str(root), "--ratio", "0.25", "--out", str(tmp_path / "again")]) == 0
+    assert cli.main(["splits", "--dataset", "camvid", "--root", str(root), "--ratio", "0.25", "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "labeled.txt").read_text() == "\n".join(lab) + "\n"
-    assert splits.main(["splits", "--dataset", "camvid", "--root", str(root), "--count", "5", "--seed", "1", "--out", str(tmp_path / "s1")]) == 0
+    assert cli.main(["splits", "--dataset", "camvid", "--root", str(root), "--count", "5", "--seed", "1", "--out", str(tmp_path / "s1")]) == 0
     assert (tmp_path / "s1" / "labeled.txt").read_text() != "\n".join(lab) + "\n"
-    assert splits.main(["splits", "--dataset", "camvid", "--root", str(tmp_path / "nope"), "--ratio", "1/8", "--out", str(tmp_path / "x")]) == 2
+    assert cli.main(["splits", "--dataset", "camvid", "--root", str(tmp_path / "nope"), "--ratio", "1/8", "--out", str(tmp_path / "x")]) == 2
     assert "dataset root not found" in capsys.readouterr().err
 
 

@@ -18,7 +18,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional import InterpolationMode
 
-IGNORE = 255
+from rc2l.data.formats import IGNORE
+
 
 
 def _uniform(lo: float, hi: float) -> float:

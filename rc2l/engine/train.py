@@ -22,6 +22,7 @@ from rc2l.engine import distributed as D
 from rc2l.engine.checkpoint import load_state, model_meta, save_state, save_weights
 from rc2l.engine.evaluate import AMP_DTYPES, evaluate, val_loader
 from rc2l.engine.metrics_log import MetricsLog
+from rc2l.engine.model_dir import command_line, write_model_dir
 from rc2l.engine.optim import build_optimizer, build_scheduler
 from rc2l.engine.progress import Progress, summary_line
 from rc2l.engine.methods import METHODS
@@ -425,6 +426,15 @@ class Trainer:
                 f"train.amp=off, or check the data; {last}"
             )
 
+    def _write_model_dir(self) -> None:
+        """RUN_DIR/model: the best weights as a self-contained, shareable model folder (model card,
+        config, classes), the layout of a Hugging Face model repository."""
+        best = self.run_dir / "best.safetensors"
+        if best.is_file():
+            write_model_dir(self.run_dir / "model", best, to_dict(self.cfg),
+                            {"labeled": len(self.datasets["labeled"]), "command": command_line(),
+                             "commit": self.provenance["commit"]})
+
     def fit(self) -> dict:
         c = self.cfg
         its = self._iterators()
@@ -460,6 +470,7 @@ class Trainer:
         if self.main:
             self._check_finite()
             save_weights(self.model, self.run_dir / "last.safetensors", self._meta("student"))
+            self._write_model_dir()
         if self.skipped_samples:
             log.warning("%d bad training sample draw(s) skipped (data.bad_samples=skip); the files are named in "
                         "the 'skipping bad sample' warnings above", self.skipped_samples)
