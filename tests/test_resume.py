@@ -14,7 +14,7 @@ import torch
 
 from rc2l.engine.checkpoint import load_state
 from rc2l.provenance import git_commit
-from reliability_helpers import (assert_equal_tensors, cli_popen, tiny_overrides, train_inprocess, train_records,
+from reliability_helpers import (CONFIG, assert_equal_tensors, cli_popen, tiny_overrides, train_inprocess, train_records,
                                  wait_for, weights)
 
 ITERS = 6
@@ -36,7 +36,7 @@ def _temp_files(run):
 @pytest.mark.slow
 def test_sigkill_then_resume_auto_is_bit_exact(tmp_path, reference):
     run = tmp_path / "run"
-    proc = cli_popen(["train", "configs/synthetic.yaml", *tiny_overrides(run, *RUN)], tmp_path / "log.txt")
+    proc = cli_popen(["train", CONFIG, *tiny_overrides(run, *RUN)], tmp_path / "log.txt")
     try:
         assert wait_for(lambda: (run / "state.pt").exists(), 120, proc), (tmp_path / "log.txt").read_text()
         proc.kill()  # SIGKILL: no handler, no cleanup, possibly in the middle of a later checkpoint write
@@ -69,7 +69,7 @@ def test_sigkill_then_resume_auto_is_bit_exact(tmp_path, reference):
 @pytest.mark.slow
 def test_sigterm_saves_current_step_exits_cleanly_and_resumes(tmp_path, reference):
     run = tmp_path / "run"
-    proc = cli_popen(["train", "configs/synthetic.yaml", *tiny_overrides(run, *RUN, "train.save_every=1000")],
+    proc = cli_popen(["train", CONFIG, *tiny_overrides(run, *RUN, "train.save_every=1000")],
                      tmp_path / "log.txt")
     try:
         assert wait_for(lambda: len(train_records(run)) >= 1, 120, proc), (tmp_path / "log.txt").read_text()
