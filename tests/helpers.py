@@ -59,11 +59,14 @@ def shared_dataset(name: str, probe: str = "splits/train.txt") -> Path:
     return root
 
 
+CHROMIUM = Path("/usr/bin/chromium")  # where `make chromium` (apt) puts it
+
+
 def chromium_exe() -> str:
     """The headless Chromium the report page is checked with (``make chromium`` installs it)."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None and Path("/usr/bin/chromium").exists():
-        exe = "/usr/bin/chromium"
+    if exe is None and CHROMIUM.exists():
+        exe = str(CHROMIUM)
     if exe is None:
         missing("headless Chromium is needed to check the report page and is not installed; run: make chromium")
     return exe
