@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from rc2l.cli import main
 from helpers import SYNTHETIC, tiny_model_overrides
+from rc2l.cli import main
 from rc2l.engine.ablate import DEFAULT_ROWS, parse_rows
 
 TINY = [*tiny_model_overrides("resnet18"),

@@ -1,7 +1,6 @@
 """Short semi-supervised runs end to end (synthetic, and CamVid when present)."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
