@@ -3,9 +3,7 @@ Chromium with every image loaded."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,46 +12,6 @@ import pytest
 from PIL import Image
 
 from infer_helpers import cli, tiny_run
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _install_chromium() -> str:
-    """apt-get update + install chromium; → '' on success, else why not."""
-    if shutil.which("apt-get") is None:
-        return "no apt-get on this machine"
-    sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
-    if sudo is None:
-        return "not root and no sudo"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ["-o", "DPkg::Lock::Timeout=300"]
-    for cmd in (["apt-get", *lock, "update", "-q"],
-                ["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", "chromium"]):
-        try:
-            r = subprocess.run(sudo + cmd, env=env, capture_output=True, text=True, timeout=1200)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return f"{' '.join(cmd)}: {e}"
-        if r.returncode != 0:
-            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["?"]
-            return f"{' '.join(cmd)} exited {r.returncode}: {tail[0]}"
-    return ""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """The chromium executable, installed once (apt) when missing; CI fails without it, a
-    developer machine skips."""
-    exe = shutil.which("chromium")
-    if exe is None:
-        why = _install_chromium()
-        exe = shutil.which("chromium")
-        if exe is None:
-            msg = (f"headless Chromium is needed to check the report page and could not be installed "
-                   f"({why or 'installed, but not on PATH'}); run: apt-get update && apt-get install -y chromium")
-            if IN_CI:
-                pytest.fail(msg)
-            pytest.skip(msg)
-    return exe
 
 
 @pytest.fixture(scope="module")
