@@ -316,6 +316,7 @@ class Trainer:
         c = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
+        buffers = {k: b.clone() for k, b in self.model.named_buffers()}  # a skipped step must not move BatchNorm
         micro_l = [self._next(its, "labeled") for _ in range(c.train.accum_steps)]
         micro_u = [self._next(its, "unlabeled") if "unlabeled" in its else None for _ in range(c.train.accum_steps)]
         norm = self._mask_norm(micro_l) if D.is_dist() or c.train.accum_steps > 1 else None
@@ -329,6 +330,7 @@ class Trainer:
                 finite = torch.isfinite(loss.detach()).float()
                 D.all_reduce_sum(finite)
                 if finite.item() < D.world_size():
+                    self._restore_buffers(buffers)
                     return None
                 self.scaler.scale(loss / c.train.accum_steps).backward()
             for k, v in terms.items():
@@ -344,12 +346,21 @@ class Trainer:
         logs["grad_norm"] = float(gnorm)
         if not math.isfinite(logs["grad_norm"]) and c.train.amp != "fp16":
             self.optimizer.zero_grad(set_to_none=True)
+            self._restore_buffers(buffers)
             return None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.method.after_step(self.step)
         return logs
+
+    @torch.no_grad()
+    def _restore_buffers(self, saved: dict) -> None:
+        """Put the student's buffers (BatchNorm running statistics) back as they were before a
+        step that is then skipped: its forward pass ran in train mode and may have moved them,
+        or made them NaN."""
+        for k, b in self.model.named_buffers():
+            b.copy_(saved[k])
 
     def _stop_requested(self, stop: GracefulStop) -> bool:
         """A signal seen by any rank stops all ranks at the same step (torchrun forwards SIGTERM to
