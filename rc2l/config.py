@@ -61,7 +61,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Supervised set loss and matcher costs (METHOD.md, "Supervised loss")."""
+    """Supervised set loss and matcher costs (docs/method.md, "Supervised loss")."""
 
     cls_weight: float = 2.0
     mask_weight: float = 5.0  # BCE or focal
@@ -135,7 +135,7 @@ class EvalConfig:
 
 @dataclass
 class UniMatchConfig:
-    """UniMatch (docs/baselines.md): weak view → pseudo-label; ``views`` strong views, each with
+    """UniMatch (docs/method.md, "Pixel-level counterparts"): weak view → pseudo-label; ``views`` strong views, each with
     its own photometric draw and CutMix box; the feature-perturbation (FP) branch. ``views=1
     fp=false`` is FixMatch with UniMatch's loss."""
 
@@ -148,7 +148,7 @@ class UniMatchConfig:
 
 @dataclass
 class SemiConfig:
-    """Semi-supervised options (METHOD.md, "Semi-supervised loop" and region losses)."""
+    """Semi-supervised options (docs/method.md, "Semi-supervised loop" and region losses)."""
 
     ema_momentum: float = 0.999
     tau_cls: float = 0.7  # keep teacher queries whose best class prob >= tau_cls

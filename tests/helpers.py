@@ -8,6 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch.nn.functional as Fn
+
+from rc2l.losses.functional import normalize_semantic
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -70,3 +73,22 @@ def chromium_exe() -> str:
     if exe is None:
         missing("headless Chromium is needed to check the report page and is not installed; run: make chromium")
     return exe
+
+
+# ----------------------------------------------------------------------------- teacher-side helpers
+# Reference versions of what rc2l.engine.teacher does inline, for tests that compare with them.
+
+
+def pseudo_label(sem_masks, eps: float = 1e-6):
+    """sem_masks S^t: (B, K, h, w) → (Ŷ = argmax_k S̄^t, conf = max_k S̄^t), both (B, h, w)."""
+    conf, label = normalize_semantic(sem_masks.detach(), eps).max(1)
+    return label, conf
+
+
+def downsample_box(box, size):
+    """box (B, H, W) bool at image resolution → (B, h, w): a target pixel is in the box when at
+    least half of the image pixels it covers are (area pooling)."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(box.shape[-2:]) == size:
+        return box.bool()
+    return Fn.interpolate(box[:, None].float(), size=size, mode="area")[:, 0] >= 0.5

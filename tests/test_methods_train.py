@@ -48,3 +48,28 @@ def test_rc2l_on_a_per_pixel_model_is_refused_in_one_line(tmp_path):
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "mask proposals" in lines[0]
+
+
+def test_a_per_pixel_run_predicts_exports_and_reports(tmp_path):
+    """train → load → predict, ONNX export with parity, report: the whole path for DeepLabv3+."""
+    import numpy as np
+
+    import rc2l
+    from rc2l.infer.export import export_and_check
+    from rc2l.infer.report import build_report
+
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / "run"
+    cfg = load_config(REPO / "configs" / "synthetic.yaml", TINY + ["model.arch=deeplabv3plus", "method=supervised",
+                                                                 "train.iters=2", "train.eval_every=2", f"out_dir={run}"])
+    Trainer(cfg).fit()
+    model = rc2l.load(run)
+    image = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)
+    pred = model.predict(image)
+    assert pred.shape == (70, 90) and pred.max() < len(model.classes)
+    assert rc2l.load(run / "model").predict(image).tolist() == pred.tolist()  # the model folder is the same model
+    export_and_check(run / "best.safetensors", tmp_path / "m.onnx")
+    onnx_pred = rc2l.load(tmp_path / "m.onnx").predict(image, mode="original")
+    assert (onnx_pred == model.predict(image, mode="original")).mean() > 0.99
+    page = build_report(run)
+    assert page.is_file() and "mIoU" in page.read_text()

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from rc2l.engine.evaluate import confusion_matrix, iou_from_confusion
-from rc2l.engine.semi import stride_boxes
-from rc2l.engine.teacher import downsample_box, mix_with_partner
+from rc2l.engine.teacher import mix_with_partner, stride_boxes
 from rc2l.losses.matcher import hungarian_padded
+from helpers import downsample_box
 
 PROPS = settings(max_examples=50, deadline=None)
 

@@ -28,19 +28,15 @@ MODEL_COLOURS = {"student": "tab:blue", "teacher": "tab:orange"}
 # ----------------------------------------------------------------------------- metrics
 
 
-def read_metrics(path: Path) -> tuple[list[dict], list[dict], list[str]]:
-    """metrics.jsonl → (train records, eval records, warnings naming the lines skipped)."""
-    train, evals, _, warns = read_run_log(path)
-    return train, evals, warns
-
-
 def read_run_log(path: Path) -> tuple[list[dict], list[dict], list[dict], list[str]]:
     """metrics.jsonl → (train records, eval records, start records, warnings)."""
     from rc2l.engine.metrics_log import read_records
 
     recs, warns = read_records(path)
-    pick = lambda f: [r for r in recs if f(r)]  # noqa: E731
-    return pick(lambda r: r.get("type") == "train"), pick(lambda r: "miou" in r), pick(lambda r: r.get("type") == "start"), warns
+    train = [r for r in recs if r.get("type") == "train"]
+    evals = [r for r in recs if "miou" in r]
+    starts = [r for r in recs if r.get("type") == "start"]
+    return train, evals, starts, warns
 
 
 def _num(v) -> bool:
