@@ -134,7 +134,12 @@ def cmd_export(args) -> int:
     if args.onnx:
         from rc2l.infer.export import export_and_check
 
-        code = export_and_check(args.weights, args.onnx, args.config, args.opset, args.check, args.tol)
+        int8 = None
+        if args.int8:
+            if not args.calibrate:
+                raise ConfigError("rc2l export --int8 needs --calibrate IMAGES (training images, a folder or a glob)")
+            int8 = {"calibrate": args.calibrate, "count": args.calib_count, "min_agreement": args.min_agreement}
+        code = export_and_check(args.weights, args.onnx, args.config, args.opset, args.check, args.tol, int8)
     return code
 
 
@@ -218,6 +223,11 @@ def add_export_report_parsers(sub) -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--check", metavar="IMAGE", help="also check ONNX parity on this image (at its own size)")
     p.add_argument("--tol", type=float, default=1e-3, help="max allowed |Δscores| (default 0.001)")
+    p.add_argument("--int8", action="store_true", help="also write OUT.int8.onnx: static int8, calibrated on --calibrate")
+    p.add_argument("--calibrate", nargs="+", metavar="IMAGES", help="calibration images (files, folders, globs)")
+    p.add_argument("--calib-count", type=int, default=32, help="calibration images used (default 32)")
+    p.add_argument("--min-agreement", type=float, default=0.98,
+                   help="refuse the int8 model when its argmax agrees with fp32 on fewer calibration pixels (0.98)")
     p.set_defaults(func=cmd_export)
 
     r = sub.add_parser("report", help="HTML report of a training run (losses, mIoU, per-class IoU, confusion, gallery)")

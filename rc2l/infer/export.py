@@ -126,9 +126,10 @@ def _report_line(what: str, r: dict) -> str:
 
 
 def export_and_check(weights: str | Path, onnx_path: str | Path, config: str | Path | None = None, opset: int = 17,
-                     check: str | Path | None = None, tol: float = DEFAULT_TOL) -> int:
+                     check: str | Path | None = None, tol: float = DEFAULT_TOL, int8: dict | None = None) -> int:
     """Export ``weights`` (file or model/run folder) to ONNX, check parity on a random batch
-    (and ``check``, an image at its own size), print one line each → exit status."""
+    (and ``check``, an image at its own size), print one line each → exit status. ``int8``:
+    {"calibrate": [inputs], "count": n, "min_agreement": a} also writes <onnx>.int8.onnx."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -150,7 +151,26 @@ def export_and_check(weights: str | Path, onnx_path: str | Path, config: str | P
     if not ok:
         print(f"error: the ONNX model does not match PyTorch within {tol:g}", file=sys.stderr)
         return 1
+    if int8:
+        write_int8(Path(onnx_path), info, int8)
     return 0
+
+
+def int8_path(onnx_path: Path) -> Path:
+    return onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+
+
+def write_int8(onnx_path: Path, info: InferInfo, opts: dict) -> Path:
+    """The int8 sibling of an exported fp32 model (rc2l/infer/quantize.py), calibrated on
+    ``opts["calibrate"]`` images at the model's training resize."""
+    from rc2l.infer.quantize import DEFAULT_MIN_AGREEMENT, calibration_images, quantize_int8
+
+    images = calibration_images(opts["calibrate"], opts.get("count", 32), list(info.resize or []))
+    out = int8_path(onnx_path)
+    r = quantize_int8(onnx_path, out, images, opts.get("min_agreement", DEFAULT_MIN_AGREEMENT))
+    print(f"wrote {out} ({r['mib']:.1f} MiB, int8 static QDQ; argmax agrees with fp32 on {r['agreement']:.2%} of "
+          f"{r['images']} calibration images' pixels)")
+    return out
 
 
 def export_model_dir(weights: str | Path, out_dir: str | Path, config: str | Path | None = None) -> Path:
