@@ -177,6 +177,12 @@ class SemiConfig:
     pixel_contrast_mode: str = "sampled"  # sampled | exact
     pixel_contrast_samples: int = 1024
     pixel_contrast_tau: float = 0.1
+    # RC²L fed by UniMatch's perturbations (the study's combined row): strong views feeding the
+    # region losses, each with its own CutMix box (1 = RC²L as published), and the feature-
+    # perturbed weak view trained towards the un-mixed teacher regions
+    region_views: int = 1
+    region_fp: bool = False
+    region_fp_dropout: float = 0.5
     unimatch: UniMatchConfig = field(default_factory=UniMatchConfig)
 
 
@@ -198,6 +204,7 @@ CHOICES = {
     "method": ("supervised", "fixmatch", "rc2l", "unimatch"),
     "semi.unimatch.teacher": ("self", "ema"),
     "semi.unimatch.views": (1, 2),
+    "semi.region_views": (1, 2),
     "model.arch": ("maskformer", "deeplabv3plus"),
     "model.backbone": ("resnet18", "resnet50", "resnet101", "efficientnet_lite0"),
     "loss.mask_loss": ("bce", "focal"),

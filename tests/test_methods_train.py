@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rc2l.config import load_config
 from rc2l.engine.train import Trainer
@@ -73,3 +74,31 @@ def test_a_per_pixel_run_predicts_exports_and_reports(tmp_path):
     assert (onnx_pred == model.predict(image, mode="original")).mean() > 0.99
     page = build_report(run)
     assert page.is_file() and "mIoU" in page.read_text()
+
+
+def test_rc2l_fed_by_unimatch_perturbations(tmp_path, monkeypatch):
+    """semi.region_views=2 semi.region_fp=true: two strong views with their own boxes and the
+    FP branch feed the region losses; L = L_sup + λ_u·Σ terms with UniMatch's weights."""
+    from rc2l.engine.methods import RC2L
+
+    cfg = load_config(REPO / "configs" / "synthetic.yaml", TINY + [
+        "method=rc2l", "semi.region_views=2", "semi.region_fp=true", "semi.tau_cls=0.0", f"out_dir={tmp_path}"])
+    trainer = Trainer(cfg)
+    mixes = []
+    real_mix = RC2L.mix
+
+    def spy(self, targets, strong, step, stream=11):
+        mixes.append((stream, strong.detach().clone()))
+        return real_mix(self, targets, strong, step, stream)
+
+    monkeypatch.setattr(RC2L, "mix", spy)
+    its = trainer._iterators()
+    batch_l, batch_u = next(its["labeled"]), next(its["unlabeled"])
+    terms = trainer.method.step(batch_l, batch_u, step=5)
+    assert [m[0] for m in mixes] == [11, 17]  # one box stream per view
+    assert torch.equal(mixes[0][1], batch_u["image_s"]) and torch.equal(mixes[1][1], batch_u["image_s2"])
+    unsup = sum(v for k, v in terms.items() if k in ("rmc", "rfc", "rcc", "smc", "rmc_fp", "rfc_fp", "rcc_fp", "smc_fp"))
+    assert {"rmc_fp", "smc_fp"} <= set(terms)
+    assert torch.allclose(terms["loss"], terms["loss_sup"] + terms["lambda_u"] * unsup)
+    assert torch.allclose(terms["loss_unsup"], unsup)
+    assert trainer.fit()["step"] == 3

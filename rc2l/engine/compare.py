@@ -28,6 +28,7 @@ STUDY_ROWS: dict[str, list[str]] = {
     "fixmatch": ["method=fixmatch"],
     "fixmatch τ0.7": ["method=fixmatch", "semi.fixmatch_threshold=0.7"],
     "rc2l region terms only": ["method=rc2l", "semi.smc_dice_only=true"],
+    "rc2l + unimatch perturbations": ["method=rc2l", "semi.region_views=2", "semi.region_fp=true"],
 }
 
 
