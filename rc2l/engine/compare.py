@@ -13,7 +13,7 @@ import shlex
 import statistics
 from pathlib import Path
 
-from rc2l.engine.ablate import check_row_folder, read_evals, resumed_at, run_row
+from rc2l.engine.ablate import check_row_folder, read_evals, resumed_at, run_row, save_miou_figure
 from rc2l.engine.metrics_log import read_records
 
 ARCH_PIXEL = ["model.arch=deeplabv3plus"]
@@ -120,13 +120,7 @@ def plot(runs: list[dict], path: Path) -> None:
         (line,) = ax.plot(steps, mean, marker="o", ms=3, label=f"{name} (n={len(curves)})")
         if len(curves) > 1:
             ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("val mIoU")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_miou_figure(fig, ax, path)
 
 
 def add_parser(sub) -> None:
