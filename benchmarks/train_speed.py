@@ -8,7 +8,7 @@ Trainers are built with ``rc2l.engine.train.Trainer(cfg)``; each variant's ``tra
 in round-robin with the others (A, B, C, A, B, C, ...) and the median is reported, so the load
 of a shared machine hits all variants alike. ``semi.start_iter=0`` so every rc2l step runs its
 unlabeled branch (the supervised warm-up steps would be supervised steps). Data: real CamVid
-(--data-root, else ../shared/data/camvid next to the repository) or, when absent, random images of
+(--data-root, else $RC2L_SHARED_DATA/camvid, else ../shared/data/camvid next to the repository) or, when absent, random images of
 CamVid's 480×360 in its layout. Variants with data.cache=true are timed with a full cache (the
 steady state after the first epoch). Unless a variant says otherwise it uses data.workers=0, so
 decoding is part of the step it slows down and loader processes of one variant cannot run
@@ -17,7 +17,7 @@ during another's step. Evaluation: seconds per ``eval_every`` (student and teach
 """
 from __future__ import annotations
 
-import math
+import os
 import shutil
 import sys
 import tempfile
@@ -33,7 +33,7 @@ from benchmarks import common as cm
 
 NAME = "train_speed"
 CONFIG = cm.REPO / "configs" / "camvid.yaml"
-SHARED_CAMVID = cm.REPO.parent / "shared" / "data" / "camvid"
+SHARED_DATA_ENV = "RC2L_SHARED_DATA"  # the folder holding camvid/, as the tests read it
 VAL_IMAGES = 101  # CamVid val
 QUICK = ["model.pretrained=none", "model.backbone=resnet18", "model.hidden_dim=32", "model.mask_dim=32",
          "model.num_queries=8", "model.dec_layers=2", "model.nheads=4", "model.dim_feedforward=64",
@@ -81,7 +81,8 @@ def write_fake_camvid(root: Path, n_lab: int, n_unl: int, n_val: int, h: int, w:
 def data_overrides(args, tmp: Path) -> tuple[list[str], str]:
     """Overrides naming the data and a sentence saying which data it is."""
     if not args.quick:
-        root = Path(args.data_root) if args.data_root else SHARED_CAMVID
+        shared = os.environ.get(SHARED_DATA_ENV, "").strip() or str(cm.REPO.parent / "shared" / "data")
+        root = Path(args.data_root) if args.data_root else Path(shared) / "camvid"
         if (root / "splits" / "train.txt").is_file():
             return [f"data.root={root}"], f"real CamVid ({root})"
     if args.quick:
@@ -214,7 +215,7 @@ def parse(argv):
     p.add_argument("--reps", type=int, default=5, help="timed steps per variant (after one warm-up)")
     p.add_argument("--methods", nargs="+", default=["supervised", "rc2l"], choices=["supervised", "rc2l"])
     p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
-    p.add_argument("--data-root", default="", help="CamVid root (default ../shared/data/camvid next to the repository)")
+    p.add_argument("--data-root", default="", help="CamVid root (default $RC2L_SHARED_DATA/camvid or ../shared/data/camvid next to the repository)")
     p.add_argument("--eval-images", type=int, default=12, help="val images per timed evaluation")
     p.add_argument("--matmul", type=int, default=2048, help="side of the peak-FLOP/s matmul")
     p.add_argument("--top", type=int, default=8, help="profiler rows per table")

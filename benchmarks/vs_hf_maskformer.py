@@ -378,7 +378,7 @@ def onnx_vs_eager(model, x, dev, reps, threads: int = 0) -> dict:
             sess = ort.InferenceSession(str(path), sess_options=so, providers=prov)
         else:
             try:
-                from rc2l.infer.predict import onnx_session
+                from rc2l.infer.loading import onnx_session
 
                 sess = onnx_session(path, torch.device(dev))
             except ImportError:

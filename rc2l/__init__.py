@@ -1,0 +1,80 @@
+"""rc2l's Python API: what notebooks import. Importing rc2l loads nothing heavy; torch comes
+with the first call that needs it.
+
+    model = rc2l.load("runs/x/model")           # weights, .onnx, model/run folder, hf://owner/name
+    classes = model.predict("photo.jpg")        # uint8 (H, W) class indices at the photo's size
+    result = rc2l.train("configs/synthetic.yaml", **{"train.iters": 10})
+    record = rc2l.evaluate("configs/synthetic.yaml", "runs/x/best.safetensors")
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rc2l.config import Config
+    from rc2l.infer.model import Model
+
+__all__ = ["load", "train", "evaluate", "resolve_config"]
+
+
+def resolve_config(config: str | Path | Config | None, overrides: list[str] | tuple[str, ...] = (),
+                   **kw: Any) -> Config:
+    """A YAML path or a Config, then ``overrides`` ("k=v" strings), then keyword overrides
+    (dotted keys: ``**{"train.iters": 10}``) → a checked Config; a bad key names itself."""
+    from rc2l.config import Config, ConfigError, load_config, to_dict
+
+    if isinstance(overrides, str):
+        raise ConfigError("overrides must be a list of 'key=value' strings, not one string")
+    items = list(overrides) + [f"{k}={json.dumps(v)}" for k, v in kw.items()]
+    if isinstance(config, Config):
+        return load_config(None, _flatten(to_dict(config)) + items)
+    return load_config(config, items)
+
+
+def _flatten(d: dict, prefix: str = "") -> list[str]:
+    """A config dict → the "a.b=json" overrides that rebuild it."""
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}={json.dumps(v)}")
+    return out
+
+
+def load(path: str | Path, config: str | Path | None = None, backend: str | None = None, device: str = "auto",
+         window: tuple[int, int] | None = None, local_files_only: bool = False,
+         cache_dir: str | Path | None = None) -> Model:
+    """A .safetensors weights file, an exported .onnx file, a model folder, a run folder (its
+    best.safetensors) or ``hf://owner/name[@revision]`` → a Model with ``predict(image)``,
+    ``predict_many(images)``, ``.classes`` and ``.palette``. ``config`` (a training YAML)
+    overrides the stored classes, palette, crop and resize."""
+    from rc2l.infer.model import load as _load
+
+    return _load(path, config, backend, device, window, local_files_only, cache_dir)
+
+
+def train(config: str | Path | Config, overrides: list[str] | tuple[str, ...] = (), **kw: Any) -> dict:
+    """Train from a YAML path or Config with overrides (see :func:`resolve_config`) → the
+    trainer's result: {"step", "best": {"miou", "model", "step"}, "last_eval", "skipped_samples"}
+    (or {"interrupted": True, "step"} after a stop signal). The run folder is cfg.out_dir."""
+    from rc2l.engine.train import train as _train
+
+    return _train(resolve_config(config, overrides, **kw))
+
+
+def evaluate(config: str | Path | Config, weights: str | Path, split: str | None = None, mode: str | None = None,
+             overrides: list[str] | tuple[str, ...] = (), progress: bool = False, **kw: Any) -> dict:
+    """mIoU of ``weights`` (file, model/run folder, hf://) on ``config``'s dataset → the record
+    `rc2l eval --json` writes: dataset, split, mode, crop, weights, miou, per_class
+    {name: IoU}, images, confusion. ``split`` / ``mode`` override data.val_split / eval.mode."""
+    from rc2l.infer.evaluation import evaluate_weights
+
+    items = list(overrides) + ["model.pretrained=none"]
+    if split:
+        items.append(f"data.val_split={split}")
+    if mode:
+        items.append(f"eval.mode={mode}")
+    return evaluate_weights(resolve_config(config, items, **kw), weights, progress)

@@ -61,7 +61,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Supervised set loss and matcher costs (METHOD.md, "Supervised loss")."""
+    """Supervised set loss and matcher costs (docs/method.md, "Supervised loss")."""
 
     cls_weight: float = 2.0
     mask_weight: float = 5.0  # BCE or focal
@@ -134,12 +134,15 @@ class EvalConfig:
     mode: str = "original"  # original | center_crop | sliding_window
     crop_size: list[int] = field(default_factory=list)  # default: data.crop_size
     stride_ratio: float = 2.0 / 3.0
+    # native: predictions upsampled to the label files' own size (the field's protocol, e.g.
+    # CamVid 360×480 whatever data.resize is); resized: labels resized with the image (data.resize)
+    labels: str = "native"
     batch_size: int = 1  # consecutive same-size val images per forward (identical confusion matrix)
 
 
 @dataclass
 class UniMatchConfig:
-    """UniMatch (docs/baselines.md): weak view → pseudo-label; ``views`` strong views, each with
+    """UniMatch (docs/method.md, "Pixel-level counterparts"): weak view → pseudo-label; ``views`` strong views, each with
     its own photometric draw and CutMix box; the feature-perturbation (FP) branch. ``views=1
     fp=false`` is FixMatch with UniMatch's loss."""
 
@@ -152,7 +155,7 @@ class UniMatchConfig:
 
 @dataclass
 class SemiConfig:
-    """Semi-supervised options (METHOD.md, "Semi-supervised loop" and region losses)."""
+    """Semi-supervised options (docs/method.md, "Semi-supervised loop" and region losses)."""
 
     ema_momentum: float = 0.999
     tau_cls: float = 0.7  # keep teacher queries whose best class prob >= tau_cls
@@ -181,6 +184,12 @@ class SemiConfig:
     pixel_contrast_mode: str = "sampled"  # sampled | exact
     pixel_contrast_samples: int = 1024
     pixel_contrast_tau: float = 0.1
+    # RC²L fed by UniMatch's perturbations (the study's combined row): strong views feeding the
+    # region losses, each with its own CutMix box (1 = RC²L as published), and the feature-
+    # perturbed weak view trained towards the un-mixed teacher regions
+    region_views: int = 1
+    region_fp: bool = False
+    region_fp_dropout: float = 0.5
     unimatch: UniMatchConfig = field(default_factory=UniMatchConfig)
 
 
@@ -202,6 +211,7 @@ CHOICES = {
     "method": ("supervised", "fixmatch", "rc2l", "unimatch"),
     "semi.unimatch.teacher": ("self", "ema"),
     "semi.unimatch.views": (1, 2),
+    "semi.region_views": (1, 2),
     "model.arch": ("maskformer", "deeplabv3plus"),
     "model.backbone": ("resnet18", "resnet50", "resnet101", "efficientnet_lite0"),
     "loss.mask_loss": ("bce", "focal"),
@@ -210,6 +220,7 @@ CHOICES = {
     "train.amp": ("off", "bf16", "fp16", "auto"),
     "train.device": ("auto", "cpu", "cuda"),
     "eval.mode": ("original", "center_crop", "sliding_window"),
+    "eval.labels": ("native", "resized"),
     "semi.regions": ("queries", "classes"),
     "semi.region_pixels": ("all", "confident"),
     "semi.rfc_scope": ("batch", "image"),
@@ -273,6 +284,9 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' must be [height, width], got {v!r}")
     if cfg.data.resize and len(cfg.data.resize) != 2:
         raise ConfigError(f"config key 'data.resize' must be [] or [height, width], got {cfg.data.resize!r}")
+    if cfg.eval.mode == "center_crop" and cfg.eval.labels == "native" and cfg.data.resize:
+        raise ConfigError("eval.mode=center_crop crops image and labels alike: with data.resize set it needs "
+                          "eval.labels=resized")
     if cfg.train.accum_steps < 1:
         raise ConfigError("config key 'train.accum_steps' must be >= 1")
     if cfg.method == "rc2l" and cfg.model.arch != "maskformer":

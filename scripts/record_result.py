@@ -3,6 +3,7 @@
     python scripts/record_result.py RUN_DIR --command "rc2l train ..." [--note TEXT]
     python scripts/record_result.py --table camvid:1_8 [--where H100] [--iters 1500] [--per-class | --curves]  # markdown for docs/results.md
     python scripts/record_result.py RUN_DIR --command ... --machine "H100 (cuda)" --commit abc1234  # made elsewhere
+    python scripts/record_result.py --compare OUT_DIR  # every finished run of an `rc2l compare` folder
 
 The row is read from the run itself (config.yaml, metrics.jsonl), never typed by hand: the
 best evaluation (student or teacher), its step, its per-class IoU, every evaluation's mIoU, the dataset,
@@ -111,6 +112,7 @@ def main() -> None:
     ap.add_argument("--machine", help="where it ran (default: this machine's CPU)")
     ap.add_argument("--commit", help="the commit it ran at (default: the run's own start records, else HEAD)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results.json"))
+    ap.add_argument("--compare", metavar="OUT_DIR", help="record every finished run of an `rc2l compare` folder")
     ap.add_argument("--table", metavar="DATASET:SPLIT", help="print the recorded rows as markdown and exit")
     ap.add_argument("--where", default="", help="with --table: only rows whose machine contains this text")
     ap.add_argument("--iters", type=int, help="with --table: only rows of this schedule (train.iters)")
@@ -122,9 +124,18 @@ def main() -> None:
         render = per_class_table if a.per_class else curves_table if a.curves else table
         print(render(select(json.loads(Path(a.out).read_text()), dataset, split, a.where, a.iters)))
         return
+    if a.compare:
+        for r in json.loads((Path(a.compare) / "compare.json").read_text()):
+            if r.get("returncode") == 0 and "final_miou" in r:
+                record(Path(r["run_dir"]), "rc2l " + r["command"].removeprefix("-m rc2l "), f"{a.note} compare row '{r['row']}'".strip(), a)
+        return
     if not a.run_dir or not a.command:
-        ap.error("RUN_DIR and --command are required (or --table DATASET:SPLIT)")
-    run = Path(a.run_dir)
+        ap.error("RUN_DIR and --command are required (or --table DATASET:SPLIT, or --compare OUT_DIR)")
+    record(Path(a.run_dir), a.command, a.note, a)
+
+
+def record(run: Path, command: str, note: str, a: argparse.Namespace) -> None:
+    """Append (or replace: same command and machine) the row of one finished run."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     records, warns = read_records(run / "metrics.jsonl")
     for w in warns:
@@ -153,11 +164,14 @@ def main() -> None:
         "iters": cfg["train"]["iters"],
         "last_eval_step": last,
         "backbone": cfg["model"]["backbone"],
+        "arch": cfg["model"].get("arch", "maskformer"),
+        "seed": cfg.get("seed"),
+        "eval_labels": best.get("labels", "resized"),
         "train_it_s_median": sorted(r["it_s"] for r in train)[len(train) // 2] if train else None,
-        "command": a.command,
+        "command": command,
         "commit": a.commit or run_commits(records) or git_commit(),
         "machine": a.machine or f"{platform.machine()} {platform.processor() or ''} cpu".strip(),
-        "note": a.note,
+        "note": note,
     }
     out = Path(a.out)
     rows = json.loads(out.read_text()) if out.exists() else []

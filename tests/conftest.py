@@ -14,6 +14,17 @@ from PIL import Image
 # machines (CI has 2 cores) and makes timings of the suite predictable.
 torch.set_num_threads(int(os.environ.get("RC2L_TEST_THREADS", "1")))
 
+# hypothesis keeps its example database under .pytest_cache (git-ignored), not in .hypothesis/
+try:
+    from hypothesis import settings as _hyp_settings
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    _hyp_settings.register_profile("rc2l", database=DirectoryBasedExampleDatabase(
+        str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "hypothesis")))
+    _hyp_settings.load_profile("rc2l")
+except ImportError:  # only tests/test_properties.py needs it (dev extra)
+    pass
+
 # =============================================================================================
 # rc2l.data — tiny datasets written into tmp_path in the exact real on-disk layouts.
 # Every image is H x W = 12 x 16 unless said; pixel values come from a seeded RNG so tests can
@@ -37,10 +48,10 @@ def data_labels(seed: int, values: list[int], h: int = DATA_H, w: int = DATA_W) 
 
 def data_save_palette_png(path: Path, labels: np.ndarray) -> None:
     """A VOC-style palette ('P') PNG whose indices are the labels."""
-    from rc2l.data.datasets import _voc_palette
+    from rc2l.data.formats import voc_palette
 
     im = Image.fromarray(labels, mode="P")
-    im.putpalette([c for rgb in _voc_palette(256) for c in rgb])
+    im.putpalette([c for rgb in voc_palette(256) for c in rgb])
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path)
 
@@ -137,3 +148,25 @@ def data_config(**data):
     for k, v in data.items():
         setattr(cfg.data, k, v)
     return cfg
+
+
+# =============================================================================================
+# Prerequisites outside the repository (shared data, Chromium): skip with the reason on a
+# developer machine, fail in CI (helpers.missing).
+# =============================================================================================
+
+
+@pytest.fixture(scope="session")
+def camvid_root() -> Path:
+    """The real CamVid under the shared data folder (helpers.shared_dataset)."""
+    from helpers import shared_dataset
+
+    return shared_dataset("camvid")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The headless Chromium executable (installed by ``make chromium``, not by a test)."""
+    from helpers import chromium_exe
+
+    return chromium_exe()

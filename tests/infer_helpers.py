@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = dict(hidden_dim=32, mask_dim=32, num_queries=8, dec_layers=2, nheads=4, dim_feedforward=64)
+from helpers import REPO, TINY_MODEL, tiny_model_overrides
+
 TINY_RUN = [
-    "model.pretrained=none", "model.backbone=resnet18", *[f"model.{k}={v}" for k, v in TINY_MODEL.items()],
+    *tiny_model_overrides("resnet18"),
     "data.workers=0", "data.synthetic.num_train=16", "data.synthetic.num_val=4", "data.batch_size=2",
     "train.iters=4", "train.eval_every=2", "train.save_every=4", "train.log_every=1", "train.progress=false",
     "train.threads=1",

@@ -13,14 +13,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "configs" / "synthetic.yaml")
+from helpers import REPO, SYNTHETIC as CONFIG, tiny_model_overrides
 
 # EfficientNet-Lite0 (3.1 M parameters, 12 MB weights) with a tiny decoder: ~0.2 s a step at
 # 64 px on one thread, so a 10-step run with checkpoints takes ~2 s.
 TINY = [
-    "model.pretrained=none", "model.backbone=efficientnet_lite0", "model.hidden_dim=32", "model.mask_dim=32",
-    "model.num_queries=8", "model.dec_layers=2", "model.nheads=4", "model.dim_feedforward=64",
+    *tiny_model_overrides("efficientnet_lite0"),
     "data.workers=0", "data.split=full", "data.synthetic.num_train=16", "data.synthetic.num_val=3",
     "data.batch_size=2", "train.warmup_iters=2", "train.log_every=1", "train.progress=false",
     "train.threads=1", "train.deterministic=true", "semi.start_iter=0",

@@ -2,11 +2,11 @@ import json
 
 import pytest
 
+from helpers import SYNTHETIC, tiny_model_overrides
 from rc2l.cli import main
 from rc2l.engine.ablate import DEFAULT_ROWS, parse_rows
 
-TINY = ["model.pretrained=none", "model.backbone=resnet18", "model.hidden_dim=32", "model.mask_dim=32",
-        "model.num_queries=8", "model.dec_layers=2", "model.nheads=4", "model.dim_feedforward=64",
+TINY = [*tiny_model_overrides("resnet18"),
         "data.workers=0", "data.batch_size=2", "data.unlabeled_batch_size=2", "train.iters=2",
         "train.eval_every=2", "train.save_every=2", "train.threads=1", "data.split=1_4",
         "data.synthetic.num_train=8", "data.synthetic.num_val=2", "semi.start_iter=0"]
@@ -34,7 +34,7 @@ def test_ablate_runs_rows_writes_table_and_plot_and_continues_an_interrupted_abl
     from rc2l.engine.train import train
     from reliability_helpers import TorchSettings
 
-    args = ["configs/synthetic.yaml", *TINY, "train.iters=4", "train.eval_every=4"]
+    args = [SYNTHETIC, *TINY, "train.iters=4", "train.eval_every=4"]
     real = RC2L.step
 
     def stop_at_2(self, batch_l, batch_u, step, num_masks=None):

@@ -78,7 +78,7 @@ def test_vs_hf_maskformer_quick(bench, tmp_path):
 
 def test_memory_quick(bench, tmp_path):
     m = bench("memory")
-    assert m.main(["--quick", "--configs", "configs/cityscapes.yaml", "--out", str(tmp_path)]) == 0
+    assert m.main(["--quick", "--configs", str(REPO / "configs" / "cityscapes.yaml"), "--out", str(tmp_path)]) == 0
     data, md = read_out(tmp_path)
     rows = [r for r in data["rows"] if r["run"] == "memory/cpu"]
     assert [(r["config"], r["method"]) for r in rows] == [("configs/cityscapes.yaml", "supervised"), ("configs/cityscapes.yaml", "rc2l")]

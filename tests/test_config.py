@@ -2,11 +2,12 @@
 (``off``) and split names it would turn into integers (``1_8``) stay strings."""
 import pytest
 
+from helpers import SYNTHETIC
 from rc2l.config import ConfigError, load_config
 
 
 def test_yaml_1_1_booleans_stay_strings_in_overrides_and_files(tmp_path):
-    cfg = load_config("configs/synthetic.yaml", ["train.amp=off", "data.split=1_8", "model.sync_bn=true"])
+    cfg = load_config(SYNTHETIC, ["train.amp=off", "data.split=1_8", "model.sync_bn=true"])
     assert cfg.train.amp == "off" and cfg.data.split == "1_8" and cfg.model.sync_bn is True
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  amp: off\nmodel:\n  sync_bn: False\n")
@@ -16,4 +17,4 @@ def test_yaml_1_1_booleans_stay_strings_in_overrides_and_files(tmp_path):
 
 def test_yes_is_not_a_boolean():
     with pytest.raises(ConfigError, match="model.sync_bn"):
-        load_config("configs/synthetic.yaml", ["model.sync_bn=yes"])
+        load_config(SYNTHETIC, ["model.sync_bn=yes"])

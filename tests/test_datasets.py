@@ -10,10 +10,8 @@ from PIL import Image
 from rc2l.config import ConfigError
 from rc2l.data import datasets as D
 from rc2l.data.build import build_datasets, dataset_info
-from rc2l.data.splits import main as splits_main
+from rc2l.cli import main as splits_main
 from rc2l.errors import DataError
-
-CAMVID = Path("/work/shared/data/camvid")
 
 
 def _raw_mask(path) -> np.ndarray:
@@ -111,9 +109,8 @@ def test_folder_with_unlabeled_images(data_folder, tmp_path):
 # ------------------------------------------------------------------ the real CamVid
 
 
-@pytest.mark.skipif(not CAMVID.is_dir(), reason=f"real CamVid not found at {CAMVID}")
-def test_real_camvid_with_committed_split():
-    cfg = data_config(name="camvid", root=str(CAMVID), split="1_8", splits_dir="", method="rc2l", crop_size=[64, 64])
+def test_real_camvid_with_committed_split(camvid_root):
+    cfg = data_config(name="camvid", root=str(camvid_root), split="1_8", splits_dir="", method="rc2l", crop_size=[64, 64])
     ds = build_datasets(cfg)
     assert (len(ds["labeled"]), len(ds["unlabeled"]), len(ds["val"])) == (46, 321, 101)
     s = ds["val"][0]

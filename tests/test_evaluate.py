@@ -44,12 +44,11 @@ def test_three_modes_agree_when_the_image_fits_one_window():
 
 
 def test_evaluate_loop_modes_agree_on_a_real_model():
-    from rc2l.config import ModelConfig
+    from helpers import tiny_model_config
     from rc2l.models.segmenter import build_model
 
     torch.manual_seed(0)
-    model = build_model(3, ModelConfig(backbone="resnet18", pretrained="none", num_queries=4, hidden_dim=32,
-                                       mask_dim=32, dec_layers=1, nheads=4, dim_feedforward=32))
+    model = build_model(3, tiny_model_config("resnet18", num_queries=4, dec_layers=1, dim_feedforward=32))
     batches = [{"image": torch.rand(1, 3, 64, 64), "mask": torch.randint(0, 3, (1, 64, 64))} for _ in range(2)]
     res = {m: evaluate(model, batches, 3, m, (64, 64)) for m in ("original", "center_crop", "sliding_window")}
     assert res["original"]["confusion"] == res["center_crop"]["confusion"] == res["sliding_window"]["confusion"]

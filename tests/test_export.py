@@ -45,7 +45,7 @@ def test_resnet18_parity_and_metadata(run_dir, resnet_onnx):
     import onnx
 
     from rc2l.infer.export import check_parity
-    from rc2l.infer.predict import load_torch_model
+    from rc2l.infer.loading import load_torch_model
 
     path, stdout = resnet_onnx
     assert "check.png (1x3x72x104)" in stdout and stdout.count("-> ok") == 2, stdout
@@ -69,7 +69,7 @@ def test_resnet18_parity_and_metadata(run_dir, resnet_onnx):
 def test_efficientnet_lite0_parity(tmp_path):
     """TF 'same' padding is computed from the input size: check sizes that pad differently."""
     from rc2l.infer.export import check_parity, export_onnx
-    from rc2l.infer.predict import load_torch_model
+    from rc2l.infer.loading import load_torch_model
 
     w = fresh_weights(tmp_path / "lite0.safetensors", "efficientnet_lite0", seed=1)
     model, info, _ = load_torch_model(w)

@@ -21,7 +21,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(run_dir):
-    from rc2l.infer.predict import load_torch_model
+    from rc2l.infer.loading import load_torch_model
 
     m, info, _ = load_torch_model(run_dir / "best.safetensors")
     return m, info
@@ -104,7 +104,8 @@ def _counting(fn):
 def test_sliding_window_matches_whole_image(model):
     """Window ≥ image → one forward pass, identical to the whole-image call; a smaller window
     → several window passes whose average equals the whole image for a per-pixel model."""
-    from rc2l.infer.predict import InferInfo, predict_batch, torch_score_fn
+    from rc2l.infer.loading import InferInfo, torch_score_fn
+    from rc2l.infer.scores import predict_batch
 
     m, info = model
     imgs = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 72, 104), dtype=np.uint8))
@@ -133,7 +134,8 @@ def test_sliding_window_matches_whole_image(model):
 
 def test_resize_restores_the_input_size(model):
     """With a training resize the model sees the resized image; outputs come back at input size."""
-    from rc2l.infer.predict import InferInfo, predict_batch, torch_score_fn
+    from rc2l.infer.loading import InferInfo, torch_score_fn
+    from rc2l.infer.scores import predict_batch
 
     m, info = model
     fn, calls = _counting(torch_score_fn(m, torch.device("cpu")))

@@ -3,9 +3,7 @@ Chromium with every image loaded."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,46 +12,6 @@ import pytest
 from PIL import Image
 
 from infer_helpers import cli, tiny_run
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _install_chromium() -> str:
-    """apt-get update + install chromium; → '' on success, else why not."""
-    if shutil.which("apt-get") is None:
-        return "no apt-get on this machine"
-    sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
-    if sudo is None:
-        return "not root and no sudo"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ["-o", "DPkg::Lock::Timeout=300"]
-    for cmd in (["apt-get", *lock, "update", "-q"],
-                ["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", "chromium"]):
-        try:
-            r = subprocess.run(sudo + cmd, env=env, capture_output=True, text=True, timeout=1200)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return f"{' '.join(cmd)}: {e}"
-        if r.returncode != 0:
-            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["?"]
-            return f"{' '.join(cmd)} exited {r.returncode}: {tail[0]}"
-    return ""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """The chromium executable, installed once (apt) when missing; CI fails without it, a
-    developer machine skips."""
-    exe = shutil.which("chromium")
-    if exe is None:
-        why = _install_chromium()
-        exe = shutil.which("chromium")
-        if exe is None:
-            msg = (f"headless Chromium is needed to check the report page and could not be installed "
-                   f"({why or 'installed, but not on PATH'}); run: apt-get update && apt-get install -y chromium")
-            if IN_CI:
-                pytest.fail(msg)
-            pytest.skip(msg)
-    return exe
 
 
 @pytest.fixture(scope="module")
@@ -138,12 +96,12 @@ def _write_metrics(path: Path) -> None:
 def test_report_from_metrics_only(tmp_path):
     """No weights/config: every plot from metrics.jsonl, the gallery says why it is missing,
     a broken line is reported by its line number."""
-    from rc2l.infer.report import best_record, loss_keys, normalise_rows, plot_miou, read_metrics
+    from rc2l.infer.report import best_record, loss_keys, normalise_rows, plot_miou, read_run_log
 
     run = tmp_path / "run"
     run.mkdir()
     _write_metrics(run / "metrics.jsonl")
-    train, evals, warns = read_metrics(run / "metrics.jsonl")
+    train, evals, _, warns = read_run_log(run / "metrics.jsonl")
     assert len(train) == 6 and len(evals) == 4
     assert warns == [f"{run / 'metrics.jsonl'}:4: not valid JSON, skipped"]
     assert loss_keys(train) == ["loss", "loss_ce", "rmc", "rfc", "fixmatch", "pixel_contrast"]
@@ -176,15 +134,15 @@ def test_report_without_a_run_folder(tmp_path):
 
 def test_metrics_log_after_a_cut_off_line_keeps_the_next_record(tmp_path):
     """A run killed mid-write leaves half a line; the resumed run's first record must still
-    parse (only the half line is lost, and read_metrics names it)."""
+    parse (only the half line is lost, and read_run_log names it)."""
     from rc2l.engine.metrics_log import MetricsLog
-    from rc2l.infer.report import read_metrics
+    from rc2l.infer.report import read_run_log
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "type": "train", "loss": 1.0}\n{"step": 2, "type": "tra')
     log = MetricsLog(tmp_path, enabled=True)
     log.write({"step": 2, "type": "train", "loss": 0.5}, "train")
     log.close()
-    train, _, warns = read_metrics(path)
+    train, _, _, warns = read_run_log(path)
     assert [r["step"] for r in train] == [1, 2]
     assert warns == [f"{path}:2: not valid JSON, skipped"]

@@ -1,11 +1,11 @@
 import torch
 
+from helpers import tiny_model_config
 from rc2l.config import ModelConfig
 from rc2l.losses.functional import mask_average_pool as region_features
 from rc2l.models.segmenter import build_model, semantic_masks
 
-TINY = ModelConfig(backbone="resnet18", pretrained="none", num_queries=8, hidden_dim=32, mask_dim=32,
-                   dec_layers=2, nheads=4, dim_feedforward=64)
+TINY = tiny_model_config("resnet18")
 
 
 def test_region_features_are_mask_weighted_means():

@@ -1,12 +1,12 @@
 """Short semi-supervised runs end to end (synthetic, and CamVid when present)."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import CONFIGS, SYNTHETIC, tiny_model_overrides
 from rc2l.config import load_config
 from rc2l.engine.checkpoint import read_meta
 from rc2l.engine.methods.base import lambda_u as _lambda_u
@@ -18,9 +18,7 @@ def lambda_u(step, cfg):
 from rc2l.engine.train import Trainer
 from rc2l.provenance import git_commit
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
-TINY = ["model.pretrained=none", "model.backbone=resnet18", "model.hidden_dim=32", "model.mask_dim=32",
-        "model.num_queries=8", "model.dec_layers=2", "model.nheads=4", "model.dim_feedforward=64",
+TINY = [*tiny_model_overrides("resnet18"),
         "data.workers=0", "data.batch_size=2", "data.unlabeled_batch_size=2", "train.iters=4", "train.eval_every=4",
         "train.save_every=4", "train.log_every=1", "train.progress=false", "train.threads=1",
         "semi.tau_cls=0.0", "semi.rampup_iters=1", "semi.start_iter=0", "train.warmup_iters=1", "train.lr=0.001"]
@@ -57,7 +55,7 @@ def _check_run(trainer, teacher0, records, terms):
 
 @pytest.mark.parametrize("region_pixels", ["all", "confident"])
 def test_rc2l_on_synthetic_logs_every_term(tmp_path, region_pixels):
-    trainer, t0, records = _run(tmp_path, "configs/synthetic.yaml",
+    trainer, t0, records = _run(tmp_path, SYNTHETIC,
                                 ["method=rc2l", "data.split=1_4", "data.synthetic.num_train=16",
                                  "data.synthetic.num_val=2", "semi.pixel_contrast=0.1",
                                  f"semi.region_pixels={region_pixels}", "semi.tau_pix=0.3"])
@@ -69,7 +67,7 @@ def test_rc2l_on_synthetic_logs_every_term(tmp_path, region_pixels):
 
 
 def test_fixmatch_on_synthetic(tmp_path):
-    trainer, t0, records = _run(tmp_path, "configs/synthetic.yaml",
+    trainer, t0, records = _run(tmp_path, SYNTHETIC,
                                 ["method=fixmatch", "data.split=1_4", "data.synthetic.num_train=16",
                                  "data.synthetic.num_val=2", "semi.fixmatch_threshold=0.0"])
     _check_run(trainer, t0, records, ("fixmatch",))
@@ -77,10 +75,9 @@ def test_fixmatch_on_synthetic(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CAMVID / "splits" / "train.txt").exists(), reason="CamVid not found at ../shared/data/camvid")
-def test_rc2l_on_camvid_tiny(tmp_path):
-    trainer, t0, records = _run(tmp_path, "configs/camvid.yaml",
-                                ["method=rc2l", "data.split=1_8", f"data.root={CAMVID}", "data.resize=[64,96]",
+def test_rc2l_on_camvid_tiny(tmp_path, camvid_root):
+    trainer, t0, records = _run(tmp_path, CONFIGS / "camvid.yaml",
+                                ["method=rc2l", "data.split=1_8", f"data.root={camvid_root}", "data.resize=[64,96]",
                                  "data.crop_size=[64,96]", "train.eval_every=100"])
     _check_run_no_eval(trainer, t0, records)
 
@@ -95,11 +92,11 @@ def _check_run_no_eval(trainer, t0, records):
 
 
 def test_lambda_u_ramp():
-    cfg = load_config("configs/synthetic.yaml", ["semi.rampup_iters=10", "semi.lambda_u=2.0", "semi.start_iter=0"])
+    cfg = load_config(SYNTHETIC, ["semi.rampup_iters=10", "semi.lambda_u=2.0", "semi.start_iter=0"])
     assert lambda_u(0, cfg) == pytest.approx(0.2)
     assert lambda_u(4, cfg) == pytest.approx(1.0)
     assert lambda_u(50, cfg) == 2.0
-    late = load_config("configs/synthetic.yaml", ["semi.rampup_iters=10", "semi.start_iter=100", "semi.lambda_u=1.0"])
+    late = load_config(SYNTHETIC, ["semi.rampup_iters=10", "semi.start_iter=100", "semi.lambda_u=1.0"])
     assert lambda_u(99, late) == 0.0 and lambda_u(100, late) == pytest.approx(0.1)
 
 
@@ -117,7 +114,7 @@ def test_stride_boxes_align_image_and_feature_grids():
 def test_teacher_copies_student_during_supervised_warmup(tmp_path):
     """Before semi.start_iter the EMA does not average in the student's first weights: the teacher
     that starts the unlabeled branch is the warmed-up student itself."""
-    trainer, _, _ = _run(tmp_path, "configs/synthetic.yaml",
+    trainer, _, _ = _run(tmp_path, SYNTHETIC,
                          ["method=rc2l", "data.split=1_4", "data.synthetic.num_train=16",
                           "data.synthetic.num_val=2", "semi.start_iter=4"])
     student = trainer.model.state_dict()

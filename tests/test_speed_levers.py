@@ -114,11 +114,12 @@ def test_cache_does_not_keep_a_bad_file(data_camvid):
     assert ds[0] is None and ds[0] is None and len(ds._read) == 0
 
 
-def _val_batches(sizes):
+def _val_batches(sizes, label_scale: float = 1.0):
+    """label_scale > 1: masks at a larger "native" size than the images (eval.labels=native)."""
     g = torch.Generator().manual_seed(0)
     out = []
     for h, w in sizes:
-        mask = torch.randint(0, 5, (1, h, w), generator=g)
+        mask = torch.randint(0, 5, (1, int(h * label_scale), int(w * label_scale)), generator=g)
         mask[:, :2] = 255
         out.append({"image": torch.rand(1, 3, h, w, generator=g), "mask": mask})
     return out
@@ -136,3 +137,6 @@ def test_batched_evaluation_gives_the_identical_confusion_matrix():
             got = evaluate(model, loader, 5, mode, (24, 24), 2 / 3, batch_size=bs)
             assert got["confusion"] == ref["confusion"], (mode, bs)
         assert ref["pixels"] > 0
+    native = _val_batches([(32, 48)] * 3, label_scale=1.5)
+    ref = evaluate(model, native, 5, "original", (24, 24), 2 / 3, batch_size=1)
+    assert ref["pixels"] > 3 * 32 * 48 and evaluate(model, native, 5, batch_size=3)["confusion"] == ref["confusion"]

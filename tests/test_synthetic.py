@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import torch
 from conftest import data_config
@@ -60,11 +58,16 @@ def test_colour_does_not_predict_the_class():
     assert acc <= majority + 0.05
 
 
-def test_cheap():
-    t0 = time.perf_counter()
-    for i in range(100):
+def test_random_access_without_hidden_state():
+    """Each scene is a pure function of (seed, split, index, size) -- no state shared between
+    calls -- so DataLoader workers and resumed runs draw the same images in any order. (Its
+    speed, ~1 ms a 64 px scene, is a benchmark matter, not asserted here.)"""
+    alone = generate(0, "train", 7, 64)
+    for i in range(20):
         generate(0, "train", i, 64)
-    assert (time.perf_counter() - t0) / 100 < 0.01  # ~1 ms on one free core
+    again = generate(0, "train", 7, 64)
+    assert np.array_equal(alone[0], again[0]) and np.array_equal(alone[1], again[1])
+    assert alone[0].shape == (64, 64, 3) and alone[0].dtype == np.uint8 and alone[1].shape == (64, 64)
 
 
 def test_build_synthetic_partitions():

@@ -7,15 +7,14 @@ from rc2l.config import SemiConfig
 from rc2l.engine.teacher import (
     apply_cutmix,
     cutmix_targets,
-    downsample_box,
     ema_momentum,
     ema_update,
     make_teacher,
     partner_index,
-    pseudo_label,
     teacher_targets,
 )
 from rc2l.losses.region import RegionLosses
+from helpers import downsample_box, pseudo_label
 
 K, N, C, h, w = 3, 4, 5, 4, 4
 

@@ -104,9 +104,9 @@ def build_datasets(cfg: Config, only_val: bool = False) -> dict:
     d = cfg.data
     dataset_info(cfg)
     train_t = TrainTransform(d.crop_size, d.scale_range, d.resize)
-    views = cfg.semi.unimatch.views if cfg.method == "unimatch" else 1
+    views = {"unimatch": cfg.semi.unimatch.views, "rc2l": cfg.semi.region_views}.get(cfg.method, 1)
     unl_t = UnlabeledTransform(d.crop_size, d.scale_range, d.resize, strong_views=views)
-    eval_t = EvalTransform(d.resize)
+    eval_t = EvalTransform(d.resize, native_labels=cfg.eval.labels == "native")
     want_unlabeled = cfg.method != "supervised" and d.split != "full"
     if d.name == "synthetic":
         return _synthetic(cfg, want_unlabeled, only_val, train_t, unl_t, eval_t)

@@ -24,13 +24,12 @@ from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 
 from rc2l.data.cache import DecodedCache
+from rc2l.data.formats import IGNORE, IMAGE_EXTS, voc_palette
 from rc2l.data.splits import SplitLine, read_split_file
 from rc2l.errors import DataError
 
 log = logging.getLogger("rc2l.data")
 
-IGNORE = 255
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -230,21 +229,6 @@ class CamVidReader(Reader):
         return self._lut
 
 
-def _voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
-    """The standard PASCAL VOC colour map (bit-interleaved)."""
-    out = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        out.append((r, g, b))
-    return out
-
-
 class VOCReader(Reader):
     """PASCAL VOC 2012 (root = VOC2012 folder, or VOCdevkit, or its parent): JPEGImages/<id>.jpg,
     SegmentationClass/<id>.png (palette indices; 255 = border), SBD's SegmentationClassAug/<id>.png
@@ -255,7 +239,7 @@ class VOCReader(Reader):
     class_names = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
                    "sheep", "sofa", "train", "tvmonitor"]
-    palette = _voc_palette(21)
+    palette = voc_palette(21)
 
     def __init__(self, root: str | Path):
         super().__init__(root)

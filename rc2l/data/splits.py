@@ -1,4 +1,5 @@
-"""Split files: read, write, and draw labeled/unlabeled partitions (the `rc2l splits` verb).
+"""Split files: read, write, and draw labeled/unlabeled partitions (a leaf: no CLI, no dataset
+imports; the `rc2l splits` verb lives in rc2l/cli.py).
 
 Format (the field's, as UniMatch writes it): ``splits/<dataset>/<split>/{labeled,unlabeled}.txt``
 and ``splits/<dataset>/val.txt``; each line is ``image_rel_path mask_rel_path`` relative to
@@ -7,15 +8,13 @@ starting with ``#`` are skipped.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from rc2l.errors import DataError, RC2LError
+from rc2l.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -102,79 +101,3 @@ def make_splits(ids: Sequence, ratio: float | str | None = None, count: int | No
     labeled = [x for i, x in enumerate(ids) if i in chosen]
     unlabeled = [x for i, x in enumerate(ids) if i not in chosen]
     return labeled, unlabeled
-
-
-# --------------------------------------------------------------------------- CLI verb
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``splits`` verb on an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "splits",
-        help="write labeled/unlabeled split files for a dataset",
-        description="Draw a labeled/unlabeled partition of a dataset's train list and write "
-        "labeled.txt / unlabeled.txt (lines 'image mask', relative to --root) into --out, "
-        "plus val.txt one level up if it is missing.",
-    )
-    p.add_argument("--dataset", required=True, choices=["camvid", "voc", "cityscapes", "folder"])
-    p.add_argument("--root", required=True, help="dataset root folder")
-    p.add_argument("--ratio", default=None, help="labeled fraction: 1/8 or 0.125")
-    p.add_argument("--count", type=int, default=None, help="number of labeled images (instead of --ratio)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output folder, e.g. splits/camvid/1_8")
-    p.add_argument("--train-split", default="train", help="the dataset's list to partition (default: train)")
-    p.add_argument("--val-split", default="val", help="the dataset's list copied to val.txt (default: val)")
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    """Write the split files and print a one-line summary; returns the exit status."""
-    from rc2l.data.datasets import make_reader  # late import: datasets imports this module
-
-    reader = make_reader(args.dataset, args.root)
-    items = reader.list_split(args.train_split, need_mask=False)
-    labeled_pool = [it for it in items if it.mask is not None]
-    no_mask = [it for it in items if it.mask is None]  # folder images without a mask
-    if args.ratio is None and args.count is None:
-        if args.dataset != "folder":
-            raise DataError("rc2l splits: give --ratio or --count")
-        labeled, unlabeled = labeled_pool, []
-    else:
-        try:
-            labeled, unlabeled = make_splits(labeled_pool, ratio=args.ratio, count=args.count, seed=args.seed)
-        except ValueError as e:
-            raise DataError(f"rc2l splits: {e}") from None
-    unlabeled = unlabeled + no_mask
-    if not labeled:
-        raise DataError(f"rc2l splits: no labeled images in the '{args.train_split}' list of {reader.root}")
-    out = Path(args.out)
-    write_split_file(out / "labeled.txt", [reader.rel_row(it) for it in labeled])
-    write_split_file(out / "unlabeled.txt", [reader.rel_row(it) for it in unlabeled])
-    val_path = out.parent / "val.txt"
-    val_note = "kept"
-    if not val_path.exists():
-        val_items = reader.list_split(args.val_split, need_mask=True)
-        write_split_file(val_path, [reader.rel_row(it) for it in val_items])
-        val_note = f"wrote {len(val_items)}"
-    print(
-        f"splits: {out}: {len(labeled)} labeled, {len(unlabeled)} unlabeled "
-        f"({args.dataset} '{args.train_split}', {len(items)} images, seed {args.seed}); {val_path}: {val_note}"
-    )
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m rc2l.data.splits ...``: the verb without the full CLI."""
-    parser = argparse.ArgumentParser(prog="rc2l")
-    add_parser(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except RC2LError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

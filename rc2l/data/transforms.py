@@ -18,7 +18,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional import InterpolationMode
 
-IGNORE = 255
+from rc2l.data.formats import IGNORE
+
 
 
 def _uniform(lo: float, hi: float) -> float:
@@ -141,14 +142,16 @@ class UnlabeledTransform:
 
 
 class EvalTransform:
-    """Validation view: whole image, resized to ``resize`` if set, no crop, no randomness."""
+    """Validation view: whole image, resized to ``resize`` if set, no crop, no randomness. With
+    ``native_labels`` the mask keeps its own size (evaluation upsamples the prediction to it)."""
 
-    def __init__(self, resize: Sequence[int] | None = None):
-        self.resize = list(resize or [])
+    def __init__(self, resize: Sequence[int] | None = None, native_labels: bool = False):
+        self.resize, self.native_labels = list(resize or []), native_labels
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> dict:
         if self.resize:
-            image, mask = resize_pair(image, mask, self.resize)
+            image, small = resize_pair(image, None if self.native_labels else mask, self.resize)
+            mask = mask if self.native_labels else small
         return {"image": to_float(image), "mask": mask.as_subclass(torch.Tensor).to(torch.int64)}
 
 

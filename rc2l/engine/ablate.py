@@ -146,6 +146,13 @@ def plot(rows: list[dict], path: Path) -> None:
             pts = sorted((e["step"], e["miou"]) for e in evals if e["model"] == model)
             if pts:
                 ax.plot(*zip(*pts), style, marker="o", ms=3, label=f"{r['row']} ({model})")
+    save_miou_figure(fig, ax, path)
+
+
+def save_miou_figure(fig, ax, path: Path) -> None:
+    """Label, grid and legend of a val-mIoU-against-step plot, then write and close it."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("step")
     ax.set_ylabel("val mIoU")
     ax.grid(alpha=0.3)

@@ -33,7 +33,9 @@ def init_distributed(device: str, timeout_s: int | None = None) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
+        why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+        raise RC2LError(f"train.device=cuda but {why} (torch {torch.__version__}); "
+                        f"use train.device=cpu or train.device=auto")
     if env_world_size() > 1 and not dist.is_initialized():
         backend = "nccl" if device == "cuda" else "gloo"
         if device == "cuda":

@@ -107,7 +107,8 @@ def predict_scores(score_fn: ScoreFn, image: Tensor, mode: str, crop: tuple[int,
 def _score_chunk(score_fn: ScoreFn, chunk: list[tuple[Tensor, Tensor]], mode: str, crop: tuple[int, int],
                  stride_ratio: float, num_classes: int, ignore_index: int) -> Tensor:
     """Confusion matrix of same-size (image (3, H, W), mask (H, W)) pairs, scored in one forward
-    (original, center_crop) or image by image (sliding_window)."""
+    (original, center_crop) or image by image (sliding_window); scores are upsampled to masks
+    kept at their native size (eval.labels=native)."""
     images = torch.stack([im for im, _ in chunk])
     masks = torch.stack([m for _, m in chunk])
     if mode == "sliding_window":
@@ -117,6 +118,8 @@ def _score_chunk(score_fn: ScoreFn, chunk: list[tuple[Tensor, Tensor]], mode: st
         scores = predict_scores(score_fn, images, mode, crop, stride_ratio, num_classes)
     if mode == "center_crop":
         masks = center_crop(masks, crop)
+    if scores.shape[-2:] != masks.shape[-2:]:  # labels at their native size: upsample the scores to it
+        scores = Fn.interpolate(scores, size=masks.shape[-2:], mode="bilinear", align_corners=False)
     return confusion_matrix(scores.argmax(1), masks, num_classes, ignore_index)
 
 
@@ -166,7 +169,8 @@ def evaluate(
             continue
         images, masks = batch["image"].to(device), batch["mask"].to(device)
         for i in range(images.shape[0]):
-            if pending and (pending[0][0].shape != images[i].shape or len(pending) >= batch_size):
+            if pending and (pending[0][0].shape != images[i].shape or pending[0][1].shape != masks[i].shape
+                            or len(pending) >= batch_size):
                 flush()
             pending.append((images[i], masks[i]))
     flush()

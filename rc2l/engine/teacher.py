@@ -82,13 +82,6 @@ def ema_update(teacher: nn.Module, student: nn.Module, step: int, momentum: floa
 
 
 # ----------------------------------------------------------------------------- pseudo-labels
-def pseudo_label(sem_masks: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
-    """sem_masks S^t: (B, K, h, w) → (Ŷ (B, h, w) int64 = argmax_k S̄^t, conf (B, h, w) = max_k S̄^t),
-    S̄ = S normalised over the K classes. Thresholding (τ_pix) is the caller's."""
-    conf, label = normalize_semantic(sem_masks.detach(), eps).max(1)
-    return label, conf
-
-
 def regions_from_label(label: Tensor, valid: Tensor, feats: Tensor, sem: Tensor) -> list[dict]:
     """``classes`` regions: one binary region per class present in the valid pixels of Ŷ.
 
@@ -187,12 +180,6 @@ def apply_cutmix(images: Tensor, box: Tensor) -> Tensor:
     return mix_with_partner(images, box)
 
 
-def feat_size(size: tuple[int, int]) -> tuple[int, int]:
-    """Spatial size of the stride-4 grid (F, pred_masks) for an input size, as the backbones
-    round (ceil)."""
-    return -(-size[0] // 4), -(-size[1] // 4)
-
-
 def stride_boxes(batch: int, size_img: tuple[int, int], size_feat: tuple[int, int], p: float, seed: int, step: int,
                  device, stream: int = 11) -> tuple[Tensor, Tensor]:
     """CutMix boxes drawn on the stride-4 grid (B, h, w) and blown up to image pixels (B, H, W),
@@ -207,22 +194,11 @@ def stride_boxes(batch: int, size_img: tuple[int, int], size_feat: tuple[int, in
     return small.to(device), big.to(device)
 
 
-def downsample_box(box: Tensor, size: tuple[int, int]) -> Tensor:
-    """box (B, H, W) bool at image resolution → (B, h, w) bool on the target grid: a target
-    pixel is in the box when at least half of the image pixels it covers are (area pooling),
-    so for a box aligned to the stride every target pixel agrees with its whole image block."""
-    size = (int(size[0]), int(size[1]))
-    if tuple(box.shape[-2:]) == size:
-        return box.bool()
-    frac = Fn.interpolate(box[:, None].float(), size=size, mode="area")[:, 0]
-    return frac >= 0.5
-
-
 def cutmix_targets(targets: dict, box: Tensor) -> dict:
     """Mix the teacher's targets with the CutMix box used for the student's input.
 
-    targets: ``teacher_targets`` dict; box: (B, h, w) bool on the target grid
-    (``downsample_box``). Ŷ, conf, valid, S̄^t and F^t are mixed like the images. Regions:
+    targets: ``teacher_targets`` dict; box: (B, h, w) bool on the target grid (the first of
+    ``stride_boxes``' two). Ŷ, conf, valid, S̄^t and F^t are mixed like the images. Regions:
     - ``classes``: rebuilt from the mixed Ŷ / valid;
     - ``queries``: each teacher mask of image i is cut to the part of image i that survives
       (outside box[i]) and the partner's masks are cut to box[i]; masks left empty

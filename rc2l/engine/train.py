@@ -22,7 +22,9 @@ from rc2l.engine import distributed as D
 from rc2l.engine.checkpoint import load_state, model_meta, save_state, save_weights
 from rc2l.engine.evaluate import AMP_DTYPES, evaluate, resolve_amp, val_loader
 from rc2l.engine.metrics_log import MetricsLog
+from rc2l.engine.model_dir import command_line, write_model_dir
 from rc2l.engine.optim import build_optimizer, build_scheduler
+from rc2l.engine.progress import Progress, summary_line
 from rc2l.engine.methods import METHODS
 from rc2l.errors import CheckpointError, TrainingError
 from rc2l.losses.functional import targets_from_labels
@@ -329,6 +331,7 @@ class Trainer:
         c = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
+        buffers = {k: b.clone() for k, b in self.model.named_buffers()}  # a skipped step must not move BatchNorm
         micro_l = [self._next(its, "labeled") for _ in range(c.train.accum_steps)]
         micro_u = [self._next(its, "unlabeled") if "unlabeled" in its else None for _ in range(c.train.accum_steps)]
         norm = self._mask_norm(micro_l) if D.is_dist() or c.train.accum_steps > 1 else None
@@ -342,6 +345,7 @@ class Trainer:
                 finite = torch.isfinite(loss.detach()).float()
                 D.all_reduce_sum(finite)
                 if finite.item() < D.world_size():
+                    self._restore_buffers(buffers)
                     return None
                 self.scaler.scale(loss / c.train.accum_steps).backward()
             for k, v in terms.items():
@@ -357,12 +361,21 @@ class Trainer:
         logs["grad_norm"] = float(gnorm)
         if not math.isfinite(logs["grad_norm"]) and c.train.amp != "fp16":
             self.optimizer.zero_grad(set_to_none=True)
+            self._restore_buffers(buffers)
             return None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.method.after_step(self.step)
         return logs
+
+    @torch.no_grad()
+    def _restore_buffers(self, saved: dict) -> None:
+        """Put the student's buffers (BatchNorm running statistics) back as they were before a
+        step that is then skipped: its forward pass ran in train mode and may have moved them,
+        or made them NaN."""
+        for k, b in self.model.named_buffers():
+            b.copy_(saved[k])
 
     def _stop_requested(self, stop: GracefulStop) -> bool:
         """A signal seen by any rank stops all ranks at the same step (torchrun forwards SIGTERM to
@@ -393,7 +406,8 @@ class Trainer:
         for name, m in models.items():
             r = evaluate(m, loader, self.info.num_classes, c.eval.mode, crop, c.eval.stride_ratio, self.device,
                          self.amp_dtype, progress=False, ignore_index=self.info.ignore_index)
-            rec = {"step": self.step, "split": c.data.val_split, "mode": r["mode"], "miou": r["miou"],
+            rec = {"step": self.step, "split": c.data.val_split, "mode": r["mode"], "labels": c.eval.labels,
+                   "miou": r["miou"],
                    "per_class": r["per_class"], "model": name, "crop": r["crop"], "dataset": c.data.name,
                    "confusion": r["confusion"]}
             self.log.write(rec, f"val_{name}")
@@ -416,74 +430,81 @@ class Trainer:
             extra["miou"] = f"{miou:.4f}"
         return model_meta(self.model, to_dict(self.cfg)["model"], extra)
 
+    def _log_train(self, logs: dict, t0: float, last_step: int, progress: Progress) -> None:
+        logs = D.mean_over_ranks(logs)  # rank 0 logs the mean over all ranks' micro-batches
+        rec = {"step": self.step, "type": "train", **{k: round(v, 6) for k, v in logs.items()},
+               "lr": self.optimizer.param_groups[0]["lr"], "it_s": (self.step - last_step) / max(time.time() - t0, 1e-9),
+               "skipped_steps": self.skipped_steps, "skipped_samples": self.skipped_samples}
+        self.log.write(rec, "train")
+        progress.logged(rec)
+
+    def _bad_step(self) -> None:
+        c = self.cfg
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", self.step, self.bad_steps)
+        if self.bad_steps >= c.train.max_bad_steps:
+            state = self.run_dir / STATE_FILE
+            last = f"last good state in {state}" if state.exists() else "no state saved yet"
+            raise TrainingError(
+                f"{self.bad_steps} non-finite losses or gradients in a row at step {self.step} "
+                f"(train.max_bad_steps={c.train.max_bad_steps}): stopping; lower train.lr, try "
+                f"train.amp=off, or check the data; {last}"
+            )
+
+    def _write_model_dir(self) -> None:
+        """RUN_DIR/model: the best weights as a self-contained, shareable model folder (model card,
+        config, classes), the layout of a Hugging Face model repository."""
+        best = self.run_dir / "best.safetensors"
+        if best.is_file():
+            write_model_dir(self.run_dir / "model", best, to_dict(self.cfg),
+                            {"labeled": len(self.datasets["labeled"]), "command": command_line(),
+                             "commit": self.provenance["commit"]})
+
     def fit(self) -> dict:
         c = self.cfg
         its = self._iterators()
-        bar = None
-        if self.main and c.train.progress:
-            from tqdm import tqdm
-
-            import sys
-
-            bar = tqdm(total=c.train.iters, initial=self.step, desc=f"train {c.method}", dynamic_ncols=True,
-                       mininterval=0.5 if sys.stderr.isatty() else 30.0)
-        t0, last_log_step = time.time(), self.step
+        progress = Progress(c.train.iters, self.step, c.method, enabled=self.main and c.train.progress)
+        t0, last_log_step, start = time.time(), self.step, time.time()
         self.model.train()
         last_eval = None
         with GracefulStop() as stop:
             while self.step < c.train.iters:
                 logs = self.train_step(its)
                 if logs is None:
-                    self.bad_steps += 1
-                    self.skipped_steps += 1
-                    log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", self.step, self.bad_steps)
-                    if self.bad_steps >= c.train.max_bad_steps:
-                        state = self.run_dir / STATE_FILE
-                        last = f"last good state in {state}" if state.exists() else "no state saved yet"
-                        raise TrainingError(
-                            f"{self.bad_steps} non-finite losses or gradients in a row at step {self.step} "
-                            f"(train.max_bad_steps={c.train.max_bad_steps}): stopping; lower train.lr, try "
-                            f"train.amp=off, or check the data; {last}"
-                        )
+                    self._bad_step()
                     continue
                 self.bad_steps = 0
                 self.step += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{logs['loss']:.3f}")
+                progress.step(logs["loss"])
                 if self.step % c.train.log_every == 0 or self.step == c.train.iters:
-                    logs = D.mean_over_ranks(logs)  # rank 0 logs the mean over all ranks' micro-batches
-                    dt = time.time() - t0
-                    rec = {"step": self.step, "type": "train", **{k: round(v, 6) for k, v in logs.items()},
-                           "lr": self.optimizer.param_groups[0]["lr"],
-                           "it_s": (self.step - last_log_step) / max(dt, 1e-9), "skipped_steps": self.skipped_steps,
-                           "skipped_samples": self.skipped_samples}
-                    self.log.write(rec, "train")
+                    self._log_train(logs, t0, last_log_step, progress)
                     t0, last_log_step = time.time(), self.step
                 if self.step % c.train.eval_every == 0 or self.step == c.train.iters:
                     last_eval = self.evaluate_all()
-                    if bar is not None:
-                        bar.write("step {}: {}".format(self.step, ", ".join(f"{r['model']} mIoU {r['miou']:.2f}" for r in last_eval)))
+                    progress.evaluated(self.step, last_eval)
                 if self.step % c.train.save_every == 0 or self.step == c.train.iters:
                     self.save()
                 if self._stop_requested(stop):
                     self.save()
-                    if bar is not None:
-                        bar.close()
+                    progress.close()
                     log.warning("stopped by signal %d at step %d; state saved to %s (continue with resume=auto)",
                                 stop.signal, self.step, self.run_dir / STATE_FILE)
                     self.log.close()
                     return {"interrupted": True, "step": self.step}
-        if bar is not None:
-            bar.close()
+        progress.close()
         if self.main:
             self._check_finite()
             save_weights(self.model, self.run_dir / "last.safetensors", self._meta("student"))
+            self._write_model_dir()
         if self.skipped_samples:
             log.warning("%d bad training sample draw(s) skipped (data.bad_samples=skip); the files are named in "
                         "the 'skipping bad sample' warnings above", self.skipped_samples)
         self.log.close()
-        return {"step": self.step, "best": self.best, "last_eval": last_eval, "skipped_samples": self.skipped_samples}
+        result = {"step": self.step, "best": self.best, "last_eval": last_eval, "skipped_samples": self.skipped_samples}
+        if self.main:
+            log.info("%s", summary_line(self.run_dir, result, time.time() - start))
+        return result
 
 
 class _null:

@@ -7,7 +7,8 @@ is traced as shape arithmetic, not constants). The torch.export-based exporter (
 took over 10 minutes on EfficientNet-Lite0 and, at opset 17, wrote a Split node ONNX Runtime
 rejects. Class names, palette, crop and resize go into the model's ``metadata_props`` so that
 ``rc2l predict --weights model.onnx`` needs no other file. Every export is checked against
-PyTorch with ONNX Runtime (a random 2×3×72×104 batch, plus ``--check IMAGE``).
+PyTorch with ONNX Runtime (a random 2×3×72×104 batch, plus ``--check IMAGE``). The same verb
+writes a shareable model folder (``--model-dir``, see rc2l/engine/model_dir.py).
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from rc2l.errors import RC2LError
-from rc2l.infer.predict import ONNX_FORMAT, InferInfo, load_torch_model, onnx_session
+from rc2l.infer.images import read_image
+from rc2l.infer.loading import ONNX_FORMAT, InferInfo, load_torch_model, onnx_session, resolve_source
+from rc2l.infer.scores import to_uint8_tensor
 
 DEFAULT_TOL = 1e-3
 
@@ -122,49 +125,72 @@ def _report_line(what: str, r: dict) -> str:
             f" -> {'ok' if r['ok'] else 'FAILED'}")
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export trained weights to ONNX (images [0,1] -> semantic scores, dynamic batch/height/width)",
-        description="Write an ONNX model: input 'images' float32 (B,3,H,W) RGB in [0,1], output 'scores' "
-                    "(B,K,H,W); argmax over K is the prediction. Parity with PyTorch is checked with ONNX Runtime.",
-    )
-    p.add_argument("--weights", required=True, help="a .safetensors file written by rc2l train")
-    p.add_argument("--config", help="training config (its dataset's classes/palette/crop override the metadata)")
-    p.add_argument("--onnx", required=True, help="output .onnx path")
-    p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--check", metavar="IMAGE", help="also check parity on this image (at its own size)")
-    p.add_argument("--tol", type=float, default=DEFAULT_TOL, help=f"max allowed |Δscores| (default {DEFAULT_TOL:g})")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
+def export_and_check(weights: str | Path, onnx_path: str | Path, config: str | Path | None = None, opset: int = 17,
+                     check: str | Path | None = None, tol: float = DEFAULT_TOL, int8: dict | None = None) -> int:
+    """Export ``weights`` (file or model/run folder) to ONNX, check parity on a random batch
+    (and ``check``, an image at its own size), print one line each → exit status. ``int8``:
+    {"calibrate": [inputs], "count": n, "min_agreement": a} also writes <onnx>.int8.onnx."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         raise RC2LError("rc2l export needs onnx and onnxruntime (pip install 'rc2l[export]')") from None
-    from rc2l.data.datasets import read_image
-    from rc2l.infer.predict import to_uint8_tensor
-
-    model, info, _ = load_torch_model(args.weights, args.config, "cpu")
-    check_image = None
-    if args.check:
-        check_image = to_uint8_tensor(read_image(Path(args.check)))[None].float() / 255.0
-    export_onnx(model, args.onnx, args.opset, onnx_metadata(info, args.weights))
-    size = Path(args.onnx).stat().st_size / 2**20
-    print(f"wrote {args.onnx} ({size:.1f} MiB, opset {args.opset}, {info.num_classes} classes, "
-          f"dynamic batch/height/width)")
+    model, info, _ = load_torch_model(weights, config, "cpu")
+    checks = [("random 2x3x72x104", torch.rand(2, 3, 72, 104, generator=torch.Generator().manual_seed(0)))]
+    if check:
+        img = to_uint8_tensor(read_image(Path(check)))[None].float() / 255.0
+        checks.append((f"{check} (1x3x{img.shape[2]}x{img.shape[3]})", img))
+    export_onnx(model, onnx_path, opset, onnx_metadata(info, info.source))
+    size = Path(onnx_path).stat().st_size / 2**20
+    print(f"wrote {onnx_path} ({size:.1f} MiB, opset {opset}, {info.num_classes} classes, dynamic batch/height/width)")
     ok = True
-    rand = torch.rand(2, 3, 72, 104, generator=torch.Generator().manual_seed(0))
-    checks = [("random 2x3x72x104", rand)]
-    if check_image is not None:
-        checks.append((f"{args.check} (1x3x{check_image.shape[2]}x{check_image.shape[3]})", check_image))
     for what, x in checks:
-        r = check_parity(model, args.onnx, x, args.tol)
+        r = check_parity(model, onnx_path, x, tol)
         print(_report_line(what, r))
         ok &= r["ok"]
     if not ok:
-        print(f"error: the ONNX model does not match PyTorch within {args.tol:g}", file=sys.stderr)
+        print(f"error: the ONNX model does not match PyTorch within {tol:g}", file=sys.stderr)
         return 1
+    if int8:
+        write_int8(Path(onnx_path), info, int8)
     return 0
+
+
+def int8_path(onnx_path: Path) -> Path:
+    return onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+
+
+def write_int8(onnx_path: Path, info: InferInfo, opts: dict) -> Path:
+    """The int8 sibling of an exported fp32 model (rc2l/infer/quantize.py), calibrated on
+    ``opts["calibrate"]`` images at the model's training resize."""
+    from rc2l.infer.quantize import DEFAULT_MIN_AGREEMENT, calibration_images, quantize_int8
+
+    images = calibration_images(opts["calibrate"], opts.get("count", 32), list(info.resize or []))
+    out = int8_path(onnx_path)
+    r = quantize_int8(onnx_path, out, images, opts.get("min_agreement", DEFAULT_MIN_AGREEMENT))
+    print(f"wrote {out} ({r['mib']:.1f} MiB, int8 static QDQ; argmax agrees with fp32 on {r['agreement']:.2%} of "
+          f"{r['images']} calibration images' pixels)")
+    return out
+
+
+def export_model_dir(weights: str | Path, out_dir: str | Path, config: str | Path | None = None) -> Path:
+    """Any weights (file, run folder, model folder, hf://) → a shareable model folder; the
+    training config is ``config``, else the run folder's config.yaml, else the weights' model."""
+    from rc2l.config import load_config, to_dict
+    from rc2l.engine.model_dir import write_model_dir
+
+    src = resolve_source(weights)
+    if src.kind != "torch":
+        raise RC2LError(f"{src.file}: a model folder is written from PyTorch weights, not ONNX")
+    _, info, cfg = load_torch_model(src.file, config, "cpu", source=src)
+    yaml_path = src.sibling_yaml
+    if cfg is None and yaml_path is not None and yaml_path.is_file():
+        cfg = load_config(yaml_path)
+    cfg_dict = to_dict(cfg) if cfg is not None else {"model": info.model_cfg}
+    extra = {"class_names": info.class_names, "palette": [list(p) for p in info.palette]}
+    if src.folder_json is not None:  # re-exporting a model folder keeps its provenance
+        old = json.loads(src.folder_json.read_text())
+        extra.update({k: old[k] for k in ("command", "labeled", "commit", "dataset") if old.get(k) not in (None, "")})
+    out = write_model_dir(out_dir, src.file, cfg_dict, extra)
+    print(f"wrote model folder {out} (model.safetensors, config.json, config.yaml, README.md) from {src.file}")
+    return out

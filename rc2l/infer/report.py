@@ -28,19 +28,15 @@ MODEL_COLOURS = {"student": "tab:blue", "teacher": "tab:orange"}
 # ----------------------------------------------------------------------------- metrics
 
 
-def read_metrics(path: Path) -> tuple[list[dict], list[dict], list[str]]:
-    """metrics.jsonl → (train records, eval records, warnings naming the lines skipped)."""
-    train, evals, _, warns = read_run_log(path)
-    return train, evals, warns
-
-
 def read_run_log(path: Path) -> tuple[list[dict], list[dict], list[dict], list[str]]:
     """metrics.jsonl → (train records, eval records, start records, warnings)."""
     from rc2l.engine.metrics_log import read_records
 
     recs, warns = read_records(path)
-    pick = lambda f: [r for r in recs if f(r)]  # noqa: E731
-    return pick(lambda r: r.get("type") == "train"), pick(lambda r: "miou" in r), pick(lambda r: r.get("type") == "start"), warns
+    train = [r for r in recs if r.get("type") == "train"]
+    evals = [r for r in recs if "miou" in r]
+    starts = [r for r in recs if r.get("type") == "start"]
+    return train, evals, starts, warns
 
 
 def _num(v) -> bool:
@@ -202,7 +198,7 @@ def make_gallery(run_dir: Path, n: int, out_dir: Path, device: str = "cpu") -> t
     from rc2l.config import load_config
     from rc2l.data.build import build_datasets
     from rc2l.engine.evaluate import center_crop, predict_scores
-    from rc2l.infer.predict import load_torch_model, torch_score_fn
+    from rc2l.infer.loading import load_torch_model, torch_score_fn
 
     weights, cfg_path = run_dir / "best.safetensors", run_dir / "config.yaml"
     for p in (weights, cfg_path):
@@ -259,9 +255,9 @@ def _class_names(run_dir: Path, k: int) -> list[str]:
             continue
     try:
         from rc2l.config import load_config
-        from rc2l.infer.predict import _classes_from_config
+        from rc2l.infer.loading import classes_from_config
 
-        names, _ = _classes_from_config(load_config(run_dir / "config.yaml"))
+        names, _ = classes_from_config(load_config(run_dir / "config.yaml"))
         if len(names) == k:
             return names
     except Exception:  # a best-effort label source; the numbers do not depend on it
@@ -283,6 +279,130 @@ img.plot{max-width:100%} img.gal{height:170px;image-rendering:pixelated;margin:.
 """
 
 
+class Page:
+    """HTML pieces whose image paths are relative to the page file ``out``."""
+
+    def __init__(self, out: Path):
+        self.out, self.parts = out, []
+
+    def src(self, p: Path) -> str:
+        return html.escape(Path(os.path.relpath(p.resolve(), self.out.resolve().parent)).as_posix())
+
+    def img(self, p: Path, alt: str, cls: str = "plot") -> str:
+        return f'<img class="{cls}" src="{self.src(p)}" alt="{html.escape(alt)}">'
+
+    def note(self, msg: str) -> None:
+        self.parts.append(f'<p class="note">{html.escape(msg)}</p>')
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+
+    def html(self, title: str) -> str:
+        return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+                f"<style>{CSS}</style></head>\n<body><h1>{html.escape(title)}</h1>\n" + "\n".join(self.parts)
+                + "\n</body></html>\n")
+
+
+def _method_dataset(cfg_text: str) -> tuple[str, str]:
+    """(method, dataset name) from config.yaml's text; blanks if it does not parse."""
+    try:
+        from rc2l.config import yaml_load
+
+        c = yaml_load(cfg_text) or {}
+        return str(c.get("method", "")), str((c.get("data") or {}).get("name", ""))
+    except Exception:  # the summary line is optional
+        return "", ""
+
+
+def summary_section(page: Page, run_dir: Path, run_log: tuple, cfg_text: str) -> None:
+    """The table at the top: run folder, method, dataset, steps, best/last mIoU, who ran which steps."""
+    train, evals, starts, warns = run_log
+    method, dataset = _method_dataset(cfg_text) if cfg_text else ("", "")
+    best = best_record(evals)
+    rows = [("run folder", str(run_dir.resolve())), ("method", method or "?"), ("dataset", dataset or "?"),
+            ("train steps logged", str(int(max((r["step"] for r in train), default=0))))]
+    if best:
+        rows.append(("best val mIoU", f"{_fmt(best['miou'])} ({best.get('model', 'student')}, step {best['step']}, "
+                                      f"{best.get('mode', '?')} mode, crop {best.get('crop', '?')}, split {best.get('split', '?')})"))
+    for r in last_records(evals):
+        rows.append((f"last val mIoU ({r.get('model', 'student')})", f"{_fmt(r['miou'])} (step {r['step']})"))
+    for r in starts:  # one per start or resume: which code ran which steps, where
+        rows.append(("resumed at step " + str(r["step"]) if r["step"] else "started",
+                     f"commit {r.get('commit', '?')}, torch {r.get('torch', '?')}, {r.get('device', '?')}"))
+    page.add("<table>" + "".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(b)}</td></tr>" for a, b in rows)
+             + "</table>")
+    for w in warns:
+        page.note(w)
+
+
+def curves_section(page: Page, train: list[dict], evals: list[dict], img_dir: Path) -> None:
+    """Loss terms and val mIoU against step."""
+    page.add("<h2>Training losses</h2>")
+    p = img_dir / "losses.png"
+    keys = plot_losses(train, p) if train else []
+    if keys:
+        page.add(page.img(p, "loss terms against step") + f"<p>terms: {html.escape(', '.join(keys))}</p>")
+    else:
+        page.note("no loss terms in the train records")
+    page.add("<h2>Validation mIoU</h2>")
+    if evals:
+        p = img_dir / "miou.png"
+        plot_miou(evals, p)
+        page.add(page.img(p, "val mIoU against step"))
+    else:
+        page.note("no evaluation records yet")
+
+
+def classes_section(page: Page, run_dir: Path, evals: list[dict], img_dir: Path) -> None:
+    """Per-class IoU of the best and last evaluations, and the best one's confusion matrix."""
+    best, last = best_record(evals), last_records(evals)
+    k = len(best["per_class"]) if best and isinstance(best.get("per_class"), list) else 0
+    names = _class_names(run_dir, k) if k else []
+    page.add("<h2>Per-class IoU</h2>")
+    if best and k:
+        series = [(f"best: {best.get('model', 'student')} @ step {best['step']}", best["per_class"])]
+        series += [(f"last: {r.get('model', 'student')} @ step {r['step']}", r["per_class"]) for r in last
+                   if r is not best and isinstance(r.get("per_class"), list)]
+        p = img_dir / "per_class.png"
+        plot_per_class(series, names, p)
+        page.add(page.img(p, "per-class IoU"))
+        head = "".join(f"<th>{html.escape(lbl)}</th>" for lbl, _ in series)
+        body = "".join(f"<tr><td>{html.escape(n)}</td>" + "".join(f"<td>{_fmt(v[i] if i < len(v) else None)}</td>"
+                                                                for _, v in series) + "</tr>" for i, n in enumerate(names))
+        page.add(f"<details><summary>table</summary><table><tr><th>class</th>{head}</tr>{body}</table></details>")
+    else:
+        page.note("no evaluation with per-class IoU")
+    page.add("<h2>Confusion matrix</h2>")
+    if best and isinstance(best.get("confusion"), list) and len(best["confusion"]) == k:
+        p = img_dir / "confusion.png"
+        title = f"best eval ({best.get('model', 'student')}, step {best['step']}), rows normalised to 1"
+        plot_confusion(best["confusion"], names, p, title)
+        page.add(page.img(p, "row-normalised confusion matrix"))
+    else:
+        page.note("the best evaluation record has no confusion matrix" if best else "no evaluation records yet")
+
+
+def gallery_section(page: Page, run_dir: Path, gallery: int, img_dir: Path, device: str) -> None:
+    """Val predictions beside the ground truth, or why there are none."""
+    page.add("<h2>Val predictions (image | ground truth | prediction)</h2>")
+    if gallery <= 0:
+        page.note("gallery disabled (--gallery 0)")
+        return
+    try:
+        items, legend = make_gallery(run_dir, gallery, img_dir, device)
+    except Exception as e:  # data not on this machine, no best weights yet, ...
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        log.warning("gallery skipped: %s", msg)
+        page.note(f"gallery not available: {msg}")
+        return
+    page.add("<p>" + " ".join(
+        f'<span><span class="swatch" style="background:rgb{tuple(int(c) for c in rgb)}"></span>'
+        f"{html.escape(n)}</span>&nbsp;" for n, rgb in legend) + "(white: ignored)</p>")
+    page.add("<p>model: best.safetensors; predicted in the eval mode of the run's config.yaml</p>")
+    for p, cap in items:
+        page.add(f"<figure>{page.img(p, cap, 'gal')}<figcaption>{html.escape(cap)}</figcaption></figure>")
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None, gallery: int = 6, device: str = "cpu") -> Path:
     """Write the plots to RUN_DIR/report/ and the page to ``out`` (default RUN_DIR/report.html)."""
     run_dir = Path(run_dir)
@@ -296,126 +416,16 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, gallery: in
     img_dir.mkdir(parents=True, exist_ok=True)
     for old in img_dir.glob("gallery_*.png"):  # a smaller --gallery must not leave stale strips
         old.unlink()
-    train, evals, starts, warns = read_run_log(metrics)
-
-    def src(p: Path) -> str:
-        return html.escape(Path(os.path.relpath(p.resolve(), out.resolve().parent)).as_posix())
-
-    def img(p: Path, alt: str, cls: str = "plot") -> str:
-        return f'<img class="{cls}" src="{src(p)}" alt="{html.escape(alt)}">'
-
-    def note(msg: str) -> str:
-        return f'<p class="note">{html.escape(msg)}</p>'
-
-    parts: list[str] = []
-    best = best_record(evals)
-    last = last_records(evals)
+    run_log = read_run_log(metrics)
+    train, evals = run_log[0], run_log[1]
     cfg_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
-    method = dataset = ""
+    page = Page(out)
+    summary_section(page, run_dir, run_log, cfg_text)
+    curves_section(page, train, evals, img_dir)
+    classes_section(page, run_dir, evals, img_dir)
+    gallery_section(page, run_dir, gallery, img_dir, device)
     if cfg_text:
-        try:
-            from rc2l.config import yaml_load
-
-            c = yaml_load(cfg_text) or {}
-            method, dataset = str(c.get("method", "")), str((c.get("data") or {}).get("name", ""))
-        except Exception:  # the summary line is optional
-            pass
-    rows = [("run folder", str(run_dir.resolve())), ("method", method or "?"), ("dataset", dataset or "?"),
-            ("train steps logged", str(int(max((r["step"] for r in train), default=0))))]
-    if best:
-        rows.append(("best val mIoU", f"{_fmt(best['miou'])} ({best.get('model', 'student')}, step {best['step']}, "
-                                      f"{best.get('mode', '?')} mode, crop {best.get('crop', '?')}, split {best.get('split', '?')})"))
-    for r in last:
-        rows.append((f"last val mIoU ({r.get('model', 'student')})", f"{_fmt(r['miou'])} (step {r['step']})"))
-    for r in starts:  # one per start or resume: which code ran which steps, where
-        rows.append(("resumed at step " + str(r["step"]) if r["step"] else "started",
-                     f"commit {r.get('commit', '?')}, torch {r.get('torch', '?')}, {r.get('device', '?')}"))
-    parts.append("<table>" + "".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(b)}</td></tr>" for a, b in rows)
-                 + "</table>")
-    for w in warns:
-        parts.append(note(w))
-
-    parts.append("<h2>Training losses</h2>")
-    p = img_dir / "losses.png"
-    keys = plot_losses(train, p) if train else []
-    parts.append(img(p, "loss terms against step") + f"<p>terms: {html.escape(', '.join(keys))}</p>" if keys
-                 else note("no loss terms in the train records"))
-
-    parts.append("<h2>Validation mIoU</h2>")
-    if evals:
-        p = img_dir / "miou.png"
-        plot_miou(evals, p)
-        parts.append(img(p, "val mIoU against step"))
-    else:
-        parts.append(note("no evaluation records yet"))
-
-    k = len(best["per_class"]) if best and isinstance(best.get("per_class"), list) else 0
-    names = _class_names(run_dir, k) if k else []
-    parts.append("<h2>Per-class IoU</h2>")
-    if best and k:
-        series = [(f"best: {best.get('model', 'student')} @ step {best['step']}", best["per_class"])]
-        series += [(f"last: {r.get('model', 'student')} @ step {r['step']}", r["per_class"]) for r in last
-                   if r is not best and isinstance(r.get("per_class"), list)]
-        p = img_dir / "per_class.png"
-        plot_per_class(series, names, p)
-        parts.append(img(p, "per-class IoU"))
-        head = "".join(f"<th>{html.escape(lbl)}</th>" for lbl, _ in series)
-        body = "".join(f"<tr><td>{html.escape(n)}</td>" + "".join(f"<td>{_fmt(v[i] if i < len(v) else None)}</td>"
-                                                                for _, v in series) + "</tr>" for i, n in enumerate(names))
-        parts.append(f"<details><summary>table</summary><table><tr><th>class</th>{head}</tr>{body}</table></details>")
-    else:
-        parts.append(note("no evaluation with per-class IoU"))
-
-    parts.append("<h2>Confusion matrix</h2>")
-    if best and isinstance(best.get("confusion"), list) and len(best["confusion"]) == k:
-        p = img_dir / "confusion.png"
-        title = f"best eval ({best.get('model', 'student')}, step {best['step']}), rows normalised to 1"
-        plot_confusion(best["confusion"], names, p, title)
-        parts.append(img(p, "row-normalised confusion matrix"))
-    else:
-        parts.append(note("the best evaluation record has no confusion matrix" if best else "no evaluation records yet"))
-
-    parts.append("<h2>Val predictions (image | ground truth | prediction)</h2>")
-    if gallery > 0:
-        try:
-            items, legend = make_gallery(run_dir, gallery, img_dir, device)
-            parts.append("<p>" + " ".join(
-                f'<span><span class="swatch" style="background:rgb{tuple(int(c) for c in rgb)}"></span>'
-                f"{html.escape(n)}</span>&nbsp;" for n, rgb in legend) + "(white: ignored)</p>")
-            parts.append("<p>model: best.safetensors; predicted in the eval mode of the run's config.yaml</p>")
-            for p, cap in items:
-                parts.append(f"<figure>{img(p, cap, 'gal')}<figcaption>{html.escape(cap)}</figcaption></figure>")
-        except Exception as e:  # data not on this machine, no best weights yet, ...
-            msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            log.warning("gallery skipped: %s", msg)
-            parts.append(note(f"gallery not available: {msg}"))
-    else:
-        parts.append(note("gallery disabled (--gallery 0)"))
-
-    if cfg_text:
-        parts.append(f"<h2>Config</h2><details><summary>config.yaml</summary><pre>{html.escape(cfg_text)}</pre></details>")
-
-    title = f"rc2l run report: {run_dir.resolve().name}"
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style></head>\n<body><h1>{html.escape(title)}</h1>\n" + "\n".join(parts) + "\n</body></html>\n")
+        page.add(f"<h2>Config</h2><details><summary>config.yaml</summary><pre>{html.escape(cfg_text)}</pre></details>")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    out.write_text(page.html(f"rc2l run report: {run_dir.resolve().name}"), encoding="utf-8")
     return out
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="HTML report of a training run (losses, mIoU, per-class IoU, confusion, gallery)")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by rc2l train")
-    p.add_argument("--out", help="page path (default RUN_DIR/report.html); the plots always go to RUN_DIR/report/ "
-                                     "(rewritten by every report of this run)")
-    p.add_argument("--gallery", type=int, default=6, metavar="N", help="val images in the gallery (default 6, 0 = none)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="for the gallery predictions")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    from rc2l.infer.predict import resolve_device
-
-    out = build_report(args.run_dir, args.out, args.gallery, str(resolve_device(args.device)))
-    print(f"wrote {out} (plots in {Path(args.run_dir) / 'report'})")
-    return 0

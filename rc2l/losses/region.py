@@ -222,7 +222,10 @@ class RegionLosses(nn.Module):
     caller multiplies their sum by λ_u(t).
     - student: segmenter output dict (see module docstring), on the mixed strong view;
     - targets: ``rc2l.engine.teacher.teacher_targets``/``cutmix_targets`` dict with
-      ``regions`` (list per image), ``label`` (B, h, w) Ŷ, ``valid`` (B, h, w) bool;
+      ``regions`` (list per image), ``label`` (B, h, w) Ŷ, ``valid`` (B, h, w) bool and
+      optionally ``real`` (B, h, w) bool, the pixels of an image (not crop padding): the
+      matching cost, RMC's dice and RFC's pooling are taken over ``valid`` with
+      semi.region_pixels=confident, else over ``real`` (all pixels when absent);
     - indices: per-image (pred_idx, tgt_idx); None → Hungarian matching here with the
       supervised cost weights (``LossConfig``).
     """
@@ -245,7 +248,8 @@ class RegionLosses(nn.Module):
     def forward(self, student: dict, targets: dict, indices: list | None = None, return_stats: bool = False):
         s = self.semi
         regions = targets["regions"]
-        w = targets["valid"] if s.region_pixels == "confident" else None  # unsure pixels count for neither side
+        # Pixels that count on both sides: confident ones, or every pixel of an image (never crop padding).
+        w = targets["valid"] if s.region_pixels == "confident" else targets.get("real")
         need_match = s.rmc > 0 or s.rfc > 0 or s.rcc > 0
         if indices is None and need_match:
             indices = self.match(student, regions, w)

@@ -60,7 +60,7 @@ class Segmenter(nn.Module):
         mask_embed (B, N, C), pixel_feats F (B, C, h, w), sem_masks S (B, K, h, w) and
         aux_outputs (earlier layers' pred_logits / pred_masks).
 
-        ``fp_dropout`` > 0 adds "fp": {pred_logits, pred_masks, sem_masks} of UniMatch's feature
+        ``fp_dropout`` > 0 adds "fp": {pred_logits, pred_masks, sem_masks, pixel_feats} of UniMatch's feature
         perturbation: the backbone maps get channel dropout (p = fp_dropout) and go through the
         pixel and transformer decoders in one batch with the clean maps. Both decoders treat
         each image on its own (GroupNorm, LayerNorm, attention within an image), so the clean
@@ -73,7 +73,7 @@ class Segmenter(nn.Module):
         both = self._decode(feats)
         out = {k: v[:b] for k, v in both.items() if k != "aux_outputs"}
         out["aux_outputs"] = [{k: v[:b] for k, v in aux.items()} for aux in both["aux_outputs"]]
-        out["fp"] = {k: both[k][b:] for k in ("pred_logits", "pred_masks", "sem_masks")}
+        out["fp"] = {k: both[k][b:] for k in ("pred_logits", "pred_masks", "sem_masks", "pixel_feats")}
         return out
 
     def _decode(self, feats: list[Tensor]) -> dict:

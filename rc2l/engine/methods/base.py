@@ -99,9 +99,19 @@ class SemiMethod(Method):
         """Teacher targets on the weak view (``teacher_targets``), mixed with the CutMix box, and
         the strong view mixed with the same box (B, 3, H, W). ``threshold``: the confidence the
         logged ``conf_frac`` counts. targets["real"]: (B, h, w) pixels of an image, not padding."""
+        targets, weak = self.weak_targets(batch_u)
+        strong = batch_u["image_s"].to(self.device, non_blocking=True)
+        mixed_t, mixed = self.mix(targets, strong, step)
+        real = mixed_t["real"]
+        stats = {"regions_per_image": sum(len(r["labels"]) for r in targets["regions"]) / max(len(targets["regions"]), 1),
+                 "conf_frac": float(((mixed_t["conf"] >= threshold) & real).sum() / real.sum().clamp(min=1))}
+        return mixed_t, mixed, stats
+
+    def weak_targets(self, batch_u: dict) -> tuple[dict, Tensor]:
+        """The teacher's targets on the weak view, not mixed, with "real" (B, h, w) = not padding;
+        and the weak images (B, 3, H, W)."""
         c = self.cfg
         weak = batch_u["image_w"].to(self.device, non_blocking=True)
-        strong = batch_u["image_s"].to(self.device, non_blocking=True)
         pad = ~batch_u["valid"].to(self.device)
         with torch.no_grad():
             t_out = self.teacher(weak)
@@ -109,14 +119,18 @@ class SemiMethod(Method):
         ignore = nn.functional.interpolate(pad[:, None].float(), size=(h, w), mode="nearest")[:, 0].bool()
         targets = teacher_targets(t_out, c.semi.regions, c.semi.tau_cls, c.semi.tau_pix, c.semi.soft_masks, ignore,
                                   confident=c.semi.region_pixels == "confident")
-        regions_kept = sum(len(r["labels"]) for r in targets["regions"]) / max(len(targets["regions"]), 1)
-        small, big = stride_boxes(weak.shape[0], tuple(weak.shape[-2:]), (h, w), c.semi.cutmix_p, c.seed, step,
-                                  self.device)
-        targets = cutmix_targets(targets, small)
-        targets["real"] = real = mix_with_partner(~ignore, small)
-        stats = {"regions_per_image": regions_kept,
-                 "conf_frac": float(((targets["conf"] >= threshold) & real).sum() / real.sum().clamp(min=1))}
-        return targets, apply_cutmix(strong, big), stats
+        targets["real"] = ~ignore
+        return targets, weak
+
+    def mix(self, targets: dict, strong: Tensor, step: int, stream: int = 11) -> tuple[dict, Tensor]:
+        """One CutMix box (stream ``stream`` of (seed, step)) applied to the targets, their
+        "real" mask and the strong view → (mixed targets, mixed strong view)."""
+        h, w = targets["label"].shape[-2:]
+        small, big = stride_boxes(strong.shape[0], tuple(strong.shape[-2:]), (h, w), self.cfg.semi.cutmix_p,
+                                  self.cfg.seed, step, self.device, stream)
+        mixed = cutmix_targets(targets, small)
+        mixed["real"] = mix_with_partner(targets["real"], small)
+        return mixed, apply_cutmix(strong, big)
 
     def pixel_contrast(self, s_out: dict, targets: dict, step: int) -> dict[str, Tensor]:
         """The optional pixel-level InfoNCE term (semi.pixel_contrast > 0), {} when off."""

@@ -1,4 +1,4 @@
-"""UniMatch (Yang et al., CVPR 2023; docs/baselines.md), the pixel-level method this field
+"""UniMatch (Yang et al., CVPR 2023; docs/method.md), the pixel-level method this field
 runs, on either architecture (mask classification: CE on log S̄; per-pixel: CE on logits).
 
 One unlabeled batch, top to bottom (``UniMatch.step``):

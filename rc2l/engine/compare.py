@@ -1,0 +1,189 @@
+"""`rc2l compare CONFIG --seeds 0 1 2`: rows × seeds, each a fresh `rc2l train` process in
+its own folder (<out>/<row>/seed<k>), then a table of mean ± std over seeds of the final-step
+mIoU (the honest number) and of the best evaluation (the field's number), which model it is,
+the per-seed paired difference to the baseline row, wall time and steps/s, and a plot of val
+mIoU against step with a band over seeds.
+
+Running the same command again continues: finished runs are kept, a cut-off run resumes from
+its checkpoint, a folder holding a run of another config is refused (as `rc2l ablate`)."""
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+from pathlib import Path
+
+from rc2l.engine.ablate import check_row_folder, read_evals, resumed_at, run_row, save_miou_figure
+from rc2l.engine.metrics_log import read_records
+
+ARCH_PIXEL = ["model.arch=deeplabv3plus"]
+# The region-vs-pixel study (issue 18): the five main rows first, then the rows that separate
+# "region" from "pixel" inside rc2l itself.
+STUDY_ROWS: dict[str, list[str]] = {
+    "supervised": ["method=supervised"],
+    "rc2l": ["method=rc2l"],
+    "unimatch": ["method=unimatch"],
+    "supervised (deeplabv3plus)": ["method=supervised", *ARCH_PIXEL],
+    "unimatch (deeplabv3plus)": ["method=unimatch", *ARCH_PIXEL],
+    "fixmatch": ["method=fixmatch"],
+    "fixmatch τ0.7": ["method=fixmatch", "semi.fixmatch_threshold=0.7"],
+    "rc2l region terms only": ["method=rc2l", "semi.smc_dice_only=true"],
+    "rc2l + unimatch perturbations": ["method=rc2l", "semi.region_views=2", "semi.region_fp=true"],
+}
+
+
+def row_folder(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.replace("+", "plus_").replace("τ", "tau"))
+
+
+def parse_rows(preset: str | None, extra: list[str]) -> dict[str, list[str]]:
+    rows = dict(STUDY_ROWS) if preset == "study" else {}
+    for spec in extra:
+        if ":" not in spec:
+            raise SystemExit(f"error: --row {spec!r} must look like 'NAME: key=value key=value'")
+        name, overrides = spec.split(":", 1)
+        rows[name.strip()] = shlex.split(overrides)
+    if not rows:
+        raise SystemExit("error: no rows: give --preset study and/or --row 'NAME: key=value ...'")
+    return rows
+
+
+def run_summary(run_dir: Path) -> dict:
+    """One finished run: final-step and best mIoU (and which model), its curve, steps/s."""
+    evals = read_evals(run_dir)
+    if not evals:
+        return {}
+    last = max(e["step"] for e in evals)
+    final = {e["model"]: e["miou"] for e in evals if e["step"] == last}
+    final_model = max(final, key=final.get)
+    best = max(evals, key=lambda e: e["miou"])
+    curve: dict[int, float] = {}
+    for e in evals:
+        curve[e["step"]] = max(curve.get(e["step"], -1.0), e["miou"])
+    train = [r for r in read_records(run_dir / "metrics.jsonl")[0] if r.get("type") == "train" and "it_s" in r]
+    its = sorted(r["it_s"] for r in train)
+    return {"final_miou": final[final_model], "final_model": final_model, "final": final, "final_step": last,
+            "best_miou": best["miou"], "best_model": best["model"], "best_step": best["step"],
+            "curve": {str(k): v for k, v in sorted(curve.items())}, "it_s_median": its[len(its) // 2] if its else None,
+            "mode": best.get("mode"), "labels": best.get("labels"), "split": best.get("split")}
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def _models(runs: list[dict], key: str) -> str:
+    names = sorted({r[key] for r in runs})
+    return "/".join(names)
+
+
+def table(runs: list[dict], baseline: str, title: str) -> str:
+    """Markdown: one line per row, over its finished seeds."""
+    base = {r["seed"]: r["final_miou"] for r in runs if r["row"] == baseline and "final_miou" in r}
+    lines = [f"# {title}", "", f"final = last evaluation (the better of student/teacher there); best = best "
+             f"evaluation of the run; Δ = per-seed paired difference of the final mIoU to '{baseline}'.", "",
+             "| row | seeds | final mIoU | model | best mIoU | model | Δ final vs baseline | wall min / run | steps/s |",
+             "|---|---|---:|---|---:|---|---:|---:|---:|"]
+    for name in dict.fromkeys(r["row"] for r in runs):
+        done = [r for r in runs if r["row"] == name and "final_miou" in r]
+        if not done:
+            lines.append(f"| {name} | – | not finished | | | | | | |")
+            continue
+        diffs = [r["final_miou"] - base[r["seed"]] for r in done if r["seed"] in base and name != baseline]
+        its = [r["it_s_median"] for r in done if r.get("it_s_median")]
+        speed = f"{statistics.mean(its):.3f}" if its else "–"
+        lines.append(
+            f"| {name} | {','.join(str(r['seed']) for r in done)} | {mean_std([r['final_miou'] for r in done])} | "
+            f"{_models(done, 'final_model')} | {mean_std([r['best_miou'] for r in done])} | {_models(done, 'best_model')} | "
+            f"{mean_std(diffs) if diffs else '–'} | {statistics.mean(r['wall_s'] for r in done) / 60:.1f} | {speed} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    """val mIoU (better of student/teacher) against step: mean over seeds, band = min..max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name in dict.fromkeys(r["row"] for r in runs):
+        curves = [r["curve"] for r in runs if r["row"] == name and r.get("curve")]
+        steps = sorted({int(s) for c in curves for s in c if all(s in c2 for c2 in curves)})
+        if not steps:
+            continue
+        vals = [[c[str(s)] for c in curves] for s in steps]
+        mean = [statistics.mean(v) for v in vals]
+        (line,) = ax.plot(steps, mean, marker="o", ms=3, label=f"{name} (n={len(curves)})")
+        if len(curves) > 1:
+            ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.2)
+    save_miou_figure(fig, ax, path)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("compare", help="rows × seeds: mean ± std of final and best mIoU, paired differences, a plot")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value applied to every row (e.g. data.split=1_8)")
+    p.add_argument("--out", required=True, help="folder for <row>/seed<k> run folders and compare.md/json/png")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to run for every row (default 0)")
+    p.add_argument("--preset", choices=["study"], help="the region-vs-pixel study's rows")
+    p.add_argument("--row", action="append", default=[], help="row 'NAME: key=value ...' (repeatable)")
+    p.add_argument("--only", help="comma-separated subset of the rows")
+    p.add_argument("--baseline", default="supervised", help="row the paired differences are taken to")
+    p.set_defaults(func=run)
+
+
+def _plan(args) -> list[tuple[str, list[str], int, Path]]:
+    from rc2l.config import load_config
+
+    load_config(args.config, args.overrides)  # fail fast on a bad key, before any run
+    rows = parse_rows(args.preset, args.row)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in rows]
+        if unknown:
+            raise SystemExit(f"error: unknown row {unknown[0]!r} (known: {', '.join(rows)})")
+        rows = {n: rows[n] for n in names}
+    plan = []
+    for name, ov in rows.items():
+        for seed in args.seeds:
+            full = [*args.overrides, *ov, f"seed={seed}"]
+            load_config(args.config, full)
+            run_dir = Path(args.out) / row_folder(name) / f"seed{seed}"
+            check_row_folder(f"{name} seed {seed}", run_dir, args.config, full)
+            plan.append((name, full, seed, run_dir))
+    return plan
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    plan = _plan(args)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = {}
+    if (out / "compare.json").exists():
+        previous = {(r["row"], r["seed"]): r for r in json.loads((out / "compare.json").read_text())}
+    runs = []
+    for i, (name, full, seed, run_dir) in enumerate(plan):
+        tag = f"[{i + 1}/{len(plan)}] {name}, seed {seed}"
+        if (run_dir / "last.safetensors").exists() and (name, seed) in previous:
+            print(f"{tag}: finished before, kept", flush=True)
+            runs.append(previous[(name, seed)])
+            continue
+        print(f"{tag}: {' '.join(full)}" + (" (continuing)" if (run_dir / "state.pt").exists() else ""), flush=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        info = run_row(args.config, full, run_dir, run_dir.parent / f"seed{seed}.log")
+        runs.append({"row": name, "seed": seed, **info, "resumed_at": resumed_at(run_dir), "run_dir": str(run_dir),
+                     **run_summary(run_dir)})
+        (out / "compare.json").write_text(json.dumps(runs, indent=1))
+        r = runs[-1]
+        print(f"    final {r.get('final_miou', float('nan')):.2f} ({r.get('final_model', '-')}), best "
+              f"{r.get('best_miou', float('nan')):.2f}, {info['wall_s'] / 60:.1f} min, exit {info['returncode']}", flush=True)
+    text = table(runs, args.baseline, f"Compare: {args.config} {' '.join(args.overrides)}".strip())
+    (out / "compare.md").write_text(text)
+    plot(runs, out / "compare.png")
+    print(text)
+    print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
+    return 0 if all(r["returncode"] == 0 for r in runs) else 1
