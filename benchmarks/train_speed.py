@@ -8,12 +8,13 @@ Trainers are built with ``rc2l.engine.train.Trainer(cfg)``; each variant's ``tra
 in round-robin with the others (A, B, C, A, B, C, ...) and the median is reported, so the load
 of a shared machine hits all variants alike. ``semi.start_iter=0`` so every rc2l step runs its
 unlabeled branch (the supervised warm-up steps would be supervised steps). Data: real CamVid
-(--data-root, else $RC2L_SHARED_DATA/camvid, else ../shared/data/camvid next to the repository) or, when absent, random images of
-CamVid's 480×360 in its layout. Variants with data.cache=true are timed with a full cache (the
-steady state after the first epoch). Unless a variant says otherwise it uses data.workers=0, so
-decoding is part of the step it slows down and loader processes of one variant cannot run
-during another's step. Evaluation: seconds per ``eval_every`` (student and teacher over the
-101 val images), extrapolated from ``--eval-images`` images per variant.
+(--data-root, else $RC2L_SHARED_DATA/camvid, else ../shared/data/camvid next to the repository)
+or, when absent, random images of CamVid's 480×360 in its layout. Variants with data.cache=true
+are timed with a full cache (the steady state after the first epoch). Unless a variant says
+otherwise it uses data.workers=0, so decoding is part of the step it slows down and loader
+processes of one variant cannot run during another's step. Evaluation: seconds per
+``eval_every`` (student and teacher over the 101 val images), extrapolated from
+``--eval-images`` images per variant.
 """
 from __future__ import annotations
 
@@ -59,13 +60,16 @@ def write_fake_camvid(root: Path, n_lab: int, n_unl: int, n_val: int, h: int, w:
     rng = np.random.default_rng(0)
     from PIL import Image
 
-    stems = {"train": [f"0001TP_{i:06d}" for i in range(n_lab + n_unl)], "val": [f"0016E5_{i:06d}" for i in range(n_val)]}
+    stems = {"train": [f"0001TP_{i:06d}" for i in range(n_lab + n_unl)],
+             "val": [f"0016E5_{i:06d}" for i in range(n_val)]}
     for split, names in stems.items():
         for d in ("images", "labels"):
             (root / d / split).mkdir(parents=True, exist_ok=True)
         for s in names:
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / split / f"{s}.png", compress_level=1)
-            Image.fromarray(rng.integers(0, 12, (h, w), dtype=np.uint8), mode="L").save(root / "labels" / split / f"{s}.png")
+            image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            image.save(root / "images" / split / f"{s}.png", compress_level=1)
+            label = Image.fromarray(rng.integers(0, 12, (h, w), dtype=np.uint8), mode="L")
+            label.save(root / "labels" / split / f"{s}.png")
     (root / "splits").mkdir(exist_ok=True)
     for split, names in stems.items():
         (root / "splits" / f"{split}.txt").write_text("".join(s + "\n" for s in names))
@@ -192,7 +196,8 @@ def eval_variants(tr, n_images: int, reps: int) -> dict[str, list[float]]:
     from rc2l.engine.evaluate import evaluate
 
     ds = tr.datasets["val"]
-    batches = [{"image": s["image"][None], "mask": s["mask"][None]} for s in (ds[i] for i in range(min(n_images, len(ds))))]
+    samples = (ds[i] for i in range(min(n_images, len(ds))))
+    batches = [{"image": s["image"][None], "mask": s["mask"][None]} for s in samples]
     k, model = tr.info.num_classes, tr.model
     fns = {}
     for amp in ("fp32", "bf16"):
@@ -215,7 +220,8 @@ def parse(argv):
     p.add_argument("--reps", type=int, default=5, help="timed steps per variant (after one warm-up)")
     p.add_argument("--methods", nargs="+", default=["supervised", "rc2l"], choices=["supervised", "rc2l"])
     p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
-    p.add_argument("--data-root", default="", help="CamVid root (default $RC2L_SHARED_DATA/camvid or ../shared/data/camvid next to the repository)")
+    p.add_argument("--data-root", default="",
+                   help="CamVid root (default $RC2L_SHARED_DATA/camvid, else ../shared/data/camvid by the repository)")
     p.add_argument("--eval-images", type=int, default=12, help="val images per timed evaluation")
     p.add_argument("--matmul", type=int, default=2048, help="side of the peak-FLOP/s matmul")
     p.add_argument("--top", type=int, default=8, help="profiler rows per table")
@@ -265,7 +271,8 @@ def run(args, tmp: Path) -> tuple[list[dict], dict]:
                          "share_of_peak": flops / t / peak[dtype]})
         best = "kept" if "kept" in trainers else "fp32"
         for lv in dict.fromkeys(["fp32", best]):
-            rows.append({"kind": "profile", "method": method, "lever": lv, "top_ops": top_ops(trainers[lv][1], args.top)})
+            ops = top_ops(trainers[lv][1], args.top)
+            rows.append({"kind": "profile", "method": method, "lever": lv, "top_ops": ops})
         if method == args.methods[-1]:
             ev = eval_variants(trainers["fp32"][0], args.eval_images, max(1, args.reps // 2))
             n = ev.pop("_images")[0]
@@ -301,7 +308,8 @@ def render(rows: list[dict], extra: dict, args) -> str:
                 f"{ev[0]['images_timed']} images; bf16 vs fp32 on those images: mIoU {ev[0]['bf16_miou_delta']:+.2f}, "
                 f"{100 * ev[0]['bf16_confusion_l1']:.2f} % of pixels change cell in the confusion matrix):", "",
                 cm.markdown_table(["variant", "seconds per evaluation", "ratio vs fp32, 1 image/forward"],
-                                  [[r["variant"], f"{r['eval_s']:.1f}", f"{r['ratio_vs_reference']:.2f}"] for r in ev]), ""]
+                                  [[r["variant"], f"{r['eval_s']:.1f}", f"{r['ratio_vs_reference']:.2f}"]
+                                   for r in ev]), ""]
     for r in (r for r in rows if r["kind"] == "profile"):
         out += [f"**Top ops, {r['method']} / {r['lever']}** (self CPU time of one step, torch.profiler):", "",
                 cm.markdown_table(["op", "self ms", "share", "calls"],

@@ -119,7 +119,8 @@ def plot(runs: list[dict], out: Path) -> None:
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| run | device | commit | steps | minutes | best mIoU | minutes to best |", "|---|---|---|---|---|---|---|"]
+    lines = ["| run | device | commit | steps | minutes | best mIoU | minutes to best |",
+             "|---|---|---|---|---|---|---|"]
     for r in runs:
         best = max(r["evals"], key=lambda e: e[2]) if r["evals"] else None
         cells = [r["label"], r["device"], r["commit"], str(r["steps"]), f"{r['minutes']:.1f}",
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="run folders (each with metrics.jsonl)")
     p.add_argument("--out", type=Path, required=True, help="figure file (.png, .svg, .pdf)")
-    p.add_argument("--label", nargs="*", default=None, help="one legend label per run (default: folder name and method)")
+    p.add_argument("--label", nargs="*", default=None,
+                   help="one legend label per run (default: folder name and method)")
     args = p.parse_args(argv)
     if args.label and len(args.label) != len(args.runs):
         raise SystemExit(f"error: {len(args.label)} labels for {len(args.runs)} runs")

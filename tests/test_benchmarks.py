@@ -174,7 +174,8 @@ def test_train_speed_quick(bench, tmp_path):
         assert r["peak_dtype"] == ("bf16" if "bf16" in lv else "fp32")
     assert steps[("rc2l", "fp32")]["flops_per_step"] > steps[("supervised", "fp32")]["flops_per_step"]
     profiles = [r for r in rows if r["kind"] == "profile"]
-    assert {(r["method"], r["lever"]) for r in profiles} == {(x, y) for x in ("supervised", "rc2l") for y in ("fp32", "kept")}
+    pairs = {(x, y) for x in ("supervised", "rc2l") for y in ("fp32", "kept")}
+    assert {(r["method"], r["lever"]) for r in profiles} == pairs
     assert all(r["top_ops"] and r["top_ops"][0]["self_ms"] > 0 for r in profiles)
     evals = {r["variant"] for r in rows if r["kind"] == "eval"}
     assert evals == {"fp32_bs1", "fp32_bs8", "bf16_bs1", "bf16_bs8"}

@@ -4,14 +4,13 @@ option against the plain path. How much they pay is benchmarks/train_speed.py's 
 from __future__ import annotations
 
 import torch
-
 from conftest import data_config
-from rc2l.config import load_config
+
+from rc2l.config import ModelConfig, load_config
 from rc2l.data.build import build_datasets
 from rc2l.engine.evaluate import cpu_has_bf16, evaluate, resolve_amp
 from rc2l.engine.train import Trainer, channels_last_collate
 from rc2l.models.segmenter import build_model
-from rc2l.config import ModelConfig
 
 TINY = ["model.pretrained=none", "model.backbone=resnet18", "model.hidden_dim=32", "model.mask_dim=32",
         "model.num_queries=8", "model.dec_layers=2", "model.nheads=4", "model.dim_feedforward=64",
@@ -66,7 +65,8 @@ def test_channels_last_model_computes_the_same_gradients():
 
 
 def test_trainer_channels_last_converts_student_teacher_and_batches(tmp_path):
-    cfg = load_config("configs/synthetic.yaml", TINY + [f"out_dir={tmp_path}", "method=rc2l", "train.channels_last=true"])
+    over = [f"out_dir={tmp_path}", "method=rc2l", "train.channels_last=true"]
+    cfg = load_config("configs/synthetic.yaml", TINY + over)
     tr = Trainer(cfg)
     for net in (tr.model, tr.teacher):
         w = net.backbone.conv1.weight

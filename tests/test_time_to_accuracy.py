@@ -19,7 +19,8 @@ def tta():
     return mod
 
 
-def write_run(folder: Path, method: str, it_s: float, evals: dict[int, tuple[float, float]], resume_at: int | None = None):
+def write_run(folder: Path, method: str, it_s: float, evals: dict[int, tuple[float, float]],
+              resume_at: int | None = None):
     """A run logging every 10 steps at ``it_s`` to step 40; evals: step → (student, teacher)."""
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(f"method: {method}\n")
@@ -44,8 +45,9 @@ def test_two_runs_minutes_best_model_and_figure(tta, tmp_path, capsys):
     assert out.stat().st_size > 5000
     a, b = tta.load_run(fast), tta.load_run(slow)
     # 10 steps at 1 it/s = 1/6 min per log interval; at 0.5 it/s twice that
-    assert [(s, round(m, 4), v) for s, m, v in a["evals"]] == [(20, round(20 / 60, 4), 40.0), (40, round(40 / 60, 4), 50.0)]
-    assert [(s, round(m, 4), v) for s, m, v in b["evals"]] == [(20, round(40 / 60, 4), 45.0), (40, round(80 / 60, 4), 60.0)]
+    rounded = lambda run: [(s, round(m, 4), v) for s, m, v in run["evals"]]  # noqa: E731
+    assert rounded(a) == [(20, round(20 / 60, 4), 40.0), (40, round(40 / 60, 4), 50.0)]
+    assert rounded(b) == [(20, round(40 / 60, 4), 45.0), (40, round(80 / 60, 4), 60.0)]
     assert b["commit"] == "abc1234, def5678" and b["device"] == "cpu: Test CPU" and b["label"] == "slow (rc2l)"
     text = capsys.readouterr()
     assert "| slow (rc2l) | cpu: Test CPU | abc1234, def5678 | 40 | 1.3 | 60.00 | 1.3 |" in text.out
