@@ -43,6 +43,8 @@ def resolve_amp(amp: str, device: torch.device | str, cpuinfo: str | None = None
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "off"
     return "bf16" if device.type == "cpu" and cpu_has_bf16(cpuinfo) else "off"
+
+
 ScoreFn = Callable[[Tensor], Tensor]  # images (B, 3, H, W) → scores (B, K, H, W)
 
 

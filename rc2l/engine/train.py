@@ -405,7 +405,8 @@ class Trainer:
         results = []
         for name, m in models.items():
             r = evaluate(m, loader, self.info.num_classes, c.eval.mode, crop, c.eval.stride_ratio, self.device,
-                         self.amp_dtype, progress=False, ignore_index=self.info.ignore_index)
+                         self.amp_dtype, progress=False, ignore_index=self.info.ignore_index,
+                         batch_size=c.eval.batch_size)
             rec = {"step": self.step, "split": c.data.val_split, "mode": r["mode"], "labels": c.eval.labels,
                    "miou": r["miou"],
                    "per_class": r["per_class"], "model": name, "crop": r["crop"], "dataset": c.data.name,
