@@ -10,6 +10,7 @@ smaller than it is. ``fresh_peak`` runs a measurement in a child forked from a p
 (``/proc/self/clear_refs`` = 5) after the inputs are built, runs the operation once and reports
 VmHWM − VmRSS-before: the extra resident memory the operation needed at its peak.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,11 +41,17 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--amp", action="store_true", help="autocast bf16 (CUDA and CPU)")
-    p.add_argument("--out", default=str(REPO / "docs"), help="folder of benchmarks.md / benchmarks.json / figures (default docs/)")
+    p.add_argument(
+        "--out", default=str(REPO / "docs"), help="folder of benchmarks.md / benchmarks.json / figures (default docs/)"
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1-2 repetitions: a smoke test, not a measurement")
-    p.add_argument("--mem", choices=("fresh", "inproc", "off"), default=None,
-                   help="CPU peak memory: fresh process per measurement (default), in this process (--quick default; "
-                        "under-reports when freed heap is reused), or off")
+    p.add_argument(
+        "--mem",
+        choices=("fresh", "inproc", "off"),
+        default=None,
+        help="CPU peak memory: fresh process per measurement (default), in this process (--quick default; "
+        "under-reports when freed heap is reused), or off",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = PyTorch default)")
     return p
 
@@ -74,6 +81,7 @@ def amp_context(device: str, amp: bool):
 def command_line(script: str | None = None, argv: list[str] | None = None) -> str:
     """The exact command: interpreter, the script (relative to the repository root when
     possible) and its arguments (``argv`` when main() was called with them, else sys.argv)."""
+
     def rel(p: str) -> str:
         try:
             return str(Path(p).resolve().relative_to(REPO)) if Path(p).is_absolute() or Path(p).exists() else p
@@ -150,7 +158,9 @@ def time_once(fn: Callable[[], object], device: str) -> float:
     return time.perf_counter() - t
 
 
-def interleaved(fns: dict[str, Callable[[], object]], device: str, reps: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], device: str, reps: int, warmup: int = 1
+) -> dict[str, list[float]]:
     """Time each callable ``reps`` times in round-robin order A, B, C, A, B, C, ... after
     ``warmup`` untimed calls each, so slow drifts of the machine's load hit all alike.
     Returns name → list of seconds."""
@@ -322,7 +332,9 @@ class FreshRunner:
             status, value = parent.recv()
         except EOFError:
             proc.join()
-            raise RuntimeError(f"{target} died in a fresh process (exit code {proc.exitcode}; out of memory?)") from None
+            raise RuntimeError(
+                f"{target} died in a fresh process (exit code {proc.exitcode}; out of memory?)"
+            ) from None
         finally:
             proc.join(timeout=30)
         if status != "ok":
@@ -360,13 +372,16 @@ def meta_block(meta: dict) -> str:
     hw = f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m.get('mem_total_gib', '?')} GiB RAM"
     if m.get("gpu"):
         hw += f", GPU {m['gpu']} (CUDA {m.get('cuda')})"
-    return "\n".join([
-        f"- machine: {hw}; torch {m['torch']}, Python {m['python']}; device {m['device']}, AMP {m['amp']}",
-        f"- load average at start: {', '.join(str(x) for x in m['loadavg_start'])} (1/5/15 min)",
-        f"- commit: `{meta['commit']}`, {meta['date']}" + (" — QUICK smoke run, not a measurement" if meta["quick"] else ""),
-        f"- command: `{meta['command']}`",
-        f"- peak memory: {meta['mem_method']}",
-    ])
+    return "\n".join(
+        [
+            f"- machine: {hw}; torch {m['torch']}, Python {m['python']}; device {m['device']}, AMP {m['amp']}",
+            f"- load average at start: {', '.join(str(x) for x in m['loadavg_start'])} (1/5/15 min)",
+            f"- commit: `{meta['commit']}`, {meta['date']}"
+            + (" — QUICK smoke run, not a measurement" if meta["quick"] else ""),
+            f"- command: `{meta['command']}`",
+            f"- peak memory: {meta['mem_method']}",
+        ]
+    )
 
 
 def section_key(name: str, args) -> str:
@@ -396,7 +411,7 @@ def publish(name: str, args, meta: dict, rows: list[dict], markdown: str) -> Non
     block = f"{begin}\n{text}{end}"
     doc = mpath.read_text() if mpath.exists() else "# Benchmarks\n"
     if begin in doc and end in doc:
-        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end) :]
     else:
         doc = doc.rstrip("\n") + f"\n\n### {key}\n\n{block}\n"
     mpath.write_text(doc)
@@ -425,6 +440,6 @@ def alloc_probe(nbytes: int) -> dict:
     the reported peak should be ≈ nbytes."""
     with PeakMeter("cpu") as m:
         buf = bytearray(nbytes)
-        buf[:: 4096] = b"\x01" * len(range(0, nbytes, 4096))
+        buf[::4096] = b"\x01" * len(range(0, nbytes, 4096))
         del buf
     return {"peak": m.peak, "absolute": m.absolute, "reset_ok": m.reset_ok}

@@ -8,6 +8,7 @@ inputs (N=100 queries, K=21 classes, 8 teacher regions per image) and must retur
 matches.
 Per batch and input side: median time of interleaved calls, the ratio current / reference, and
 the tensor operations each call dispatches (``count_ops``: on a GPU, kernel launches)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,9 +22,10 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rc2l.losses import matcher as current
+
 from benchmarks import common as cm
 from benchmarks.region_vs_pixel import Inputs
-from rc2l.losses import matcher as current
 
 NAME = "matcher_vs_reference"
 
@@ -31,11 +33,14 @@ NAME = "matcher_vs_reference"
 def load_reference(ref: str):
     """The matcher module as it was at commit ``ref``."""
     try:
-        src = subprocess.run(["git", "show", f"{ref}:rc2l/losses/matcher.py"], cwd=cm.REPO, check=True,
-                             capture_output=True, text=True).stdout
+        src = subprocess.run(
+            ["git", "show", f"{ref}:rc2l/losses/matcher.py"], cwd=cm.REPO, check=True, capture_output=True, text=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError) as e:
-        raise SystemExit(f"error: cannot read rc2l/losses/matcher.py at commit {ref!r} (a shallow clone?): "
-                         f"{getattr(e, 'stderr', '') or e}".strip())
+        raise SystemExit(
+            f"error: cannot read rc2l/losses/matcher.py at commit {ref!r} (a shallow clone?): "
+            f"{getattr(e, 'stderr', '') or e}".strip()
+        )
     path = Path(tempfile.mkdtemp()) / f"matcher_{ref}.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(f"matcher_{ref}", path)
@@ -69,15 +74,37 @@ def main(argv: list[str] | None = None) -> int:
             times = cm.interleaved(fns, args.device, args.reps)
             ops = {k: cm.count_ops(fn) for k, fn in fns.items()}
             t_ref, t_cur = cm.med(times["reference"]), cm.med(times["current"])
-            rows.append({"batch": batch, "side": side, "time_ref_s": t_ref, "time_s": t_cur, "ratio": t_cur / t_ref,
-                         "ops_ref": ops["reference"], "ops": ops["current"]})
-            table.append([batch, f"{side}²", cm.fmt_time(t_ref), cm.fmt_time(t_cur), f"{t_cur / t_ref:.2f}",
-                          ops["reference"], ops["current"]])
+            rows.append(
+                {
+                    "batch": batch,
+                    "side": side,
+                    "time_ref_s": t_ref,
+                    "time_s": t_cur,
+                    "ratio": t_cur / t_ref,
+                    "ops_ref": ops["reference"],
+                    "ops": ops["current"],
+                }
+            )
+            table.append(
+                [
+                    batch,
+                    f"{side}²",
+                    cm.fmt_time(t_ref),
+                    cm.fmt_time(t_cur),
+                    f"{t_cur / t_ref:.2f}",
+                    ops["reference"],
+                    ops["current"],
+                ]
+            )
             print(f"batch {batch}, {side}²: reference {cm.fmt_time(t_ref)}, current {cm.fmt_time(t_cur)}", flush=True)
-    md = (f"Reference: `rc2l/losses/matcher.py` at `{args.ref}` (per image), same inputs and matches; "
-          f"region_vs_pixel.py's inputs (N=100, K=21, 8 regions per image); median of {args.reps} interleaved calls.\n\n"
-          + cm.markdown_table(["batch", "input", "reference", "current", "current / reference", "ops/call reference",
-                               "ops/call current"], table))
+    md = (
+        f"Reference: `rc2l/losses/matcher.py` at `{args.ref}` (per image), same inputs and matches; "
+        f"region_vs_pixel.py's inputs (N=100, K=21, 8 regions per image); median of {args.reps} interleaved calls.\n\n"
+        + cm.markdown_table(
+            ["batch", "input", "reference", "current", "current / reference", "ops/call reference", "ops/call current"],
+            table,
+        )
+    )
     cm.publish(NAME, args, meta, rows, md)
     return 0
 

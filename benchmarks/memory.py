@@ -15,6 +15,7 @@ the class head). GPU configs (train.device: cuda) measured on CPU are reduced to
     .venv/bin/python benchmarks/memory.py
     .venv/bin/python benchmarks/memory.py --device cuda --amp
 """
+
 from __future__ import annotations
 
 import itertools
@@ -31,8 +32,16 @@ import torch
 from benchmarks import common as cm
 
 NAME = "memory"
-TINY = ["model.num_queries=8", "model.hidden_dim=32", "model.mask_dim=32", "model.dec_layers=2", "model.nheads=4",
-        "model.dim_feedforward=64", "model.backbone=resnet18", "loss.num_points=256"]
+TINY = [
+    "model.num_queries=8",
+    "model.hidden_dim=32",
+    "model.mask_dim=32",
+    "model.dec_layers=2",
+    "model.nheads=4",
+    "model.dim_feedforward=64",
+    "model.backbone=resnet18",
+    "loss.num_points=256",
+]
 
 
 def plan(config: Path, method: str, args) -> dict:
@@ -61,19 +70,39 @@ def plan(config: Path, method: str, args) -> dict:
     side = max(crop + resize)
     amp = "bf16" if args.amp else "'off'"  # quoted: YAML reads a bare off as False
     ov = [
-        f"method={method}", "model.pretrained=none", "data.name=synthetic", "data.root=", "data.splits_dir=", "data.split=1_2",
-        f"data.crop_size=[{crop[0]},{crop[1]}]", f"data.resize=[{','.join(map(str, resize))}]", f"data.synthetic.size={side}",
-        "data.synthetic.num_train=4", "data.synthetic.num_val=1", f"data.batch_size={bl}", f"data.unlabeled_batch_size={bu}",
-        "data.workers=0", "train.progress=false", f"train.device={args.device}", f"train.amp={amp}",
+        f"method={method}",
+        "model.pretrained=none",
+        "data.name=synthetic",
+        "data.root=",
+        "data.splits_dir=",
+        "data.split=1_2",
+        f"data.crop_size=[{crop[0]},{crop[1]}]",
+        f"data.resize=[{','.join(map(str, resize))}]",
+        f"data.synthetic.size={side}",
+        "data.synthetic.num_train=4",
+        "data.synthetic.num_val=1",
+        f"data.batch_size={bl}",
+        f"data.unlabeled_batch_size={bu}",
+        "data.workers=0",
+        "train.progress=false",
+        f"train.device={args.device}",
+        f"train.amp={amp}",
         f"train.threads={args.threads}",
         "semi.tau_cls=0.0",
     ]
     if args.quick:
         ov += TINY
-    return {"config": f"configs/{config.name}", "method": method, "overrides": ov, "gpu_config": gpu_cfg,
-            "backbone": "resnet18" if args.quick else cfg.model.backbone, "input": f"{crop[0]}×{crop[1]}",
-            "batch": f"{bl}+{bu}" if method != "supervised" else f"{bl}", "notes": "; ".join(notes),
-            "num_points": 256 if args.quick else cfg.loss.num_points}
+    return {
+        "config": f"configs/{config.name}",
+        "method": method,
+        "overrides": ov,
+        "gpu_config": gpu_cfg,
+        "backbone": "resnet18" if args.quick else cfg.model.backbone,
+        "input": f"{crop[0]}×{crop[1]}",
+        "batch": f"{bl}+{bu}" if method != "supervised" else f"{bl}",
+        "notes": "; ".join(notes),
+        "num_points": 256 if args.quick else cfg.loss.num_points,
+    }
 
 
 def step_worker(config: str, overrides: list[str], device: str, steps: int, threads: int = 0) -> dict:
@@ -98,8 +127,14 @@ def step_worker(config: str, overrides: list[str], device: str, steps: int, thre
             for _ in range(steps):
                 times.append(cm.time_once(lambda: tr.train_step(fixed), device))
         params = sum(p.numel() for p in tr.model.parameters())
-        return {"peak_abs": m.absolute, "peak_step": m.peak, "times": times, "params": params,
-                "rss_before": m.before, "num_classes": tr.info.num_classes}
+        return {
+            "peak_abs": m.absolute,
+            "peak_step": m.peak,
+            "times": times,
+            "params": params,
+            "rss_before": m.before,
+            "num_classes": tr.info.num_classes,
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         args.steps = 1
     cm.finish_args(args)
     meta = cm.run_meta(NAME, args, argv, __file__)
-    runner = cm.FreshRunner(["torch", "rc2l.engine.train", "rc2l.engine.methods", "benchmarks.memory"]) if args.mem == "fresh" else None
+    runner = (
+        cm.FreshRunner(["torch", "rc2l.engine.train", "rc2l.engine.methods", "benchmarks.memory"])
+        if args.mem == "fresh"
+        else None
+    )
     rows = []
     t0 = time.time()
     for config in configs:
@@ -125,20 +164,32 @@ def main(argv: list[str] | None = None) -> int:
         rel = config.resolve().relative_to(cm.REPO) if config.resolve().is_relative_to(cm.REPO) else config
         for method in args.methods:
             pl = plan(config, method, args)
-            kw = dict(config=str(rel), overrides=pl["overrides"], device=args.device, steps=args.steps, threads=args.threads)
+            kw = dict(
+                config=str(rel), overrides=pl["overrides"], device=args.device, steps=args.steps, threads=args.threads
+            )
             try:
                 r = runner("benchmarks.memory:step_worker", **kw) if runner else step_worker(**kw)
                 status = "ok"
             except RuntimeError as e:
                 r, status = {}, f"failed: {e}"
             row = {k: v for k, v in pl.items() if k != "overrides"}
-            row.update(status=status, peak_mem_bytes=r.get("peak_abs"), step_mem_bytes=r.get("peak_step"),
-                       step_s=cm.med(r["times"]) if r.get("times") else None, step_times=r.get("times"),
-                       params=r.get("params"), num_classes=r.get("num_classes"),
-                       device_measured=args.device, amp="bf16" if args.amp else "off")
+            row.update(
+                status=status,
+                peak_mem_bytes=r.get("peak_abs"),
+                step_mem_bytes=r.get("peak_step"),
+                step_s=cm.med(r["times"]) if r.get("times") else None,
+                step_times=r.get("times"),
+                params=r.get("params"),
+                num_classes=r.get("num_classes"),
+                device_measured=args.device,
+                amp="bf16" if args.amp else "off",
+            )
             rows.append(cm.clean_json(row))
-            print(f"[{time.time() - t0:5.0f} s] {row['config']} {method}: peak {cm.fmt_bytes(row['peak_mem_bytes'])}, "
-                  f"step {cm.fmt_time(row['step_s'])} {status if status != 'ok' else ''}", flush=True)
+            print(
+                f"[{time.time() - t0:5.0f} s] {row['config']} {method}: peak {cm.fmt_bytes(row['peak_mem_bytes'])}, "
+                f"step {cm.fmt_time(row['step_s'])} {status if status != 'ok' else ''}",
+                flush=True,
+            )
     sup = {r["config"]: r for r in rows if r["method"] == "supervised"}
     for r in rows:
         ref = sup.get(r["config"])
@@ -157,16 +208,39 @@ def render(rows, args) -> str:
     table = []
     for r in rows:
         ratio = f" ({r['ratio_vs_reference']:.2f}× sup.)" if r.get("ratio_vs_reference") else ""
-        table.append([r["config"], r["backbone"], r["input"], r["batch"], r["method"],
-                      cm.fmt_bytes(r["peak_mem_bytes"]) + ratio, cm.fmt_bytes(r["step_mem_bytes"]), cm.fmt_time(r["step_s"]),
-                      r["notes"] or ("" if r["status"] == "ok" else r["status"])])
-    head = ["config", "backbone", "input", "batch (lab.+unlab.)", "method", mem_col, "increase during the step", "step time",
-            "changed from the config"]
-    return "\n".join([
-        f"One warm-up step, then {args.steps} measured step(s) in a fresh process per row; data workers 0 (no loader "
-        "processes); synthetic images; random-init model (`model.pretrained=none`); τ_cls = 0 for rc2l so a random teacher "
-        "keeps its regions (upper bound on region cost). Step time: median of the measured steps (not interleaved).", "",
-        cm.markdown_table(head, table)])
+        table.append(
+            [
+                r["config"],
+                r["backbone"],
+                r["input"],
+                r["batch"],
+                r["method"],
+                cm.fmt_bytes(r["peak_mem_bytes"]) + ratio,
+                cm.fmt_bytes(r["step_mem_bytes"]),
+                cm.fmt_time(r["step_s"]),
+                r["notes"] or ("" if r["status"] == "ok" else r["status"]),
+            ]
+        )
+    head = [
+        "config",
+        "backbone",
+        "input",
+        "batch (lab.+unlab.)",
+        "method",
+        mem_col,
+        "increase during the step",
+        "step time",
+        "changed from the config",
+    ]
+    return "\n".join(
+        [
+            f"One warm-up step, then {args.steps} measured step(s) in a fresh process per row; data workers 0 (no loader "
+            "processes); synthetic images; random-init model (`model.pretrained=none`); τ_cls = 0 for rc2l so a random teacher "
+            "keeps its regions (upper bound on region cost). Step time: median of the measured steps (not interleaved).",
+            "",
+            cm.markdown_table(head, table),
+        ]
+    )
 
 
 if __name__ == "__main__":

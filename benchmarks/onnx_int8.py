@@ -6,6 +6,7 @@ fp32 with ≤ 0.5 mIoU lost).
     python benchmarks/onnx_int8.py --weights runs/camvid_rc2l_1_8 [--threads 2]
     python benchmarks/onnx_int8.py --quick      # untrained tiny model, synthetic images: a smoke test
 """
+
 from __future__ import annotations
 
 import sys
@@ -36,8 +37,11 @@ def val_images(args) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[in
     ds = build_datasets(cfg, only_val=True)["val"]
     n = len(ds) if args.images <= 0 else min(args.images, len(ds))
     items = [ds[i] for i in range(n)]
-    return [it["image"][None].numpy().astype(np.float32) for it in items], [it["mask"].numpy() for it in items], \
-        list(cfg.data.resize)
+    return (
+        [it["image"][None].numpy().astype(np.float32) for it in items],
+        [it["mask"].numpy() for it in items],
+        list(cfg.data.resize),
+    )
 
 
 def build_models(args, tmp: Path, images: list[np.ndarray]):
@@ -53,9 +57,18 @@ def build_models(args, tmp: Path, images: list[np.ndarray]):
         k = info.num_classes
     else:
         small = dict(num_queries=8, hidden_dim=32, mask_dim=32, dec_layers=2, nheads=4, dim_feedforward=64)
-        mc = ModelConfig(backbone="resnet18", pretrained="none", **small) if args.quick else \
-            ModelConfig(backbone="efficientnet_lite0", num_queries=32, hidden_dim=128, mask_dim=128, dec_layers=3,
-                        dim_feedforward=512)
+        mc = (
+            ModelConfig(backbone="resnet18", pretrained="none", **small)
+            if args.quick
+            else ModelConfig(
+                backbone="efficientnet_lite0",
+                num_queries=32,
+                hidden_dim=128,
+                mask_dim=128,
+                dec_layers=3,
+                dim_feedforward=512,
+            )
+        )
         k = 11
         model = build_model(k, mc)
     model.eval()
@@ -92,8 +105,10 @@ def main(argv: list[str] | None = None) -> None:
         model, fp32, int8, k = build_models(args, Path(tmp), images)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
-        sess = {n: ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"]) for n, f in
-                (("onnx fp32", fp32), ("onnx int8", int8))}
+        sess = {
+            n: ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
+            for n, f in (("onnx fp32", fp32), ("onnx int8", int8))
+        }
         name = sess["onnx fp32"].get_inputs()[0].name
 
         def eager(x):
@@ -101,24 +116,40 @@ def main(argv: list[str] | None = None) -> None:
                 return model.semantic_scores(torch.from_numpy(x)).numpy()
 
         predict = {"eager fp32": eager, **{n: (lambda x, s=s: s.run(None, {name: x})[0]) for n, s in sess.items()}}
-        times = cm.interleaved({n: (lambda f=f: [f(x) for x in images]) for n, f in predict.items()}, "cpu",
-                               args.reps)
+        times = cm.interleaved({n: (lambda f=f: [f(x) for x in images]) for n, f in predict.items()}, "cpu", args.reps)
         mious = {n: miou_of(f, images, labels, k) for n, f in predict.items()} if args.weights and labels else {}
     ref = cm.med(times["eager fp32"]) / len(images)
     rows = []
     for n, ts in times.items():
         per = cm.med(ts) / len(images)
-        rows.append({"backend": n, "ms_per_image": per * 1e3, "speedup_vs_eager_fp32": ref / per,
-                     "miou": mious.get(n), "miou_delta": (mious[n] - mious["eager fp32"]) if mious else None})
+        rows.append(
+            {
+                "backend": n,
+                "ms_per_image": per * 1e3,
+                "speedup_vs_eager_fp32": ref / per,
+                "miou": mious.get(n),
+                "miou_delta": (mious[n] - mious["eager fp32"]) if mious else None,
+            }
+        )
     table = cm.markdown_table(
         ["backend", "ms / image", "× eager fp32", "val mIoU", "Δ mIoU"],
-        [[r["backend"], f"{r['ms_per_image']:.1f}", f"{r['speedup_vs_eager_fp32']:.2f}",
-          "–" if r["miou"] is None else f"{r['miou']:.2f}",
-          "–" if r["miou_delta"] is None else f"{r['miou_delta']:+.2f}"] for r in rows])
+        [
+            [
+                r["backend"],
+                f"{r['ms_per_image']:.1f}",
+                f"{r['speedup_vs_eager_fp32']:.2f}",
+                "–" if r["miou"] is None else f"{r['miou']:.2f}",
+                "–" if r["miou_delta"] is None else f"{r['miou_delta']:+.2f}",
+            ]
+            for r in rows
+        ],
+    )
     shape = "×".join(str(s) for s in images[0].shape)
-    note = (f"{len(images)} images of {shape}, {threads} threads, median of {args.reps} interleaved passes; "
-            f"int8 calibrated on {min(args.calib, len(images))} of them"
-            + ("" if args.weights else "; untrained weights: speed only, no mIoU"))
+    note = (
+        f"{len(images)} images of {shape}, {threads} threads, median of {args.reps} interleaved passes; "
+        f"int8 calibrated on {min(args.calib, len(images))} of them"
+        + ("" if args.weights else "; untrained weights: speed only, no mIoU")
+    )
     cm.publish(NAME, args, cm.run_meta(NAME, args, argv), rows, f"{table}\n\n{note}")
 
 

@@ -8,6 +8,7 @@ bound by; a call whose count grows with the batch still loops over images. The c
 depend on the machine, its load or the input size, so one small input (region_vs_pixel.py's at
 128², N=100, C=256, K=21, 8 regions per image) is enough. "criterion" is ``SetCriterion`` on
 ``--layers`` decoder layers (final + deep supervision), labels = the teacher's Ŷ at input size."""
+
 from __future__ import annotations
 
 import sys
@@ -45,6 +46,7 @@ def criterion_fn(x: Inputs, layers: int):
     def f():
         crit(outputs, labels)["loss"].backward()
         x.zero()
+
     return f
 
 
@@ -69,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     names = {**CALLS, "criterion": f"supervised criterion, {args.layers} layers"}
     rows = [{"call": k, **{f"ops_batch_{b}": by_batch[b][k] for b in args.batches}} for k in names]
     table = [[names[r["call"]], *(f"{r[f'ops_batch_{b}']:,}" for b in args.batches)] for r in rows]
-    md = ("Inputs: region_vs_pixel.py's at 128² (N=100, C=256, K=21, 8 regions per image); forward + backward, "
-          "views excluded.\n\n" + cm.markdown_table(["call", *(f"ops, batch {b}" for b in args.batches)], table))
+    md = (
+        "Inputs: region_vs_pixel.py's at 128² (N=100, C=256, K=21, 8 regions per image); forward + backward, "
+        "views excluded.\n\n" + cm.markdown_table(["call", *(f"ops, batch {b}" for b in args.batches)], table)
+    )
     cm.publish(NAME, args, meta, rows, md)
     return 0
 

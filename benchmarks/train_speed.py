@@ -16,6 +16,7 @@ processes of one variant cannot run during another's step. Evaluation: seconds p
 ``eval_every`` (student and teacher over the 101 val images), extrapolated from
 ``--eval-images`` images per variant.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,10 +37,21 @@ NAME = "train_speed"
 CONFIG = cm.REPO / "configs" / "camvid.yaml"
 SHARED_DATA_ENV = "RC2L_SHARED_DATA"  # the folder holding camvid/, as the tests read it
 VAL_IMAGES = 101  # CamVid val
-QUICK = ["model.pretrained=none", "model.backbone=resnet18", "model.hidden_dim=32", "model.mask_dim=32",
-         "model.num_queries=8", "model.dec_layers=2", "model.nheads=4", "model.dim_feedforward=64",
-         "data.resize=[48,64]", "data.crop_size=[32,48]", "data.batch_size=2", "data.unlabeled_batch_size=2",
-         "semi.tau_cls=0.0"]
+QUICK = [
+    "model.pretrained=none",
+    "model.backbone=resnet18",
+    "model.hidden_dim=32",
+    "model.mask_dim=32",
+    "model.num_queries=8",
+    "model.dec_layers=2",
+    "model.nheads=4",
+    "model.dim_feedforward=64",
+    "data.resize=[48,64]",
+    "data.crop_size=[32,48]",
+    "data.batch_size=2",
+    "data.unlabeled_batch_size=2",
+    "semi.tau_cls=0.0",
+]
 # name → (config overrides, what it is); "fp32" is the reference: today's defaults
 LEVERS = {
     "fp32": ([], "today's default: fp32, NCHW, decode every read"),
@@ -60,8 +72,10 @@ def write_fake_camvid(root: Path, n_lab: int, n_unl: int, n_val: int, h: int, w:
     rng = np.random.default_rng(0)
     from PIL import Image
 
-    stems = {"train": [f"0001TP_{i:06d}" for i in range(n_lab + n_unl)],
-             "val": [f"0016E5_{i:06d}" for i in range(n_val)]}
+    stems = {
+        "train": [f"0001TP_{i:06d}" for i in range(n_lab + n_unl)],
+        "val": [f"0016E5_{i:06d}" for i in range(n_val)],
+    }
     for split, names in stems.items():
         for d in ("images", "labels"):
             (root / d / split).mkdir(parents=True, exist_ok=True)
@@ -93,8 +107,10 @@ def data_overrides(args, tmp: Path) -> tuple[list[str], str]:
         root = write_fake_camvid(tmp / "camvid", 6, 6, 3, 48, 64)
     else:
         root = write_fake_camvid(tmp / "camvid", 46, 64, 16, 360, 480)
-    return ([f"data.root={root}", f"data.splits_dir={root / 'rc2l_splits'}"],
-            f"CamVid not found: random {'48×64' if args.quick else '360×480'} images in its layout")
+    return (
+        [f"data.root={root}", f"data.splits_dir={root / 'rc2l_splits'}"],
+        f"CamVid not found: random {'48×64' if args.quick else '360×480'} images in its layout",
+    )
 
 
 # ----------------------------------------------------------------------------- trainers
@@ -121,6 +137,7 @@ def build(method: str, lever: str, base: list[str], tmp: Path):
         if tr.train_step(its) is None:
             raise RuntimeError(f"{method}/{lever}: step skipped (non-finite)")
         tr.step += 1
+
     return tr, step
 
 
@@ -132,11 +149,25 @@ def patch_teacher_inference_mode(teacher) -> None:
     def fwd(*a, **k):
         with torch.inference_mode():
             return forward(*a, **k)
+
     teacher.forward = fwd
 
 
-def grouped_conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
-                               output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
+def grouped_conv_backward_flop(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    bias,
+    stride,
+    padding,
+    dilation,
+    transposed,
+    output_padding,
+    groups,
+    output_mask,
+    out_shape=None,
+    **kwargs,
+) -> int:
     """torch's convolution_backward formula counts the weight gradient of a grouped conv as if
     it were dense, ``groups`` times too many (128× for a depthwise conv of 128 channels: a
     supervised CamVid step read 306 GFLOP instead of ~72). Its two terms, that one divided by
@@ -145,13 +176,17 @@ def grouped_conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, p
 
     def t(shape):
         return [shape[1], shape[0]] + list(shape[2:])
+
     n = 0
     if output_mask[0]:  # grad_input = conv_transpose(grad_out, weight): weight shape already per group
         n += conv_flop_count(grad_out_shape, w_shape, list(out_shape[0]), not transposed)
     if output_mask[1]:  # grad_weight = conv(input, grad_out), per group
         g = t(list(out_shape[1])) if not transposed else None
-        dense = (conv_flop_count(t(x_shape), t(grad_out_shape), g, transposed=False) if not transposed else
-                 conv_flop_count(t(grad_out_shape), t(x_shape), t(list(out_shape[1])), transposed=False))
+        dense = (
+            conv_flop_count(t(x_shape), t(grad_out_shape), g, transposed=False)
+            if not transposed
+            else conv_flop_count(t(grad_out_shape), t(x_shape), t(list(out_shape[1])), transposed=False)
+        )
         n += dense // max(int(groups), 1)
     return n
 
@@ -161,8 +196,9 @@ def step_flops(tr, step) -> int:
     convolutions' backward corrected (``grouped_conv_backward_flop``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten.convolution_backward: grouped_conv_backward_flop})
+    counter = FlopCounterMode(
+        display=False, custom_mapping={torch.ops.aten.convolution_backward: grouped_conv_backward_flop}
+    )
     with counter:
         step()
     return int(counter.get_total_flops())
@@ -185,8 +221,10 @@ def top_ops(step, k: int) -> list[dict]:
     ev = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in ev)
     ev.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    return [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total,
-             "calls": e.count} for e in ev[:k]]
+    return [
+        {"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total, "calls": e.count}
+        for e in ev[:k]
+    ]
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -203,8 +241,9 @@ def eval_variants(tr, n_images: int, reps: int) -> dict[str, list[float]]:
     for amp in ("fp32", "bf16"):
         for bs in (1, 8):
             dt = torch.bfloat16 if amp == "bf16" else None
-            fns[f"{amp}_bs{bs}"] = (lambda dt=dt, bs=bs: evaluate(model, batches, k, "original", (1, 1), 2 / 3, "cpu",
-                                                                    dt, batch_size=bs))
+            fns[f"{amp}_bs{bs}"] = lambda dt=dt, bs=bs: evaluate(
+                model, batches, k, "original", (1, 1), 2 / 3, "cpu", dt, batch_size=bs
+            )
     times = cm.interleaved(fns, "cpu", reps)
     ref, b16 = fns["fp32_bs1"](), fns["bf16_bs1"]()
     c32, c16 = np.array(ref["confusion"]), np.array(b16["confusion"])
@@ -220,8 +259,11 @@ def parse(argv):
     p.add_argument("--reps", type=int, default=5, help="timed steps per variant (after one warm-up)")
     p.add_argument("--methods", nargs="+", default=["supervised", "rc2l"], choices=["supervised", "rc2l"])
     p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
-    p.add_argument("--data-root", default="",
-                   help="CamVid root (default $RC2L_SHARED_DATA/camvid, else ../shared/data/camvid by the repository)")
+    p.add_argument(
+        "--data-root",
+        default="",
+        help="CamVid root (default $RC2L_SHARED_DATA/camvid, else ../shared/data/camvid by the repository)",
+    )
     p.add_argument("--eval-images", type=int, default=12, help="val images per timed evaluation")
     p.add_argument("--matmul", type=int, default=2048, help="side of the peak-FLOP/s matmul")
     p.add_argument("--top", type=int, default=8, help="profiler rows per table")
@@ -248,8 +290,15 @@ def main(argv: list[str] | None = None) -> int:
 def run(args, tmp: Path) -> tuple[list[dict], dict]:
     data, data_desc = data_overrides(args, tmp)
     threads = args.threads or torch.get_num_threads()
-    base = ["data.split=1_8", "semi.start_iter=0", "train.progress=false", "data.workers=0",
-            f"train.threads={threads}", *data, *(QUICK if args.quick else [])]
+    base = [
+        "data.split=1_8",
+        "semi.start_iter=0",
+        "train.progress=false",
+        "data.workers=0",
+        f"train.threads={threads}",
+        *data,
+        *(QUICK if args.quick else []),
+    ]
     rows, extra = [], {"data": data_desc, "threads": threads, "reps": args.reps}
     peak = matmul_peak(args.matmul, max(args.reps, 3))
     extra["peak_flops"] = peak
@@ -264,11 +313,25 @@ def run(args, tmp: Path) -> tuple[list[dict], dict]:
             t = cm.med(times[lv])
             dtype = "bf16" if tr.amp_dtype is torch.bfloat16 else "fp32"
             lo, hi = cm.iqr(times[lv])
-            rows.append({"kind": "step", "method": method, "lever": lv, "what": LEVERS[lv][1], "step_s": t,
-                         "step_min_s": min(times[lv]), "step_iqr_s": [lo, hi], "steps_per_s": 1 / t,
-                         "reference": "fp32", "ratio_vs_reference": t / ref, "speedup": ref / t,
-                         "flops_per_step": flops, "achieved_flops": flops / t, "peak_dtype": dtype,
-                         "share_of_peak": flops / t / peak[dtype]})
+            rows.append(
+                {
+                    "kind": "step",
+                    "method": method,
+                    "lever": lv,
+                    "what": LEVERS[lv][1],
+                    "step_s": t,
+                    "step_min_s": min(times[lv]),
+                    "step_iqr_s": [lo, hi],
+                    "steps_per_s": 1 / t,
+                    "reference": "fp32",
+                    "ratio_vs_reference": t / ref,
+                    "speedup": ref / t,
+                    "flops_per_step": flops,
+                    "achieved_flops": flops / t,
+                    "peak_dtype": dtype,
+                    "share_of_peak": flops / t / peak[dtype],
+                }
+            )
         best = "kept" if "kept" in trainers else "fp32"
         for lv in dict.fromkeys(["fp32", best]):
             ops = top_ops(trainers[lv][1], args.top)
@@ -280,9 +343,18 @@ def run(args, tmp: Path) -> tuple[list[dict], dict]:
             info = {k: ev.pop(k)[0] for k in ("_bf16_miou_delta", "_confusion_l1")}
             ref_e = cm.med(ev["fp32_bs1"])
             for k, v in ev.items():
-                rows.append({"kind": "eval", "variant": k, "images_timed": n, "eval_s": cm.med(v) * per_eval,
-                             "reference": "fp32_bs1", "ratio_vs_reference": cm.med(v) / ref_e,
-                             "bf16_miou_delta": info["_bf16_miou_delta"], "bf16_confusion_l1": info["_confusion_l1"]})
+                rows.append(
+                    {
+                        "kind": "eval",
+                        "variant": k,
+                        "images_timed": n,
+                        "eval_s": cm.med(v) * per_eval,
+                        "reference": "fp32_bs1",
+                        "ratio_vs_reference": cm.med(v) / ref_e,
+                        "bf16_miou_delta": info["_bf16_miou_delta"],
+                        "bf16_confusion_l1": info["_confusion_l1"],
+                    }
+                )
         del trainers
     return cm.clean_json(rows), extra
 
@@ -290,31 +362,61 @@ def run(args, tmp: Path) -> tuple[list[dict], dict]:
 # ----------------------------------------------------------------------------- output
 def render(rows: list[dict], extra: dict, args) -> str:
     peak = extra["peak_flops"]
-    out = [f"Data: {extra['data']}. Recipe: configs/camvid.yaml, data.split=1_8, semi.start_iter=0, "
-           f"{extra['threads']} torch thread(s), data.workers=0 unless the lever says otherwise; median of "
-           f"{extra['reps']} interleaved steps per variant after one warm-up. Peak (matmul {args.matmul}², best of "
-           f"the repetitions): fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s.", ""]
+    out = [
+        f"Data: {extra['data']}. Recipe: configs/camvid.yaml, data.split=1_8, semi.start_iter=0, "
+        f"{extra['threads']} torch thread(s), data.workers=0 unless the lever says otherwise; median of "
+        f"{extra['reps']} interleaved steps per variant after one warm-up. Peak (matmul {args.matmul}², best of "
+        f"the repetitions): fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s.",
+        "",
+    ]
     steps = [r for r in rows if r["kind"] == "step"]
-    table = [[r["method"], r["lever"], r["what"], cm.fmt_time(r["step_s"]), f"{r['steps_per_s']:.3f}",
-              f"**{r['speedup']:.2f}×**", f"{r['flops_per_step'] / 1e9:.1f}",
-              f"{r['achieved_flops'] / 1e9:.1f} ({100 * r['share_of_peak']:.0f} % of {r['peak_dtype']} peak)"]
-             for r in steps]
-    out += ["**Training step** (speed-up = fp32 step time / this step time, same method, same run):", "",
-            cm.markdown_table(["method", "lever", "what", "step", "steps/s", "speed-up vs fp32", "GFLOP/step",
-                               "achieved GFLOP/s"], table), ""]
+    table = [
+        [
+            r["method"],
+            r["lever"],
+            r["what"],
+            cm.fmt_time(r["step_s"]),
+            f"{r['steps_per_s']:.3f}",
+            f"**{r['speedup']:.2f}×**",
+            f"{r['flops_per_step'] / 1e9:.1f}",
+            f"{r['achieved_flops'] / 1e9:.1f} ({100 * r['share_of_peak']:.0f} % of {r['peak_dtype']} peak)",
+        ]
+        for r in steps
+    ]
+    out += [
+        "**Training step** (speed-up = fp32 step time / this step time, same method, same run):",
+        "",
+        cm.markdown_table(
+            ["method", "lever", "what", "step", "steps/s", "speed-up vs fp32", "GFLOP/step", "achieved GFLOP/s"], table
+        ),
+        "",
+    ]
     ev = [r for r in rows if r["kind"] == "eval"]
     if ev:
-        out += [f"**Evaluation** per `eval_every` (student + teacher × {VAL_IMAGES} val images, extrapolated from "
-                f"{ev[0]['images_timed']} images; bf16 vs fp32 on those images: mIoU {ev[0]['bf16_miou_delta']:+.2f}, "
-                f"{100 * ev[0]['bf16_confusion_l1']:.2f} % of pixels change cell in the confusion matrix):", "",
-                cm.markdown_table(["variant", "seconds per evaluation", "ratio vs fp32, 1 image/forward"],
-                                  [[r["variant"], f"{r['eval_s']:.1f}", f"{r['ratio_vs_reference']:.2f}"]
-                                   for r in ev]), ""]
+        out += [
+            f"**Evaluation** per `eval_every` (student + teacher × {VAL_IMAGES} val images, extrapolated from "
+            f"{ev[0]['images_timed']} images; bf16 vs fp32 on those images: mIoU {ev[0]['bf16_miou_delta']:+.2f}, "
+            f"{100 * ev[0]['bf16_confusion_l1']:.2f} % of pixels change cell in the confusion matrix):",
+            "",
+            cm.markdown_table(
+                ["variant", "seconds per evaluation", "ratio vs fp32, 1 image/forward"],
+                [[r["variant"], f"{r['eval_s']:.1f}", f"{r['ratio_vs_reference']:.2f}"] for r in ev],
+            ),
+            "",
+        ]
     for r in (r for r in rows if r["kind"] == "profile"):
-        out += [f"**Top ops, {r['method']} / {r['lever']}** (self CPU time of one step, torch.profiler):", "",
-                cm.markdown_table(["op", "self ms", "share", "calls"],
-                                  [[f"`{o['op']}`", f"{o['self_ms']:.0f}", f"{100 * o['share']:.1f} %", o["calls"]]
-                                   for o in r["top_ops"]]), ""]
+        out += [
+            f"**Top ops, {r['method']} / {r['lever']}** (self CPU time of one step, torch.profiler):",
+            "",
+            cm.markdown_table(
+                ["op", "self ms", "share", "calls"],
+                [
+                    [f"`{o['op']}`", f"{o['self_ms']:.0f}", f"{100 * o['share']:.1f} %", o["calls"]]
+                    for o in r["top_ops"]
+                ],
+            ),
+            "",
+        ]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -18,6 +18,7 @@ guard that counts (and refuses) every connection attempt.
     .venv/bin/python benchmarks/vs_hf_maskformer.py
     .venv/bin/python benchmarks/vs_hf_maskformer.py --device cuda --amp --size 512
 """
+
 from __future__ import annotations
 
 import os
@@ -83,12 +84,32 @@ HF_RESNETS = {
 def build_hf(a):
     from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation, ResNetConfig
 
-    bb = ResNetConfig(embedding_size=64, out_features=["stage1", "stage2", "stage3", "stage4"], **HF_RESNETS[a.backbone])
-    dec = {"model_type": "detr", "num_queries": a.queries, "decoder_layers": a.layers, "d_model": a.hidden,
-           "decoder_ffn_dim": a.ffn, "decoder_attention_heads": a.heads, "encoder_attention_heads": a.heads, "dropout": 0.0}
-    cfg = MaskFormerConfig(backbone_config=bb, decoder_config=dec, num_labels=a.classes, fpn_feature_size=a.hidden,
-                           mask_feature_size=a.hidden, use_auxiliary_loss=False, use_pretrained_backbone=False,
-                           cross_entropy_weight=1.0, mask_weight=20.0, dice_weight=1.0, no_object_weight=0.1)
+    bb = ResNetConfig(
+        embedding_size=64, out_features=["stage1", "stage2", "stage3", "stage4"], **HF_RESNETS[a.backbone]
+    )
+    dec = {
+        "model_type": "detr",
+        "num_queries": a.queries,
+        "decoder_layers": a.layers,
+        "d_model": a.hidden,
+        "decoder_ffn_dim": a.ffn,
+        "decoder_attention_heads": a.heads,
+        "encoder_attention_heads": a.heads,
+        "dropout": 0.0,
+    }
+    cfg = MaskFormerConfig(
+        backbone_config=bb,
+        decoder_config=dec,
+        num_labels=a.classes,
+        fpn_feature_size=a.hidden,
+        mask_feature_size=a.hidden,
+        use_auxiliary_loss=False,
+        use_pretrained_backbone=False,
+        cross_entropy_weight=1.0,
+        mask_weight=20.0,
+        dice_weight=1.0,
+        no_object_weight=0.1,
+    )
     return MaskFormerForInstanceSegmentation(cfg), cfg
 
 
@@ -97,20 +118,44 @@ def build_ours(a):
     from rc2l.losses.criterion import SetCriterion
     from rc2l.models.segmenter import build_model
 
-    mc = ModelConfig(backbone=a.backbone, pretrained="none", num_queries=a.queries, hidden_dim=a.hidden, mask_dim=a.hidden,
-                     dec_layers=a.layers, nheads=a.heads, dim_feedforward=a.ffn)
+    mc = ModelConfig(
+        backbone=a.backbone,
+        pretrained="none",
+        num_queries=a.queries,
+        hidden_dim=a.hidden,
+        mask_dim=a.hidden,
+        dec_layers=a.layers,
+        nheads=a.heads,
+        dim_feedforward=a.ffn,
+    )
     model = build_model(a.classes, mc)
-    crit = {aux: SetCriterion(a.classes, LossConfig(cls_weight=1.0, mask_weight=20.0, dice_weight=1.0, no_object_weight=0.1,
-                                                    mask_loss="focal", num_points=0, deep_supervision=aux))
-            for aux in (False, True)}
+    crit = {
+        aux: SetCriterion(
+            a.classes,
+            LossConfig(
+                cls_weight=1.0,
+                mask_weight=20.0,
+                dice_weight=1.0,
+                no_object_weight=0.1,
+                mask_loss="focal",
+                num_points=0,
+                deep_supervision=aux,
+            ),
+        )
+        for aux in (False, True)
+    }
     return model, crit, mc
 
 
 def make_labels(batch: int, size: int, classes: int, per_image: int, seed: int = 0) -> torch.Tensor:
     """Blocky label maps (B, S, S): an 8×8 grid of ``per_image`` classes per image."""
     g = torch.Generator().manual_seed(seed)
-    grid = torch.stack([torch.randperm(classes, generator=g)[:per_image][torch.randint(0, per_image, (8, 8), generator=g)]
-                        for _ in range(batch)])
+    grid = torch.stack(
+        [
+            torch.randperm(classes, generator=g)[:per_image][torch.randint(0, per_image, (8, 8), generator=g)]
+            for _ in range(batch)
+        ]
+    )
     return torch.nn.functional.interpolate(grid[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
 
 
@@ -127,12 +172,14 @@ class Hooks:
         def f(mod, inp):
             cm.sync(self.device)
             self.t0[name] = time.perf_counter()
+
         return f
 
     def _post(self, name):
         def f(mod, inp, out):
             cm.sync(self.device)
             self.acc[name] += time.perf_counter() - self.t0[name]
+
         return f
 
     def reset(self):
@@ -159,7 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-onnx", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.backbone, args.size, args.queries, args.layers, args.hidden, args.heads, args.ffn = "resnet18", 64, 8, 2, 32, 4, 64
+        args.backbone, args.size, args.queries, args.layers, args.hidden, args.heads, args.ffn = (
+            "resnet18",
+            64,
+            8,
+            2,
+            32,
+            4,
+            64,
+        )
         args.classes, args.per_image, args.reps = 5, 3, 1
     cm.finish_args(args)
     NETWORK_ATTEMPTS.clear()
@@ -200,6 +255,7 @@ def run(args, argv) -> int:
                 loss = crits[aux](out, labels)["loss"]
             loss.backward()
             opt_ours.step()
+
         return f
 
     def train_hf(aux):
@@ -210,6 +266,7 @@ def run(args, argv) -> int:
                 out = hf(pixel_values=x, mask_labels=mask_labels, class_labels=class_labels, output_hidden_states=aux)
             out.loss.backward()
             opt_hf.step()
+
         return f
 
     @torch.no_grad()
@@ -233,53 +290,123 @@ def run(args, argv) -> int:
         ours.train(), hf.train()
         tm = cm.interleaved({"ours": train_ours(aux), "hf": train_hf(aux)}, dev, reps=args.reps, warmup=1)
         results[("train", aux)] = tm
-        print(f"[{time.time() - t0:5.0f} s] train aux={aux}: ours {cm.fmt_time(cm.med(tm['ours']))}, HF {cm.fmt_time(cm.med(tm['hf']))}", flush=True)
+        print(
+            f"[{time.time() - t0:5.0f} s] train aux={aux}: ours {cm.fmt_time(cm.med(tm['ours']))}, HF {cm.fmt_time(cm.med(tm['hf']))}",
+            flush=True,
+        )
     # --- inference
     ours.eval(), hf.eval()
     pred_o, pred_h = infer_ours(), infer_hf()
     assert pred_o.shape == pred_h.shape == (B, S, S), (pred_o.shape, pred_h.shape)
-    tm = cm.interleaved({"ours": infer_ours, "hf": infer_hf}, dev, reps=max(args.reps, 9) if not args.quick else 1, warmup=1)
+    tm = cm.interleaved(
+        {"ours": infer_ours, "hf": infer_hf}, dev, reps=max(args.reps, 9) if not args.quick else 1, warmup=1
+    )
     results[("infer", None)] = tm
-    print(f"[{time.time() - t0:5.0f} s] inference: ours {cm.fmt_time(cm.med(tm['ours']))}, HF {cm.fmt_time(cm.med(tm['hf']))}", flush=True)
+    print(
+        f"[{time.time() - t0:5.0f} s] inference: ours {cm.fmt_time(cm.med(tm['ours']))}, HF {cm.fmt_time(cm.med(tm['hf']))}",
+        flush=True,
+    )
     # --- breakdown (forward hooks), 2 repetitions each
-    breakdown = profile_parts(ours, hf, crits, (x, labels, mask_labels, class_labels), infer_ours, infer_hf, opt_ours, opt_hf,
-                              dev, 1 if args.quick else 2)
+    breakdown = profile_parts(
+        ours,
+        hf,
+        crits,
+        (x, labels, mask_labels, class_labels),
+        infer_ours,
+        infer_hf,
+        opt_ours,
+        opt_hf,
+        dev,
+        1 if args.quick else 2,
+    )
     print(f"[{time.time() - t0:5.0f} s] breakdown done", flush=True)
     # --- ONNX Runtime vs eager
     if not args.no_onnx and dev == "cuda":
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            print("note: onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu); ONNX row skipped", flush=True)
+            print(
+                "note: onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu); ONNX row skipped", flush=True
+            )
             args.no_onnx = True
-    onnx_res = None if args.no_onnx else onnx_vs_eager(ours, x, dev, max(args.reps, 9) if not args.quick else 1, args.threads)
+    onnx_res = (
+        None if args.no_onnx else onnx_vs_eager(ours, x, dev, max(args.reps, 9) if not args.quick else 1, args.threads)
+    )
     if onnx_res:
-        print(f"[{time.time() - t0:5.0f} s] onnx: ORT {cm.fmt_time(cm.med(onnx_res['times']['ort']))}, "
-              f"eager {cm.fmt_time(cm.med(onnx_res['times']['eager']))}", flush=True)
-    setup = {"backbone": args.backbone, "input": f"{B}×3×{S}×{S}", "queries": args.queries, "dec_layers": args.layers,
-             "hidden": args.hidden, "ffn": args.ffn, "heads": args.heads, "classes": args.classes,
-             "params_ours": n_ours, "params_hf": n_hf, "network_attempts": len(NETWORK_ATTEMPTS)}
+        print(
+            f"[{time.time() - t0:5.0f} s] onnx: ORT {cm.fmt_time(cm.med(onnx_res['times']['ort']))}, "
+            f"eager {cm.fmt_time(cm.med(onnx_res['times']['eager']))}",
+            flush=True,
+        )
+    setup = {
+        "backbone": args.backbone,
+        "input": f"{B}×3×{S}×{S}",
+        "queries": args.queries,
+        "dec_layers": args.layers,
+        "hidden": args.hidden,
+        "ffn": args.ffn,
+        "heads": args.heads,
+        "classes": args.classes,
+        "params_ours": n_ours,
+        "params_hf": n_hf,
+        "network_attempts": len(NETWORK_ATTEMPTS),
+    }
     goal = 1.5
     for (kind, aux), tm in results.items():
         o, h = cm.med(tm["ours"]), cm.med(tm["hf"])
-        what = {("train", False): "training step, final-layer loss (HF default use_auxiliary_loss=False)",
-                ("train", True): "training step, deep supervision (HF use_auxiliary_loss=True)",
-                ("infer", None): "inference → semantic map"}[(kind, aux)]
-        rows.append(cm.clean_json({"kind": kind, "what": what, **setup, "ours_s": o, "hf_s": h, "ours_min_s": min(tm["ours"]),
-                                   "hf_min_s": min(tm["hf"]), "ours_iqr_s": cm.iqr(tm["ours"]),
-                                   "hf_iqr_s": cm.iqr(tm["hf"]), "reps": len(tm["ours"]), "reference": "HF MaskFormer",
-                                   "ratio_vs_reference": o / h, "speedup": h / o, "goal": f"speed-up ≥ {goal}",
-                                   "goal_met": h / o >= goal}))
+        what = {
+            ("train", False): "training step, final-layer loss (HF default use_auxiliary_loss=False)",
+            ("train", True): "training step, deep supervision (HF use_auxiliary_loss=True)",
+            ("infer", None): "inference → semantic map",
+        }[(kind, aux)]
+        rows.append(
+            cm.clean_json(
+                {
+                    "kind": kind,
+                    "what": what,
+                    **setup,
+                    "ours_s": o,
+                    "hf_s": h,
+                    "ours_min_s": min(tm["ours"]),
+                    "hf_min_s": min(tm["hf"]),
+                    "ours_iqr_s": cm.iqr(tm["ours"]),
+                    "hf_iqr_s": cm.iqr(tm["hf"]),
+                    "reps": len(tm["ours"]),
+                    "reference": "HF MaskFormer",
+                    "ratio_vs_reference": o / h,
+                    "speedup": h / o,
+                    "goal": f"speed-up ≥ {goal}",
+                    "goal_met": h / o >= goal,
+                }
+            )
+        )
     if onnx_res:
         o, e = cm.med(onnx_res["times"]["ort"]), cm.med(onnx_res["times"]["eager"])
-        rows.append(cm.clean_json({"kind": "onnx", "what": "ONNX Runtime vs eager PyTorch, ours, semantic scores", **setup,
-                                   "ort_s": o, "eager_s": e, "ort_min_s": min(onnx_res["times"]["ort"]),
-                                   "eager_min_s": min(onnx_res["times"]["eager"]), "ort_iqr_s": cm.iqr(onnx_res["times"]["ort"]),
-                                   "eager_iqr_s": cm.iqr(onnx_res["times"]["eager"]), "reps": len(onnx_res["times"]["ort"]),
-                                   "max_abs_diff": onnx_res["max_abs_diff"], "export_s": onnx_res["export_s"],
-                                   "exporter": onnx_res["exporter"], "ort_threads": onnx_res["ort_threads"],
-                                   "reference": "eager PyTorch", "ratio_vs_reference": o / e, "speedup": e / o,
-                                   "goal": "speed-up ≥ 2", "goal_met": e / o >= 2}))
+        rows.append(
+            cm.clean_json(
+                {
+                    "kind": "onnx",
+                    "what": "ONNX Runtime vs eager PyTorch, ours, semantic scores",
+                    **setup,
+                    "ort_s": o,
+                    "eager_s": e,
+                    "ort_min_s": min(onnx_res["times"]["ort"]),
+                    "eager_min_s": min(onnx_res["times"]["eager"]),
+                    "ort_iqr_s": cm.iqr(onnx_res["times"]["ort"]),
+                    "eager_iqr_s": cm.iqr(onnx_res["times"]["eager"]),
+                    "reps": len(onnx_res["times"]["ort"]),
+                    "max_abs_diff": onnx_res["max_abs_diff"],
+                    "export_s": onnx_res["export_s"],
+                    "exporter": onnx_res["exporter"],
+                    "ort_threads": onnx_res["ort_threads"],
+                    "reference": "eager PyTorch",
+                    "ratio_vs_reference": o / e,
+                    "speedup": e / o,
+                    "goal": "speed-up ≥ 2",
+                    "goal_met": e / o >= 2,
+                }
+            )
+        )
     rows.append(cm.clean_json({"kind": "breakdown", **setup, "parts": breakdown}))
     md = render(rows, breakdown, setup, args)
     cm.publish(NAME, args, meta, rows, md)
@@ -294,8 +421,11 @@ def profile_parts(ours, hf, crits, data, infer_ours, infer_hf, opt_ours, opt_hf,
     x, labels, mask_labels, class_labels = data
     mods = {
         "ours": {"backbone": ours.backbone, "pixel decoder": ours.pixel_decoder, "transformer decoder": ours.decoder},
-        "hf": {"backbone": hf.model.pixel_level_module.encoder, "pixel decoder": hf.model.pixel_level_module.decoder,
-               "transformer decoder": hf.model.transformer_module},
+        "hf": {
+            "backbone": hf.model.pixel_level_module.encoder,
+            "pixel decoder": hf.model.pixel_level_module.decoder,
+            "transformer decoder": hf.model.transformer_module,
+        },
     }
     out = {}
     for mode in ("train_aux", "infer"):
@@ -321,7 +451,12 @@ def profile_parts(ours, hf, crits, data, infer_ours, infer_hf, opt_ours, opt_hf,
                             loss = crits[True](ours(x), labels)["loss"]
                         else:
                             hf.config.use_auxiliary_loss = True
-                            loss = hf(pixel_values=x, mask_labels=mask_labels, class_labels=class_labels, output_hidden_states=True).loss
+                            loss = hf(
+                                pixel_values=x,
+                                mask_labels=mask_labels,
+                                class_labels=class_labels,
+                                output_hidden_states=True,
+                            ).loss
                         cm.sync(dev)
                         fwd = time.perf_counter() - t
                         t_b = cm.time_once(loss.backward, dev)
@@ -353,6 +488,7 @@ def onnx_vs_eager(model, x, dev, reps, threads: int = 0) -> dict:
             export_onnx(model.cpu(), path, sample_hw=tuple(x.shape[-2:]))
             exporter = "rc2l.infer.export.export_onnx"
         except ImportError:
+
             class Wrap(torch.nn.Module):
                 def __init__(self, m):
                     super().__init__()
@@ -363,9 +499,16 @@ def onnx_vs_eager(model, x, dev, reps, threads: int = 0) -> dict:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(Wrap(model.cpu()), (x.cpu()[:1],), str(path), dynamo=False, opset_version=17,
-                                  input_names=["images"], output_names=["scores"],
-                                  dynamic_axes={"images": {0: "b", 2: "h", 3: "w"}, "scores": {0: "b", 2: "h", 3: "w"}})
+                torch.onnx.export(
+                    Wrap(model.cpu()),
+                    (x.cpu()[:1],),
+                    str(path),
+                    dynamo=False,
+                    opset_version=17,
+                    input_names=["images"],
+                    output_names=["scores"],
+                    dynamic_axes={"images": {0: "b", 2: "h", 3: "w"}, "scores": {0: "b", 2: "h", 3: "w"}},
+                )
             exporter = "torch.onnx.export (fallback)"
         export_s = time.perf_counter() - t
         model.to(dev)
@@ -396,39 +539,87 @@ def onnx_vs_eager(model, x, dev, reps, threads: int = 0) -> dict:
         diff = float(np.abs(ort_run() - eager().float().cpu().numpy()).max())
         times = cm.interleaved({"ort": ort_run, "eager": eager}, dev, reps=reps, warmup=1)
         threads = sess.get_session_options().intra_op_num_threads
-    return {"times": times, "max_abs_diff": diff, "export_s": export_s, "exporter": exporter,
-            "ort_threads": threads or "default (physical cores)"}
+    return {
+        "times": times,
+        "max_abs_diff": diff,
+        "export_s": export_s,
+        "exporter": exporter,
+        "ort_threads": threads or "default (physical cores)",
+    }
 
 
 def render(rows, breakdown, setup, args) -> str:
     s = setup
-    out = [f"Setup: {s['backbone']} backbone (random init, nothing downloaded; network attempts: {s['network_attempts']}), "
-           f"input {s['input']}, {s['queries']} queries, {s['dec_layers']} decoder layers, hidden/mask dim {s['hidden']}, "
-           f"FFN {s['ffn']}, {s['heads']} heads, K={s['classes']}; parameters: ours {s['params_ours'] / 1e6:.1f} M, "
-           f"HF {s['params_hf'] / 1e6:.1f} M. Loss on both: Hungarian matching, CE (no-object 0.1) ×1 + sigmoid focal ×20 + "
-           "dice ×1 at label resolution (ours: `LossConfig(cls_weight=1, mask_weight=20, dice_weight=1, mask_loss=focal, "
-           "num_points=0)`). AdamW lr 1e-4 on both.", ""]
+    out = [
+        f"Setup: {s['backbone']} backbone (random init, nothing downloaded; network attempts: {s['network_attempts']}), "
+        f"input {s['input']}, {s['queries']} queries, {s['dec_layers']} decoder layers, hidden/mask dim {s['hidden']}, "
+        f"FFN {s['ffn']}, {s['heads']} heads, K={s['classes']}; parameters: ours {s['params_ours'] / 1e6:.1f} M, "
+        f"HF {s['params_hf'] / 1e6:.1f} M. Loss on both: Hungarian matching, CE (no-object 0.1) ×1 + sigmoid focal ×20 + "
+        "dice ×1 at label resolution (ours: `LossConfig(cls_weight=1, mask_weight=20, dice_weight=1, mask_loss=focal, "
+        "num_points=0)`). AdamW lr 1e-4 on both.",
+        "",
+    ]
     table = []
     for r in rows:
         if r["kind"] in ("train", "infer"):
-            table.append([r["what"], cm.fmt_time(r["ours_s"]), cm.fmt_time(r["hf_s"]), f"{r['speedup']:.2f}×",
-                          "≥ 1.5×", "yes" if r["goal_met"] else "NO"])
+            table.append(
+                [
+                    r["what"],
+                    cm.fmt_time(r["ours_s"]),
+                    cm.fmt_time(r["hf_s"]),
+                    f"{r['speedup']:.2f}×",
+                    "≥ 1.5×",
+                    "yes" if r["goal_met"] else "NO",
+                ]
+            )
     out += [cm.markdown_table(["measurement", "ours", "HF MaskFormer", "speed-up (HF/ours)", "goal", "met"], table), ""]
     onnx = [r for r in rows if r["kind"] == "onnx"]
     if onnx:
         o = onnx[0]
-        out += [cm.markdown_table(["our model, images → semantic scores", "ONNX Runtime", "eager PyTorch", "speed-up (eager/ORT)",
-                                   "goal", "met"],
-                                  [["inference", cm.fmt_time(o["ort_s"]), cm.fmt_time(o["eager_s"]), f"{o['speedup']:.2f}×", "≥ 2×",
-                                    "yes" if o["goal_met"] else "NO"]]), "",
-                f"ONNX: exported by {o['exporter']} in {o['export_s']:.1f} s; max |scores(ORT) − scores(torch)| = "
-                f"{o['max_abs_diff']:.2g}; ONNX Runtime intra-op threads: {o['ort_threads']}.", ""]
-    parts = sorted({k for v in breakdown.values() for k in v}, key=lambda k: ["backbone", "pixel decoder", "transformer decoder",
-                                                                            "heads + loss (rest of forward)", "rest of forward",
-                                                                            "backward", "optimizer step"].index(k))
+        out += [
+            cm.markdown_table(
+                [
+                    "our model, images → semantic scores",
+                    "ONNX Runtime",
+                    "eager PyTorch",
+                    "speed-up (eager/ORT)",
+                    "goal",
+                    "met",
+                ],
+                [
+                    [
+                        "inference",
+                        cm.fmt_time(o["ort_s"]),
+                        cm.fmt_time(o["eager_s"]),
+                        f"{o['speedup']:.2f}×",
+                        "≥ 2×",
+                        "yes" if o["goal_met"] else "NO",
+                    ]
+                ],
+            ),
+            "",
+            f"ONNX: exported by {o['exporter']} in {o['export_s']:.1f} s; max |scores(ORT) − scores(torch)| = "
+            f"{o['max_abs_diff']:.2g}; ONNX Runtime intra-op threads: {o['ort_threads']}.",
+            "",
+        ]
+    parts = sorted(
+        {k for v in breakdown.values() for k in v},
+        key=lambda k: [
+            "backbone",
+            "pixel decoder",
+            "transformer decoder",
+            "heads + loss (rest of forward)",
+            "rest of forward",
+            "backward",
+            "optimizer step",
+        ].index(k),
+    )
     cols = list(breakdown)
-    out += ["Where the time goes (median of the breakdown runs; forward parts from module hooks):", "",
-            cm.markdown_table(["part"] + cols, [[k] + [cm.fmt_time(breakdown[c].get(k)) for c in cols] for k in parts])]
+    out += [
+        "Where the time goes (median of the breakdown runs; forward parts from module hooks):",
+        "",
+        cm.markdown_table(["part"] + cols, [[k] + [cm.fmt_time(breakdown[c].get(k)) for c in cols] for k in parts]),
+    ]
     return "\n".join(out)
 
 

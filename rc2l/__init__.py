@@ -6,6 +6,7 @@ with the first call that needs it.
     result = rc2l.train("configs/synthetic.yaml", **{"train.iters": 10})
     record = rc2l.evaluate("configs/synthetic.yaml", "runs/x/best.safetensors")
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
 __all__ = ["load", "train", "evaluate", "resolve_config"]
 
 
-def resolve_config(config: str | Path | Config | None, overrides: list[str] | tuple[str, ...] = (),
-                   **kw: Any) -> Config:
+def resolve_config(
+    config: str | Path | Config | None, overrides: list[str] | tuple[str, ...] = (), **kw: Any
+) -> Config:
     """A YAML path or a Config, then ``overrides`` ("k=v" strings), then keyword overrides
     (dotted keys: ``**{"train.iters": 10}``) → a checked Config; a bad key names itself."""
     from rc2l.config import Config, ConfigError, load_config, to_dict
@@ -44,9 +46,15 @@ def _flatten(d: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def load(path: str | Path, config: str | Path | None = None, backend: str | None = None, device: str = "auto",
-         window: tuple[int, int] | None = None, local_files_only: bool = False,
-         cache_dir: str | Path | None = None) -> Model:
+def load(
+    path: str | Path,
+    config: str | Path | None = None,
+    backend: str | None = None,
+    device: str = "auto",
+    window: tuple[int, int] | None = None,
+    local_files_only: bool = False,
+    cache_dir: str | Path | None = None,
+) -> Model:
     """A .safetensors weights file, an exported .onnx file, a model folder, a run folder (its
     best.safetensors) or ``hf://owner/name[@revision]`` → a Model with ``predict(image)``,
     ``predict_many(images)``, ``.classes`` and ``.palette``. ``config`` (a training YAML)
@@ -65,8 +73,15 @@ def train(config: str | Path | Config, overrides: list[str] | tuple[str, ...] = 
     return _train(resolve_config(config, overrides, **kw))
 
 
-def evaluate(config: str | Path | Config, weights: str | Path, split: str | None = None, mode: str | None = None,
-             overrides: list[str] | tuple[str, ...] = (), progress: bool = False, **kw: Any) -> dict:
+def evaluate(
+    config: str | Path | Config,
+    weights: str | Path,
+    split: str | None = None,
+    mode: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    progress: bool = False,
+    **kw: Any,
+) -> dict:
     """mIoU of ``weights`` (file, model/run folder, hf://) on ``config``'s dataset → the record
     `rc2l eval --json` writes: dataset, split, mode, crop, weights, miou, per_class
     {name: IoU}, images, confusion. ``split`` / ``mode`` override data.val_split / eval.mode."""

@@ -2,6 +2,7 @@
 parses its arguments and calls the Python API (rc2l/__init__.py) or its module; torch is
 imported only by the verbs that need it, so `rc2l --help` answers at once. Errors are one line
 on stderr and a non-zero exit."""
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,10 @@ def cmd_train(args) -> int:
         return 0
     best = result["best"]
     out_dir = rc2l.resolve_config(args.config, args.overrides).out_dir
-    print(f"done: {result['step']} steps; best val mIoU {best['miou']:.2f} ({best['model']}, step {best['step']}); "
-          f"run folder {out_dir}")
+    print(
+        f"done: {result['step']} steps; best val mIoU {best['miou']:.2f} ({best['model']}, step {best['step']}); "
+        f"run folder {out_dir}"
+    )
     return 0
 
 
@@ -103,8 +106,10 @@ def cmd_splits(args) -> int:
         val_items = reader.list_split(args.val_split, need_mask=True)
         write_split_file(val_path, [reader.rel_row(it) for it in val_items])
         val_note = f"wrote {len(val_items)}"
-    print(f"splits: {out}: {len(labeled)} labeled, {len(unlabeled)} unlabeled "
-          f"({args.dataset} '{args.train_split}', {len(items)} images, seed {args.seed}); {val_path}: {val_note}")
+    print(
+        f"splits: {out}: {len(labeled)} labeled, {len(unlabeled)} unlabeled "
+        f"({args.dataset} '{args.train_split}', {len(items)} images, seed {args.seed}); {val_path}: {val_note}"
+    )
     return 0
 
 
@@ -119,8 +124,9 @@ def cmd_predict(args) -> int:
     model = rc2l.load(args.weights, args.config, args.backend, args.device, args.window)
     if model.num_classes > 256:
         raise ConfigError(f"{args.weights}: {model.num_classes} classes do not fit an 8-bit class PNG (at most 256)")
-    return predict_files(model, args.inputs, args.out, args.confidence, args.batch_size, args.stride_ratio,
-                         not args.no_progress)
+    return predict_files(
+        model, args.inputs, args.out, args.confidence, args.batch_size, args.stride_ratio, not args.no_progress
+    )
 
 
 def cmd_export(args) -> int:
@@ -164,7 +170,9 @@ def add_train_eval_parsers(sub) -> None:
     e = sub.add_parser("eval", help="mIoU of a weights file on a split, printed and optionally as JSON")
     e.add_argument("config")
     e.add_argument("overrides", nargs="*")
-    e.add_argument("--weights", required=True, help="a .safetensors file, a model folder, a run folder or hf://owner/name")
+    e.add_argument(
+        "--weights", required=True, help="a .safetensors file, a model folder, a run folder or hf://owner/name"
+    )
     e.add_argument("--split", help="split name (default: data.val_split)")
     e.add_argument("--mode", choices=["original", "center_crop", "sliding_window"])
     e.add_argument("--json", help="write the result here")
@@ -173,10 +181,12 @@ def add_train_eval_parsers(sub) -> None:
 
 def add_splits_parser(sub) -> None:
     p = sub.add_parser(
-        "splits", help="write labeled/unlabeled split files for a dataset",
+        "splits",
+        help="write labeled/unlabeled split files for a dataset",
         description="Draw a labeled/unlabeled partition of a dataset's train list and write "
         "labeled.txt / unlabeled.txt (lines 'image mask', relative to --root) into --out, "
-        "plus val.txt one level up if it is missing.")
+        "plus val.txt one level up if it is missing.",
+    )
     p.add_argument("--dataset", required=True, choices=["camvid", "voc", "cityscapes", "folder"])
     p.add_argument("--root", required=True, help="dataset root folder")
     p.add_argument("--ratio", default=None, help="labeled fraction: 1/8 or 0.125")
@@ -190,20 +200,32 @@ def add_splits_parser(sub) -> None:
 
 def add_predict_parser(sub) -> None:
     p = sub.add_parser(
-        "predict", help="segment images (files, folders, globs) with trained weights, a model folder or ONNX",
+        "predict",
+        help="segment images (files, folders, globs) with trained weights, a model folder or ONNX",
         description="Write a class-index PNG, a colour overlay and optionally a confidence map per image. "
-                    "Images larger than the window are predicted with a sliding window (stride 2/3).",
-        epilog=NAMING_HELP)
+        "Images larger than the window are predicted with a sliding window (stride 2/3).",
+        epilog=NAMING_HELP,
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs")
-    p.add_argument("--weights", required=True, help="a .safetensors file, a .onnx from rc2l export, a model or run "
-                                                    "folder, or hf://owner/name")
-    p.add_argument("--config", help="training config: its dataset's class names/palette, crop and resize override the metadata")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="a .safetensors file, a .onnx from rc2l export, a model or run folder, or hf://owner/name",
+    )
+    p.add_argument(
+        "--config", help="training config: its dataset's class names/palette, crop and resize override the metadata"
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--backend", choices=["torch", "onnx"], help="default: onnx for a .onnx file, else torch")
     p.add_argument("--confidence", action="store_true", help="also write <name>_conf.png")
     p.add_argument("--batch-size", type=int, default=4, help="images of the same size per forward pass (default 4)")
-    p.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
-                   help="sliding-window size (default: the training crop); 0 0 = the whole image (up to 4 MP)")
+    p.add_argument(
+        "--window",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="sliding-window size (default: the training crop); 0 0 = the whole image (up to 4 MP)",
+    )
     p.add_argument("--stride-ratio", type=float, default=2 / 3, help="window stride / window size (default 2/3)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -212,10 +234,12 @@ def add_predict_parser(sub) -> None:
 
 def add_export_report_parsers(sub) -> None:
     p = sub.add_parser(
-        "export", help="export weights to ONNX and/or a shareable model folder (Hugging Face layout)",
+        "export",
+        help="export weights to ONNX and/or a shareable model folder (Hugging Face layout)",
         description="--onnx: input 'images' float32 (B,3,H,W) RGB in [0,1], output 'scores' (B,K,H,W); argmax "
-                    "over K is the prediction; parity with PyTorch is checked with ONNX Runtime. --model-dir: "
-                    "model.safetensors, config.json, config.yaml and a README.md model card.")
+        "over K is the prediction; parity with PyTorch is checked with ONNX Runtime. --model-dir: "
+        "model.safetensors, config.json, config.yaml and a README.md model card.",
+    )
     p.add_argument("--weights", required=True, help="a .safetensors file, a model or run folder, or hf://owner/name")
     p.add_argument("--config", help="training config (its dataset's classes/palette/crop override the metadata)")
     p.add_argument("--onnx", help="output .onnx path")
@@ -223,18 +247,29 @@ def add_export_report_parsers(sub) -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--check", metavar="IMAGE", help="also check ONNX parity on this image (at its own size)")
     p.add_argument("--tol", type=float, default=1e-3, help="max allowed |Δscores| (default 0.001)")
-    p.add_argument("--int8", action="store_true", help="also write OUT.int8.onnx: static int8, calibrated on --calibrate")
+    p.add_argument(
+        "--int8", action="store_true", help="also write OUT.int8.onnx: static int8, calibrated on --calibrate"
+    )
     p.add_argument("--calibrate", nargs="+", metavar="IMAGES", help="calibration images (files, folders, globs)")
     p.add_argument("--calib-count", type=int, default=32, help="calibration images used (default 32)")
-    p.add_argument("--min-agreement", type=float, default=0.98,
-                   help="refuse the int8 model when its argmax agrees with fp32 on fewer calibration pixels (0.98)")
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.98,
+        help="refuse the int8 model when its argmax agrees with fp32 on fewer calibration pixels (0.98)",
+    )
     p.set_defaults(func=cmd_export)
 
     r = sub.add_parser("report", help="HTML report of a training run (losses, mIoU, per-class IoU, confusion, gallery)")
     r.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by rc2l train")
-    r.add_argument("--out", help="page path (default RUN_DIR/report.html); the plots always go to RUN_DIR/report/ "
-                                 "(rewritten by every report of this run)")
-    r.add_argument("--gallery", type=int, default=6, metavar="N", help="val images in the gallery (default 6, 0 = none)")
+    r.add_argument(
+        "--out",
+        help="page path (default RUN_DIR/report.html); the plots always go to RUN_DIR/report/ "
+        "(rewritten by every report of this run)",
+    )
+    r.add_argument(
+        "--gallery", type=int, default=6, metavar="N", help="val images in the gallery (default 6, 0 = none)"
+    )
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="for the gallery predictions")
     r.set_defaults(func=cmd_report)
 

@@ -3,16 +3,16 @@
 Every key is checked against the dataclasses, so a typo is an error naming the key (and
 the file), never a silently ignored option.
 """
+
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import re
 
 import yaml
 
@@ -285,13 +285,16 @@ def _validate(cfg: Config) -> None:
     if cfg.data.resize and len(cfg.data.resize) != 2:
         raise ConfigError(f"config key 'data.resize' must be [] or [height, width], got {cfg.data.resize!r}")
     if cfg.eval.mode == "center_crop" and cfg.eval.labels == "native" and cfg.data.resize:
-        raise ConfigError("eval.mode=center_crop crops image and labels alike: with data.resize set it needs "
-                          "eval.labels=resized")
+        raise ConfigError(
+            "eval.mode=center_crop crops image and labels alike: with data.resize set it needs eval.labels=resized"
+        )
     if cfg.train.accum_steps < 1:
         raise ConfigError("config key 'train.accum_steps' must be >= 1")
     if cfg.method == "rc2l" and cfg.model.arch != "maskformer":
-        raise ConfigError(f"method=rc2l needs model.arch=maskformer, not {cfg.model.arch!r}: "
-                          f"its region losses need mask proposals, which a per-pixel model does not make")
+        raise ConfigError(
+            f"method=rc2l needs model.arch=maskformer, not {cfg.model.arch!r}: "
+            f"its region losses need mask proposals, which a per-pixel model does not make"
+        )
 
 
 def get_key(cfg: Any, dotted: str) -> Any:

@@ -1,5 +1,6 @@
 """Which code and machine made a run, recorded by the run itself, so that a result in
 docs/results.json or a shared best.safetensors can be traced back without anyone typing a hash."""
+
 from __future__ import annotations
 
 import os
@@ -45,5 +46,12 @@ def run_record(step: int, device) -> dict:
     import torch  # not at module level: benchmarks import git_commit into torch-free processes
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    return {"type": "start", "step": step, "commit": git_commit(), "torch": torch.__version__,
-            "python": platform.python_version(), "device": f"{device.type}: {name}", "host": platform.node()}
+    return {
+        "type": "start",
+        "step": step,
+        "commit": git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": f"{device.type}: {name}",
+        "host": platform.node(),
+    }

@@ -12,6 +12,7 @@ reads it). Per class and threshold:
   recall       share of the class's true pixels covered by a kept region of that class.
 This is the "why" behind a semi-supervised result: a class with no confident region gets no
 RMC/RFC/RCC signal, and a class with imprecise regions gets a wrong one."""
+
 from __future__ import annotations
 
 import argparse
@@ -108,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     state = load_state(args.run / "state.pt")
     key = "model" if args.student else "teacher"
     if state.get(key) is None:
-        raise SystemExit(f"{args.run / 'state.pt'} has no {key!r} weights (a supervised run has no teacher: use --student)")
+        raise SystemExit(
+            f"{args.run / 'state.pt'} has no {key!r} weights (a supervised run has no teacher: use --student)"
+        )
     names = dataset_info(cfg).class_names
     model = build_model(len(names), dataclasses.replace(cfg.model, pretrained="none"))  # weights come from the state
     model.load_state_dict(state[key])
@@ -128,24 +131,46 @@ def main(argv: list[str] | None = None) -> int:
     who = "student" if args.student else "teacher"
     cut = f", regions cut to max S̄ ≥ {args.tau_pix}" if args.tau_pix > 0 else ""
     cut += f", regions with mask score ≥ {args.mask_score}" if args.mask_score > 0 else ""
-    print(f"{who} of {args.run} (step {state['step']}), {len(ds)} unlabeled images of {cfg.data.name} {cfg.data.split}{cut}")
-    print("| class | " + " | ".join(f"τ_cls {tau}: regions/img, precision, recall" for tau in score.taus)
-          + f" | wrong pixels at τ_cls {score.taus[0]} are mostly |")
+    print(
+        f"{who} of {args.run} (step {state['step']}), {len(ds)} unlabeled images of {cfg.data.name} {cfg.data.split}{cut}"
+    )
+    print(
+        "| class | "
+        + " | ".join(f"τ_cls {tau}: regions/img, precision, recall" for tau in score.taus)
+        + f" | wrong pixels at τ_cls {score.taus[0]} are mostly |"
+    )
     print("|---|" + "---|" * (len(score.taus) + 1))
     table = score.table()
     for c, row in table.items():
         share = row[score.taus[0]]["pixels_by_truth"]
         wrong = sorted((v, names[k]) for k, v in enumerate(share) if k != c and v == v and v >= 1)[::-1][:3]
-        print(f"| {names[c]} | " + " | ".join(f"{v['regions_per_image']:.2f}, {v['precision']:.0f}, {v['recall']:.0f}"
-                                               for v in row.values())
-              + " | " + ", ".join(f"{n} {v:.0f}%" for v, n in wrong) + " |")
+        print(
+            f"| {names[c]} | "
+            + " | ".join(f"{v['regions_per_image']:.2f}, {v['precision']:.0f}, {v['recall']:.0f}" for v in row.values())
+            + " | "
+            + ", ".join(f"{n} {v:.0f}%" for v, n in wrong)
+            + " |"
+        )
     if args.json:
         rows = {names[c]: {str(tau): v for tau, v in row.items()} for c, row in table.items()}
         command = "python scripts/pseudo_region_stats.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        args.json.write_text(json.dumps({"command": command, "commit": git_commit(),
-                                         "run": str(args.run), "model": who, "step": state["step"], "tau_pix": args.tau_pix,
-                                         "mask_score": args.mask_score, "class_names": names,
-                                         "images": len(ds), "classes": rows}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "command": command,
+                    "commit": git_commit(),
+                    "run": str(args.run),
+                    "model": who,
+                    "step": state["step"],
+                    "tau_pix": args.tau_pix,
+                    "mask_score": args.mask_score,
+                    "class_names": names,
+                    "images": len(ds),
+                    "classes": rows,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -8,6 +8,7 @@
 The row is read from the run itself (config.yaml, metrics.jsonl), never typed by hand: the
 best evaluation (student or teacher), its step, its per-class IoU, every evaluation's mIoU, the dataset,
 split and eval mode."""
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,14 @@ def class_names(run: Path, n: int) -> list[str]:
 def select(rows: list[dict], dataset: str, split: str, machine: str = "", iters: int | None = None) -> list[dict]:
     """The recorded rows of one dataset and split, on machines whose description contains
     ``machine``, and of one schedule (``iters``) when given, in the order they were recorded."""
-    return [r for r in rows if r["dataset"] == dataset and r["split"] == split and machine in r.get("machine", "")
-            and iters in (None, r["iters"])]
+    return [
+        r
+        for r in rows
+        if r["dataset"] == dataset
+        and r["split"] == split
+        and machine in r.get("machine", "")
+        and iters in (None, r["iters"])
+    ]
 
 
 def table(rows: list[dict]) -> str:
@@ -71,8 +78,10 @@ def table(rows: list[dict]) -> str:
         fin = " / ".join(f"{r['final'][m]:.2f}" for m in ("student", "teacher") if m in r["final"])
         done = r.get("last_eval_step", r["iters"])
         stopped = f" (stopped: last evaluated at step {done} of {r['iters']})" if done < r["iters"] else ""
-        out.append(f"| {r['note'] or r['method']}{stopped} | {r['miou']:.2f} | {r['model_evaluated']}, {r['best_step']} "
-                   f"| {fin} | `{r['command']}` |")
+        out.append(
+            f"| {r['note'] or r['method']}{stopped} | {r['miou']:.2f} | {r['model_evaluated']}, {r['best_step']} "
+            f"| {fin} | `{r['command']}` |"
+        )
     return "\n".join(out)
 
 
@@ -85,7 +94,9 @@ def per_class_table(rows: list[dict]) -> str:
     head = [f"{r['note'] or r['method']} ({r['model_evaluated']}, {r['best_step']})" for r in rows]
     out = ["| class | " + " | ".join(head) + " |", "|---|" + "---:|" * len(rows)]
     for c in rows[0]["per_class"]:
-        out.append(f"| {c} | " + " | ".join(f"{r['per_class'][c]:.1f}" if c in r["per_class"] else "–" for r in rows) + " |")
+        out.append(
+            f"| {c} | " + " | ".join(f"{r['per_class'][c]:.1f}" if c in r["per_class"] else "–" for r in rows) + " |"
+        )
     return "\n".join(out)
 
 
@@ -98,8 +109,10 @@ def curves_table(rows: list[dict]) -> str:
     out = ["| run | " + " | ".join(map(str, steps)) + " |", "|---|" + "---|" * len(steps)]
     for r in rows:
         models = [m for m in ("student", "teacher") if m in r["history"]]
-        cells = [" / ".join(f"{r['history'][m][str(s)]:.1f}" if str(s) in r["history"][m] else "–" for m in models)
-                 for s in steps]
+        cells = [
+            " / ".join(f"{r['history'][m][str(s)]:.1f}" if str(s) in r["history"][m] else "–" for m in models)
+            for s in steps
+        ]
         out.append(f"| {r['note'] or r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -117,7 +130,9 @@ def main() -> None:
     ap.add_argument("--where", default="", help="with --table: only rows whose machine contains this text")
     ap.add_argument("--iters", type=int, help="with --table: only rows of this schedule (train.iters)")
     ap.add_argument("--per-class", action="store_true", help="with --table: per-class IoU, one column per row")
-    ap.add_argument("--curves", action="store_true", help="with --table: val mIoU at every evaluation, one line per row")
+    ap.add_argument(
+        "--curves", action="store_true", help="with --table: val mIoU at every evaluation, one line per row"
+    )
     a = ap.parse_args()
     if a.table:
         dataset, _, split = a.table.partition(":")
@@ -127,7 +142,12 @@ def main() -> None:
     if a.compare:
         for r in json.loads((Path(a.compare) / "compare.json").read_text()):
             if r.get("returncode") == 0 and "final_miou" in r:
-                record(Path(r["run_dir"]), "rc2l " + r["command"].removeprefix("-m rc2l "), f"{a.note} compare row '{r['row']}'".strip(), a)
+                record(
+                    Path(r["run_dir"]),
+                    "rc2l " + r["command"].removeprefix("-m rc2l "),
+                    f"{a.note} compare row '{r['row']}'".strip(),
+                    a,
+                )
         return
     if not a.run_dir or not a.command:
         ap.error("RUN_DIR and --command are required (or --table DATASET:SPLIT, or --compare OUT_DIR)")
@@ -157,10 +177,13 @@ def record(run: Path, command: str, note: str, a: argparse.Namespace) -> None:
         "model_evaluated": best["model"],
         "best_step": best["step"],
         "final": {r["model"]: round(r["miou"], 2) for r in evals if r["step"] == last},
-        "history": {m: {str(r["step"]): round(r["miou"], 4) for r in evals if r["model"] == m}
-                    for m in sorted({r["model"] for r in evals})},
+        "history": {
+            m: {str(r["step"]): round(r["miou"], 4) for r in evals if r["model"] == m}
+            for m in sorted({r["model"] for r in evals})
+        },
         "per_class": dict(zip(class_names(run, len(best["per_class"])), (round(v, 4) for v in best["per_class"])))
-        if best.get("per_class") else None,
+        if best.get("per_class")
+        else None,
         "iters": cfg["train"]["iters"],
         "last_eval_step": last,
         "backbone": cfg["model"]["backbone"],

@@ -11,6 +11,7 @@ Per evaluation step the plotted mIoU is the better of the models evaluated there
 teacher), as ``best.safetensors`` keeps. A table with each run's device and commit (from its
 start records), best mIoU and minutes to it is printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,10 +79,14 @@ def load_run(run: Path, label: str | None = None) -> dict:
     evals = [(s, minutes_at(points, s), m) for s, m in best_of_models(records)]
     starts = [r for r in records if r.get("type") == "start"]
     method = _config_method(run)
-    return {"label": label or (f"{run.name} ({method})" if method else run.name), "evals": evals,
-            "device": ", ".join(dict.fromkeys(str(r.get("device", "?")) for r in starts)) or "?",
-            "commit": ", ".join(dict.fromkeys(str(r.get("commit", "?")) for r in starts)) or "?",
-            "minutes": points[-1][1] if points else float("nan"), "steps": points[-1][0] if points else 0}
+    return {
+        "label": label or (f"{run.name} ({method})" if method else run.name),
+        "evals": evals,
+        "device": ", ".join(dict.fromkeys(str(r.get("device", "?")) for r in starts)) or "?",
+        "commit": ", ".join(dict.fromkeys(str(r.get("commit", "?")) for r in starts)) or "?",
+        "minutes": points[-1][1] if points else float("nan"),
+        "steps": points[-1][0] if points else 0,
+    }
 
 
 def _config_method(run: Path) -> str | None:
@@ -119,12 +124,21 @@ def plot(runs: list[dict], out: Path) -> None:
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| run | device | commit | steps | minutes | best mIoU | minutes to best |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | device | commit | steps | minutes | best mIoU | minutes to best |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         best = max(r["evals"], key=lambda e: e[2]) if r["evals"] else None
-        cells = [r["label"], r["device"], r["commit"], str(r["steps"]), f"{r['minutes']:.1f}",
-                 f"{best[2]:.2f}" if best else "–", f"{best[1]:.1f}" if best else "–"]
+        cells = [
+            r["label"],
+            r["device"],
+            r["commit"],
+            str(r["steps"]),
+            f"{r['minutes']:.1f}",
+            f"{best[2]:.2f}" if best else "–",
+            f"{best[1]:.1f}" if best else "–",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -133,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="run folders (each with metrics.jsonl)")
     p.add_argument("--out", type=Path, required=True, help="figure file (.png, .svg, .pdf)")
-    p.add_argument("--label", nargs="*", default=None,
-                   help="one legend label per run (default: folder name and method)")
+    p.add_argument(
+        "--label", nargs="*", default=None, help="one legend label per run (default: folder name and method)"
+    )
     args = p.parse_args(argv)
     if args.label and len(args.label) != len(args.runs):
         raise SystemExit(f"error: {len(args.label)} labels for {len(args.runs)} runs")

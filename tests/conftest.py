@@ -1,9 +1,9 @@
 """Shared test fixtures. Each section belongs to one package; keep sections self-contained."""
+
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +19,12 @@ try:
     from hypothesis import settings as _hyp_settings
     from hypothesis.database import DirectoryBasedExampleDatabase
 
-    _hyp_settings.register_profile("rc2l", database=DirectoryBasedExampleDatabase(
-        str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "hypothesis")))
+    _hyp_settings.register_profile(
+        "rc2l",
+        database=DirectoryBasedExampleDatabase(
+            str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "hypothesis")
+        ),
+    )
     _hyp_settings.load_profile("rc2l")
 except ImportError:  # only tests/test_properties.py needs it (dev extra)
     pass

@@ -1,6 +1,7 @@
 """Shared by every test module: the repository's paths, the tiny model config, the shared data
 (``<repo>/../shared/data``, or ``$RC2L_SHARED_DATA``) and the one rule for a missing
 prerequisite: skip with the reason on a developer machine, fail with it in CI (``CI=true``)."""
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,7 @@ def missing(reason: str) -> None:
     """A prerequisite of this test is absent: skip saying why, or fail in CI (where every
     prerequisite is supposed to be set up, so a skip would hide a broken setup)."""
     if IN_CI:
-        pytest.fail(f"{reason} (CI=true: a missing prerequisite fails the test instead of skipping it)",
-                    pytrace=False)
+        pytest.fail(f"{reason} (CI=true: a missing prerequisite fails the test instead of skipping it)", pytrace=False)
     pytest.skip(reason)
 
 
@@ -57,8 +57,10 @@ def shared_dataset(name: str, probe: str = "splits/train.txt") -> Path:
     """``<shared data>/<name>``, checked to hold ``probe``; skips (fails in CI) when it does not."""
     root = shared_data_root() / name
     if not (root / probe).is_file():
-        missing(f"shared dataset '{name}' not found: {root / probe} does not exist "
-                f"(set RC2L_SHARED_DATA to the folder that holds {name}/)")
+        missing(
+            f"shared dataset '{name}' not found: {root / probe} does not exist "
+            f"(set RC2L_SHARED_DATA to the folder that holds {name}/)"
+        )
     return root
 
 

@@ -1,5 +1,6 @@
 """Shared by the predict / export / report tests: one tiny trained run per test session, tiny
 fresh models saved as rc2l weights, image writers and the in-process CLI."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,15 @@ from helpers import REPO, TINY_MODEL, tiny_model_overrides
 
 TINY_RUN = [
     *tiny_model_overrides("resnet18"),
-    "data.workers=0", "data.synthetic.num_train=16", "data.synthetic.num_val=4", "data.batch_size=2",
-    "train.iters=4", "train.eval_every=2", "train.save_every=4", "train.log_every=1", "train.progress=false",
+    "data.workers=0",
+    "data.synthetic.num_train=16",
+    "data.synthetic.num_val=4",
+    "data.batch_size=2",
+    "train.iters=4",
+    "train.eval_every=2",
+    "train.save_every=4",
+    "train.log_every=1",
+    "train.progress=false",
     "train.threads=1",
 ]
 _cache: dict[str, Path] = {}

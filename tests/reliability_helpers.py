@@ -1,6 +1,7 @@
 """Shared by the reliability tests (resume, checkpoints, faults, distributed): a tiny CPU
 training config, in-process runs that leave the test session's torch settings as they found
 them, CLI subprocesses, and weight comparisons."""
+
 from __future__ import annotations
 
 import os
@@ -13,15 +14,24 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO, SYNTHETIC as CONFIG, tiny_model_overrides
+from helpers import REPO, tiny_model_overrides
+from helpers import SYNTHETIC as CONFIG
 
 # EfficientNet-Lite0 (3.1 M parameters, 12 MB weights) with a tiny decoder: ~0.2 s a step at
 # 64 px on one thread, so a 10-step run with checkpoints takes ~2 s.
 TINY = [
     *tiny_model_overrides("efficientnet_lite0"),
-    "data.workers=0", "data.split=full", "data.synthetic.num_train=16", "data.synthetic.num_val=3",
-    "data.batch_size=2", "train.warmup_iters=2", "train.log_every=1", "train.progress=false",
-    "train.threads=1", "train.deterministic=true", "semi.start_iter=0",
+    "data.workers=0",
+    "data.split=full",
+    "data.synthetic.num_train=16",
+    "data.synthetic.num_val=3",
+    "data.batch_size=2",
+    "train.warmup_iters=2",
+    "train.log_every=1",
+    "train.progress=false",
+    "train.threads=1",
+    "train.deterministic=true",
+    "semi.start_iter=0",
     # exactness is checked on CPU; RC2L_TEST_DEVICE=cuda runs the same tests on a GPU
     f"train.device={os.environ.get('RC2L_TEST_DEVICE', 'cpu')}",
 ]
@@ -71,14 +81,26 @@ def cli_env(**extra: str) -> dict:
 
 def cli(args: list[str], timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     """``python -m rc2l <args>`` in a subprocess, from the repository root."""
-    return subprocess.run([sys.executable, "-m", "rc2l", *args], cwd=REPO, env=cli_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "rc2l", *args],
+        cwd=REPO,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def cli_popen(args: list[str], log: Path, **env: str) -> subprocess.Popen:
     f = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "rc2l", *args], cwd=REPO, env=cli_env(**env),
-                            stdout=f, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rc2l", *args],
+        cwd=REPO,
+        env=cli_env(**env),
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def last_line(text: str) -> str:
@@ -112,8 +134,10 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def assert_equal_tensors(a: dict, b: dict, what: str = "") -> None:
     assert a.keys() == b.keys(), what
     bad = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not bad, f"{what}: {len(bad)} tensors differ, e.g. {bad[0]} (max |diff| " \
-                    f"{(a[bad[0]].double() - b[bad[0]].double()).abs().max().item():.3g})"
+    assert not bad, (
+        f"{what}: {len(bad)} tensors differ, e.g. {bad[0]} (max |diff| "
+        f"{(a[bad[0]].double() - b[bad[0]].double()).abs().max().item():.3g})"
+    )
 
 
 def free_port() -> int:

@@ -2,14 +2,25 @@ import json
 
 import pytest
 
-from helpers import SYNTHETIC, tiny_model_overrides
 from rc2l.cli import main
 from rc2l.engine.ablate import DEFAULT_ROWS, parse_rows
 
-TINY = [*tiny_model_overrides("resnet18"),
-        "data.workers=0", "data.batch_size=2", "data.unlabeled_batch_size=2", "train.iters=2",
-        "train.eval_every=2", "train.save_every=2", "train.threads=1", "data.split=1_4",
-        "data.synthetic.num_train=8", "data.synthetic.num_val=2", "semi.start_iter=0"]
+from helpers import SYNTHETIC, tiny_model_overrides
+
+TINY = [
+    *tiny_model_overrides("resnet18"),
+    "data.workers=0",
+    "data.batch_size=2",
+    "data.unlabeled_batch_size=2",
+    "train.iters=2",
+    "train.eval_every=2",
+    "train.save_every=2",
+    "train.threads=1",
+    "data.split=1_4",
+    "data.synthetic.num_train=8",
+    "data.synthetic.num_val=2",
+    "semi.start_iter=0",
+]
 
 
 def test_rows_switch_the_right_terms():
@@ -32,6 +43,7 @@ def test_ablate_runs_rows_writes_table_and_plot_and_continues_an_interrupted_abl
     from rc2l.config import load_config
     from rc2l.engine.methods import RC2L
     from rc2l.engine.train import train
+
     from reliability_helpers import TorchSettings
 
     args = [SYNTHETIC, *TINY, "train.iters=4", "train.eval_every=4"]
@@ -54,8 +66,11 @@ def test_ablate_runs_rows_writes_table_and_plot_and_continues_an_interrupted_abl
     assert all(r["returncode"] == 0 and r["peak_rss_mib"] > 50 and "best_miou" in r for r in rows)
     assert rows[1]["final"].keys() == {"student", "teacher"}
     assert [r["resumed_at"] for r in rows] == [None, 2]
-    steps = [json.loads(x)["step"] for x in (tmp_path / "plus_RCC" / "metrics.jsonl").read_text().splitlines()
-             if '"type": "train"' in x]
+    steps = [
+        json.loads(x)["step"]
+        for x in (tmp_path / "plus_RCC" / "metrics.jsonl").read_text().splitlines()
+        if '"type": "train"' in x
+    ]
     assert steps == sorted(set(steps)) and steps[-1] == 4  # continued, not restarted
     table = (tmp_path / "ablation.md").read_text()
     assert "| supervised |" in table and "(resumed at step 2)" in table

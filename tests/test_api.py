@@ -1,5 +1,6 @@
 """The Python API (rc2l.load / train / evaluate): every kind of model path, every kind of
 image, the same numbers as the CLI, no import side effects, and the README example run as is."""
+
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ from PIL import Image
 import rc2l
 from rc2l.config import ConfigError
 from rc2l.errors import CheckpointError, RC2LError
+
 from infer_helpers import REPO, TINY_RUN, TorchSettings, cli, synthetic_image, tiny_run
 
 K = 5
@@ -39,10 +41,17 @@ def _want(model, rgb: np.ndarray) -> np.ndarray:
 
 
 def test_import_has_no_side_effects_and_help_is_torch_free():
-    code = ("import sys, rc2l; from rc2l.cli import build_parser; build_parser(); "
-            "print('torch' in sys.modules, 'numpy' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys, rc2l; from rc2l.cli import build_parser; build_parser(); "
+        "print('torch' in sys.modules, 'numpy' in sys.modules)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "False"]
 
@@ -123,15 +132,27 @@ def test_train_and_evaluate_return_the_cli_records(tmp_path):
     trainer's result; rc2l.evaluate returns exactly what `rc2l eval --json` writes."""
     out = tmp_path / "run"
     with TorchSettings():
-        res = rc2l.train(REPO / "configs" / "synthetic.yaml", [*TINY_RUN, "train.iters=99"],
-                         **{"train.iters": 2, "train.eval_every": 2, "out_dir": str(out)})
+        res = rc2l.train(
+            REPO / "configs" / "synthetic.yaml",
+            [*TINY_RUN, "train.iters=99"],
+            **{"train.iters": 2, "train.eval_every": 2, "out_dir": str(out)},
+        )
     assert res["step"] == 2 and set(res["best"]) == {"miou", "model", "step"}
     assert (out / "best.safetensors").is_file()
     tiny = [o for o in TINY_RUN if o.startswith(("model.", "data."))]
     with TorchSettings():
         rec = rc2l.evaluate(REPO / "configs" / "synthetic.yaml", out / "best.safetensors", overrides=tiny)
-        code, _, err = cli(["eval", str(REPO / "configs" / "synthetic.yaml"), *tiny, "--weights",
-                            str(out / "best.safetensors"), "--json", str(tmp_path / "e.json")])
+        code, _, err = cli(
+            [
+                "eval",
+                str(REPO / "configs" / "synthetic.yaml"),
+                *tiny,
+                "--weights",
+                str(out / "best.safetensors"),
+                "--json",
+                str(tmp_path / "e.json"),
+            ]
+        )
     assert code == 0, err
     assert json.loads((tmp_path / "e.json").read_text()) == json.loads(json.dumps(rec))
     assert abs(rec["miou"] - res["best"]["miou"]) < 1e-6

@@ -15,12 +15,15 @@ class _Payload:
     """An arbitrary pickled object: weights_only loading must refuse it."""
 
 
-@pytest.mark.parametrize("name, channels, size", [
-    ("resnet18", [64, 128, 256, 512], (64, 96)),
-    ("efficientnet_lite0", [24, 40, 112, 320], (64, 96)),
-    ("resnet50", [256, 512, 1024, 2048], (32, 32)),
-    ("resnet101", [256, 512, 1024, 2048], (32, 32)),
-])
+@pytest.mark.parametrize(
+    "name, channels, size",
+    [
+        ("resnet18", [64, 128, 256, 512], (64, 96)),
+        ("efficientnet_lite0", [24, 40, 112, 320], (64, 96)),
+        ("resnet50", [256, 512, 1024, 2048], (32, 32)),
+        ("resnet101", [256, 512, 1024, 2048], (32, 32)),
+    ],
+)
 def test_features_at_strides_4_to_32(name, channels, size):
     torch.manual_seed(0)
     backbone = build_backbone(name, pretrained="none").eval()
@@ -136,11 +139,14 @@ def test_lite0_mapping_fails_loudly_on_layout_drift():
         lite0_package_to_timm(src, "pkg.pth")
 
 
-@pytest.mark.parametrize("name, os_, strides", [
-    ("resnet18", 16, [4, 8, 16, 16]),
-    ("resnet18", 8, [4, 8, 8, 8]),
-    ("efficientnet_lite0", 16, [4, 8, 16, 16]),
-])
+@pytest.mark.parametrize(
+    "name, os_, strides",
+    [
+        ("resnet18", 16, [4, 8, 16, 16]),
+        ("resnet18", 8, [4, 8, 8, 8]),
+        ("efficientnet_lite0", 16, [4, 8, 16, 16]),
+    ],
+)
 def test_output_stride_dilates_instead_of_striding(name, os_, strides):
     backbone = build_backbone(name, pretrained="none", output_stride=os_).eval()
     assert backbone.strides == strides
@@ -159,8 +165,11 @@ def test_resnet_dilation_is_torchvisions(os_, replace):
 
     ours = build_backbone("resnet50", pretrained="none", output_stride=os_)
     ref = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=replace)
-    convs = lambda m: {n: (c.stride, c.dilation, c.padding) for n, c in m.named_modules()  # noqa: E731
-                       if isinstance(c, torch.nn.Conv2d)}
+    convs = lambda m: {
+        n: (c.stride, c.dilation, c.padding)
+        for n, c in m.named_modules()  # noqa: E731
+        if isinstance(c, torch.nn.Conv2d)
+    }
     assert convs(ours) == convs(ref)
 
 

@@ -1,6 +1,7 @@
 """Smoke tests of benchmarks/: each script in --quick mode (tiny sizes, one repetition) writes
 the table and JSON rows it promises; the memory method measures a known allocation; the
 output merging keeps other benchmarks' rows. No timing assertions."""
+
 from __future__ import annotations
 
 import importlib
@@ -67,7 +68,9 @@ def test_vs_hf_maskformer_quick(bench, tmp_path):
     for r in rows:
         assert r["network_attempts"] == 0
         if r["kind"] in ("train", "infer"):
-            assert r["speedup"] == pytest.approx(r["hf_s"] / r["ours_s"]) and r["ratio_vs_reference"] == pytest.approx(1 / r["speedup"])
+            assert r["speedup"] == pytest.approx(r["hf_s"] / r["ours_s"]) and r["ratio_vs_reference"] == pytest.approx(
+                1 / r["speedup"]
+            )
     (onnx,) = [r for r in rows if r["kind"] == "onnx"]
     assert onnx["max_abs_diff"] < 1e-3 and onnx["speedup"] > 0
     (bd,) = [r for r in rows if r["kind"] == "breakdown"]
@@ -81,7 +84,10 @@ def test_memory_quick(bench, tmp_path):
     assert m.main(["--quick", "--configs", str(REPO / "configs" / "cityscapes.yaml"), "--out", str(tmp_path)]) == 0
     data, md = read_out(tmp_path)
     rows = [r for r in data["rows"] if r["run"] == "memory/cpu"]
-    assert [(r["config"], r["method"]) for r in rows] == [("configs/cityscapes.yaml", "supervised"), ("configs/cityscapes.yaml", "rc2l")]
+    assert [(r["config"], r["method"]) for r in rows] == [
+        ("configs/cityscapes.yaml", "supervised"),
+        ("configs/cityscapes.yaml", "rc2l"),
+    ]
     for r in rows:
         assert r["status"] == "ok" and r["peak_mem_bytes"] > 100 * MiB and r["step_s"] > 0
         assert "crop 801×801 → 256×256" in r["notes"] and r["gpu_config"] is True
@@ -107,16 +113,35 @@ def test_peak_memory_method_sees_an_allocation(bench):
 
 def test_publish_replaces_own_rows_and_keeps_others(bench, tmp_path):
     cm = bench("common")
-    meta = {"commit": "abc", "command": "x", "date": "d", "quick": True, "mem_method": "m",
-            "machine": {"cpu": "c", "cores": 2, "torch_threads": 2, "torch": "t", "python": "p", "device": "cpu",
-                        "amp": "off", "loadavg_start": [1, 2, 3]}}
+    meta = {
+        "commit": "abc",
+        "command": "x",
+        "date": "d",
+        "quick": True,
+        "mem_method": "m",
+        "machine": {
+            "cpu": "c",
+            "cores": 2,
+            "torch_threads": 2,
+            "torch": "t",
+            "python": "p",
+            "device": "cpu",
+            "amp": "off",
+            "loadavg_start": [1, 2, 3],
+        },
+    }
     a = Namespace(out=str(tmp_path), device="cpu", amp=False)
     cm.publish("one", a, meta, [{"v": 1}], "table one")
     cm.publish("two", a, meta, [{"v": 2}], "table two")
     cm.publish("one", a, meta, [{"v": 3}, {"v": 4}], "table one again")
     cm.publish("one", Namespace(out=str(tmp_path), device="cuda", amp=True), meta, [{"v": 5}], "gpu table")
     data, md = read_out(tmp_path)
-    assert [(r["run"], r["v"]) for r in data["rows"]] == [("two/cpu", 2), ("one/cpu", 3), ("one/cpu", 4), ("one/cuda+amp", 5)]
+    assert [(r["run"], r["v"]) for r in data["rows"]] == [
+        ("two/cpu", 2),
+        ("one/cpu", 3),
+        ("one/cpu", 4),
+        ("one/cuda+amp", 5),
+    ]
     assert md.count("<!-- BEGIN one/cpu") == 1 and "table one again" in md and "table one\n" not in md
     assert "table two" in md and "gpu table" in md
 

@@ -1,6 +1,7 @@
 """Checkpoints: atomic writes (an interrupted or killed write keeps the previous file and leaves
 no temp file), safetensors weights with architecture metadata, refusal of files that do not fit
 (saying what differs), training state read with weights_only=True, and no NaN model saved."""
+
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ from rc2l.config import load_config
 from rc2l.engine import checkpoint as ck
 from rc2l.errors import CheckpointError, TrainingError
 from rc2l.models.segmenter import build_model
+
 from reliability_helpers import CONFIG, REPO, TINY, TorchSettings, tiny_config
 
 
@@ -157,7 +159,9 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     path = tmp_path / "w.safetensors"
     ck.save_weights(model, path, ck.model_meta(model, to_dict(cfg)["model"]))
     other, _ = _tiny_model(5, "model.dec_layers=3")
-    with pytest.raises(CheckpointError, match=r"different architecture: \d+ missing and 0 unexpected tensors.*file architecture"):
+    with pytest.raises(
+        CheckpointError, match=r"different architecture: \d+ missing and 0 unexpected tensors.*file architecture"
+    ):
         ck.load_weights(other, path)
     wider, _ = _tiny_model(5, "model.dim_feedforward=96")
     with pytest.raises(CheckpointError, match=r"tensor '.*' has shape \(\d+, 32\), model expects \(96, 32\)"):

@@ -1,4 +1,5 @@
 """`rc2l compare`: rows × seeds, mean ± std of final and best mIoU, paired differences."""
+
 import json
 
 import pytest
@@ -6,18 +7,56 @@ import pytest
 from rc2l.cli import main
 from rc2l.engine.compare import STUDY_ROWS, mean_std, parse_rows, table
 
-TINY = ["model.pretrained=none", "model.backbone=resnet18", "model.hidden_dim=32", "model.mask_dim=32",
-        "model.num_queries=8", "model.dec_layers=2", "model.nheads=4", "model.dim_feedforward=64",
-        "data.workers=0", "data.batch_size=2", "data.unlabeled_batch_size=2", "train.iters=2",
-        "train.eval_every=1", "train.save_every=2", "train.threads=1", "data.split=1_4",
-        "data.synthetic.num_train=8", "data.synthetic.num_val=2", "semi.start_iter=0"]
+TINY = [
+    "model.pretrained=none",
+    "model.backbone=resnet18",
+    "model.hidden_dim=32",
+    "model.mask_dim=32",
+    "model.num_queries=8",
+    "model.dec_layers=2",
+    "model.nheads=4",
+    "model.dim_feedforward=64",
+    "data.workers=0",
+    "data.batch_size=2",
+    "data.unlabeled_batch_size=2",
+    "train.iters=2",
+    "train.eval_every=1",
+    "train.save_every=2",
+    "train.threads=1",
+    "data.split=1_4",
+    "data.synthetic.num_train=8",
+    "data.synthetic.num_val=2",
+    "semi.start_iter=0",
+]
 
 
 def test_table_means_stds_and_paired_differences():
-    runs = [{"row": "supervised", "seed": s, "final_miou": v, "final_model": "student", "best_miou": v + 1,
-             "best_model": "student", "wall_s": 60, "it_s_median": 0.5} for s, v in ((0, 50.0), (1, 52.0))]
-    runs += [{"row": "rc2l", "seed": s, "final_miou": v, "final_model": "teacher", "best_miou": v,
-              "best_model": "teacher", "wall_s": 120, "it_s_median": 0.25} for s, v in ((0, 53.0), (1, 53.0))]
+    runs = [
+        {
+            "row": "supervised",
+            "seed": s,
+            "final_miou": v,
+            "final_model": "student",
+            "best_miou": v + 1,
+            "best_model": "student",
+            "wall_s": 60,
+            "it_s_median": 0.5,
+        }
+        for s, v in ((0, 50.0), (1, 52.0))
+    ]
+    runs += [
+        {
+            "row": "rc2l",
+            "seed": s,
+            "final_miou": v,
+            "final_model": "teacher",
+            "best_miou": v,
+            "best_model": "teacher",
+            "wall_s": 120,
+            "it_s_median": 0.25,
+        }
+        for s, v in ((0, 53.0), (1, 53.0))
+    ]
     text = table(runs, "supervised", "t")
     sup = next(line for line in text.splitlines() if line.startswith("| supervised"))
     rc2l = next(line for line in text.splitlines() if line.startswith("| rc2l"))
@@ -37,11 +76,28 @@ def test_study_rows_and_parse():
 
 @pytest.mark.slow
 def test_compare_runs_rows_times_seeds_and_continues(tmp_path, capsys):
-    args = ["compare", "configs/synthetic.yaml", *TINY, "--out", str(tmp_path), "--seeds", "0", "1",
-            "--row", "supervised: method=supervised", "--row", "unimatch: method=unimatch semi.unimatch.threshold=0"]
+    args = [
+        "compare",
+        "configs/synthetic.yaml",
+        *TINY,
+        "--out",
+        str(tmp_path),
+        "--seeds",
+        "0",
+        "1",
+        "--row",
+        "supervised: method=supervised",
+        "--row",
+        "unimatch: method=unimatch semi.unimatch.threshold=0",
+    ]
     assert main(args) == 0
     runs = json.loads((tmp_path / "compare.json").read_text())
-    assert [(r["row"], r["seed"]) for r in runs] == [("supervised", 0), ("supervised", 1), ("unimatch", 0), ("unimatch", 1)]
+    assert [(r["row"], r["seed"]) for r in runs] == [
+        ("supervised", 0),
+        ("supervised", 1),
+        ("unimatch", 0),
+        ("unimatch", 1),
+    ]
     assert all(r["returncode"] == 0 and r["final_step"] == 2 and set(r["curve"]) == {"1", "2"} for r in runs)
     assert runs[0]["final_miou"] != runs[1]["final_miou"] or runs[0]["curve"] != runs[1]["curve"]  # seeds differ
     md = (tmp_path / "compare.md").read_text()

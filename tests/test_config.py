@@ -1,9 +1,11 @@
 """Config overrides keep their meaning: choice strings that YAML 1.1 would turn into booleans
 (``off``) and split names it would turn into integers (``1_8``) stay strings."""
+
 import pytest
 
-from helpers import SYNTHETIC
 from rc2l.config import ConfigError, load_config
+
+from helpers import SYNTHETIC
 
 
 def test_yaml_1_1_booleans_stay_strings_in_overrides_and_files(tmp_path):

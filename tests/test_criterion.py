@@ -75,9 +75,13 @@ def test_gradients_finite_with_deep_supervision_and_point_sampling():
     labels = torch.randint(0, 3, (2, 16, 16))
     logits = torch.randn(2, 6, 4, requires_grad=True)
     masks = torch.randn(2, 6, 4, 4, requires_grad=True)
+
     def outputs():
-        return {"pred_logits": logits, "pred_masks": masks,
-                "aux_outputs": [{"pred_logits": logits * 1.0, "pred_masks": masks * 1.0}]}
+        return {
+            "pred_logits": logits,
+            "pred_masks": masks,
+            "aux_outputs": [{"pred_logits": logits * 1.0, "pred_masks": masks * 1.0}],
+        }
 
     for cfg in (LossConfig(), LossConfig(num_points=32, mask_loss="focal")):
         logits.grad = masks.grad = None

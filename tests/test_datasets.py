@@ -7,10 +7,10 @@ import torch
 from conftest import DATA_CS_LABEL_IDS, data_config, data_labels, data_rgb, data_save
 from PIL import Image
 
+from rc2l.cli import main as splits_main
 from rc2l.config import ConfigError
 from rc2l.data import datasets as D
 from rc2l.data.build import build_datasets, dataset_info
-from rc2l.cli import main as splits_main
 from rc2l.errors import DataError
 
 
@@ -42,9 +42,14 @@ def test_camvid_split_files_both_formats(data_camvid, tmp_path):
     sdir = tmp_path / "sp"
     (sdir / "half").mkdir(parents=True)
     (sdir / "half" / "labeled.txt").write_text(
-        "images/train/0001TP_000000.webp labels/train/0001TP_000000.png\n0001TP_000001\n")
-    (sdir / "half" / "unlabeled.txt").write_text("0001TP_000002\nimages/train/0001TP_000003.webp labels/train/0001TP_000003.png\n")
-    ds = build_datasets(data_config(name="camvid", root=str(data_camvid), split="half", splits_dir=str(sdir), method="rc2l"))
+        "images/train/0001TP_000000.webp labels/train/0001TP_000000.png\n0001TP_000001\n"
+    )
+    (sdir / "half" / "unlabeled.txt").write_text(
+        "0001TP_000002\nimages/train/0001TP_000003.webp labels/train/0001TP_000003.png\n"
+    )
+    ds = build_datasets(
+        data_config(name="camvid", root=str(data_camvid), split="half", splits_dir=str(sdir), method="rc2l")
+    )
     assert [it.id for it in ds["labeled"].items] == ["0001TP_000000", "0001TP_000001"]
     assert len(ds["unlabeled"]) == 2 and len(ds["val"]) == 2
     u = ds["unlabeled"][0]
@@ -68,8 +73,10 @@ def test_voc_classic_and_blended(data_voc):
     assert items["2008_000001"].mask.parent.name == "SegmentationClassAug"
     assert items["2007_000000"].mask.parent.name == "SegmentationClass"  # the official mask wins
     i = [it.id for it in aug["labeled"].items].index("2008_000001")
-    assert torch.equal(D.SegDataset(aug["labeled"].reader, aug["labeled"].items, aug["val"].transform)[i]["mask"],
-                       torch.from_numpy(data_labels(4, [0, 5, 20, 255])).long())
+    assert torch.equal(
+        D.SegDataset(aug["labeled"].reader, aug["labeled"].items, aug["val"].transform)[i]["mask"],
+        torch.from_numpy(data_labels(4, [0, 5, 20, 255])).long(),
+    )
 
 
 def test_cityscapes_label_ids_and_train_ids(data_cityscapes):
@@ -99,8 +106,16 @@ def test_folder_with_unlabeled_images(data_folder, tmp_path):
     out = tmp_path / "splits" / "mine" / "all"
     assert splits_main(["splits", "--dataset", "folder", "--root", str(data_folder), "--out", str(out)]) == 0
     assert (out / "unlabeled.txt").read_text() == "images/c.webp\n"
-    ds = build_datasets(data_config(name="folder", root=str(data_folder), split="all",
-                                    splits_dir=str(out.parent), method="fixmatch", crop_size=[8, 8]))
+    ds = build_datasets(
+        data_config(
+            name="folder",
+            root=str(data_folder),
+            split="all",
+            splits_dir=str(out.parent),
+            method="fixmatch",
+            crop_size=[8, 8],
+        )
+    )
     assert len(ds["labeled"]) == 2 and [it.id for it in ds["unlabeled"].items] == ["c"]
     assert ds["unlabeled"][0]["image_w"].shape == (3, 8, 8)
     assert ds["val"][1]["mask"].unique().tolist() == [0, 2]
@@ -110,7 +125,9 @@ def test_folder_with_unlabeled_images(data_folder, tmp_path):
 
 
 def test_real_camvid_with_committed_split(camvid_root):
-    cfg = data_config(name="camvid", root=str(camvid_root), split="1_8", splits_dir="", method="rc2l", crop_size=[64, 64])
+    cfg = data_config(
+        name="camvid", root=str(camvid_root), split="1_8", splits_dir="", method="rc2l", crop_size=[64, 64]
+    )
     ds = build_datasets(cfg)
     assert (len(ds["labeled"]), len(ds["unlabeled"]), len(ds["val"])) == (46, 321, 101)
     s = ds["val"][0]
@@ -153,9 +170,12 @@ def test_split_line_naming_a_missing_file(data_camvid, tmp_path):
 
 
 def test_overlap_empty_and_missing_split(data_camvid, tmp_path):
-    sdir = _split_dir(tmp_path, "0001TP_000000\n0001TP_000001\n",
-                      "images/train/0001TP_000001.webp labels/train/0001TP_000001.png\n")
-    with pytest.raises(DataError, match=r"labeled\.txt and .*unlabeled\.txt share 1 image\(s\), e\.g\. '0001TP_000001'"):
+    sdir = _split_dir(
+        tmp_path, "0001TP_000000\n0001TP_000001\n", "images/train/0001TP_000001.webp labels/train/0001TP_000001.png\n"
+    )
+    with pytest.raises(
+        DataError, match=r"labeled\.txt and .*unlabeled\.txt share 1 image\(s\), e\.g\. '0001TP_000001'"
+    ):
         _build_split(data_camvid, sdir)
     sdir = _split_dir(tmp_path, "\n# nothing\n")
     with pytest.raises(DataError, match=r"split file is empty: .*labeled\.txt"):
@@ -206,7 +226,9 @@ def test_truncated_mask(data_camvid):
 
 def test_size_mismatch_and_bad_label(data_camvid):
     data_save(data_camvid / "labels" / "val" / "0001TP_001000.png", np.zeros((10, 16), np.uint8))
-    with pytest.raises(DataError, match=r"mask .*0001TP_001000\.png is 16x10 \(WxH\) but its image .*0001TP_001000\.webp is 16x12"):
+    with pytest.raises(
+        DataError, match=r"mask .*0001TP_001000\.png is 16x10 \(WxH\) but its image .*0001TP_001000\.webp is 16x12"
+    ):
         _val(data_camvid)[0]
     bad = data_labels(1, [0, 3])
     bad[4, 5] = 12

@@ -1,4 +1,5 @@
 """DeepLabv3+ (the per-pixel segmenter) and the feature-perturbation branch of both models."""
+
 import time
 
 import numpy as np
@@ -16,8 +17,16 @@ def tiny(backbone: str = "resnet18", **kw) -> ModelConfig:
     return ModelConfig(arch="deeplabv3plus", backbone=backbone, pretrained="none", aspp_dim=32, decoder_dim=32, **kw)
 
 
-TINY_MASKFORMER = ModelConfig(backbone="resnet18", pretrained="none", num_queries=8, hidden_dim=32, mask_dim=32,
-                              dec_layers=2, nheads=4, dim_feedforward=64)
+TINY_MASKFORMER = ModelConfig(
+    backbone="resnet18",
+    pretrained="none",
+    num_queries=8,
+    hidden_dim=32,
+    mask_dim=32,
+    dec_layers=2,
+    nheads=4,
+    dim_feedforward=64,
+)
 
 
 def _capture_inputs(module: torch.nn.Module) -> list:
@@ -72,8 +81,12 @@ def test_aspp_dilation_rates_scale_with_output_stride(output_stride, rates):
 def test_lite0_imagenet_weights_load_into_the_dilated_backbone():
     from rc2l.models.backbones import _lite0_package_state
 
-    model = build_model(3, ModelConfig(arch="deeplabv3plus", backbone="efficientnet_lite0", pretrained="imagenet",
-                                       aspp_dim=32, decoder_dim=32))
+    model = build_model(
+        3,
+        ModelConfig(
+            arch="deeplabv3plus", backbone="efficientnet_lite0", pretrained="imagenet", aspp_dim=32, decoder_dim=32
+        ),
+    )
     state = _lite0_package_state()
     body = model.backbone.body.state_dict()
     for key in ("conv_stem.weight", "blocks.5.1.conv_dw.weight", "blocks.6.0.conv_pw.weight", "bn1.running_var"):
@@ -120,9 +133,14 @@ def _old_maskformer_forward(model: Segmenter, images: torch.Tensor) -> dict:
     Fm, pyramid = model.pixel_decoder(model.backbone((images - model.mean) / model.std))
     layers = model.decoder(pyramid, Fm)
     logits, emb, masks = layers[-1]
-    return {"pred_logits": logits, "pred_masks": masks, "mask_embed": emb, "pixel_feats": Fm,
-            "sem_masks": semantic_masks(logits, masks),
-            "aux_outputs": [{"pred_logits": l, "pred_masks": m} for l, _, m in layers[:-1]]}
+    return {
+        "pred_logits": logits,
+        "pred_masks": masks,
+        "mask_embed": emb,
+        "pixel_feats": Fm,
+        "sem_masks": semantic_masks(logits, masks),
+        "aux_outputs": [{"pred_logits": l, "pred_masks": m} for l, _, m in layers[:-1]],
+    }
 
 
 def test_maskformer_without_fp_is_bit_identical():

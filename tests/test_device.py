@@ -1,6 +1,7 @@
 """train.device=cuda where there is no CUDA: one ``error:`` line and exit status 2, not a
 traceback (issue 17, bug 2). The subprocess hides every GPU (CUDA_VISIBLE_DEVICES=""), so the
 test means the same on a machine with one."""
+
 from __future__ import annotations
 
 import pytest

@@ -2,6 +2,7 @@
 where each window came from, so a misplaced window, wrong stitching or a crop of the mask
 that does not match the crop of the image is visible (test_evaluate.py covers the case of a
 crop that fits the image)."""
+
 from __future__ import annotations
 
 import pytest
@@ -56,8 +57,8 @@ def _expected_window_mean(n: int, crop: int, ratio: float) -> torch.Tensor:
         starts.append(n - c)
     tot, cnt = torch.zeros(n), torch.zeros(n)
     for y0 in starts:
-        tot[y0:y0 + c] += torch.arange(c, dtype=torch.float32)
-        cnt[y0:y0 + c] += 1
+        tot[y0 : y0 + c] += torch.arange(c, dtype=torch.float32)
+        cnt[y0 : y0 + c] += 1
     return tot / cnt
 
 
@@ -85,7 +86,7 @@ def test_center_crop_takes_the_middle_window():
     scores = predict_scores(pointwise, img, "center_crop", CROP, 2 / 3, 3)
     y0, x0 = (61 - 24) // 2, (50 - 20) // 2  # 18, 15
     assert scores.shape == (1, 3, 24, 20)
-    assert torch.equal(scores, pointwise(img[..., y0:y0 + 24, x0:x0 + 20]))
+    assert torch.equal(scores, pointwise(img[..., y0 : y0 + 24, x0 : x0 + 20]))
     assert torch.equal(center_crop(img, CROP)[0, :2, 0, 0], torch.tensor([18 / 61, 15 / 50]))
     # a crop larger than the image along one axis is clipped to it
     assert center_crop(img, (100, 20)).shape[-2:] == (61, 20)
@@ -116,8 +117,9 @@ def _batches(shift: int = 0):
 @pytest.mark.parametrize("mode, pixels", [("original", H * W), ("center_crop", 24 * 20), ("sliding_window", H * W)])
 def test_evaluate_modes_on_an_image_larger_than_the_crop(mode, pixels):
     batches = _batches()
-    ignored = sum(int((center_crop(b["mask"][0], CROP) if mode == "center_crop" else b["mask"][0]).eq(255).sum())
-                  for b in batches)
+    ignored = sum(
+        int((center_crop(b["mask"][0], CROP) if mode == "center_crop" else b["mask"][0]).eq(255).sum()) for b in batches
+    )
     res = evaluate(Oracle(), batches, 4, mode, CROP, 2 / 3)
     assert res["miou"] == pytest.approx(100.0) and res["mode"] == mode and res["crop"] == list(CROP)
     assert res["pixels"] == 2 * pixels - ignored

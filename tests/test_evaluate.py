@@ -44,8 +44,9 @@ def test_three_modes_agree_when_the_image_fits_one_window():
 
 
 def test_evaluate_loop_modes_agree_on_a_real_model():
-    from helpers import tiny_model_config
     from rc2l.models.segmenter import build_model
+
+    from helpers import tiny_model_config
 
     torch.manual_seed(0)
     model = build_model(3, tiny_model_config("resnet18", num_queries=4, dec_layers=1, dim_feedforward=32))

@@ -1,6 +1,7 @@
 """rc2l export: ONNX parity with PyTorch at several sizes (dynamic batch/height/width, sizes that
 are not multiples of 32, TF "same" padding of EfficientNet-Lite0), metadata, and predict with
 the ONNX backend."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ def resnet_onnx(run_dir, tmp_path_factory) -> tuple[Path, str]:
     img = d / "check.png"
     synthetic_image(img, 72, 104, 7)
     path = d / "model.onnx"
-    code, stdout, stderr = cli(["export", "--weights", str(run_dir / "best.safetensors"), "--onnx", str(path),
-                                "--check", str(img)])
+    code, stdout, stderr = cli(
+        ["export", "--weights", str(run_dir / "best.safetensors"), "--onnx", str(path), "--check", str(img)]
+    )
     assert code == 0, stdout + stderr
     return path, stdout
 
@@ -107,8 +109,19 @@ def test_predict_onnx_backend_matches_torch(run_dir, resnet_onnx, tmp_path):
     outs = {}
     for backend, weights in (("torch", run_dir / "best.safetensors"), ("onnx", path)):
         outs[backend] = tmp_path / backend
-        code, stdout, stderr = cli(["predict", "--weights", str(weights), str(src), "--out", str(outs[backend]),
-                                    "--backend", backend, "--no-progress"])
+        code, stdout, stderr = cli(
+            [
+                "predict",
+                "--weights",
+                str(weights),
+                str(src),
+                "--out",
+                str(outs[backend]),
+                "--backend",
+                backend,
+                "--no-progress",
+            ]
+        )
         assert code == 0, stderr
         assert "3 written, 0 failed" in stdout
         assert f"backend {backend}" in stderr

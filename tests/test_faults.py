@@ -3,6 +3,7 @@ line or key, and exit status 2. Most cases call the CLI entry point ``rc2l.cli.m
 process (the same code path as ``python -m rc2l``, without 4 s of interpreter start-up each);
 a few run ``python -m rc2l`` in a subprocess to check the real exit status and stderr.
 docs/reliability.md lists every case with the message a user sees."""
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,18 @@ from PIL import Image
 
 import rc2l.data.datasets as datasets_mod
 from rc2l.cli import main
-from reliability_helpers import (CONFIG, TINY, TorchSettings, cli, last_line, tiny_overrides, train_inprocess,
-                                 train_records, weights)
+
+from reliability_helpers import (
+    CONFIG,
+    TINY,
+    TorchSettings,
+    cli,
+    last_line,
+    tiny_overrides,
+    train_inprocess,
+    train_records,
+    weights,
+)
 
 SIDE = 32  # folder-dataset images are 32 x 32 (padded to the 64 x 64 crop)
 
@@ -34,8 +45,19 @@ def make_folder(root: Path, n: int = 6) -> Path:
 
 
 def folder_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", CONFIG, *tiny_overrides(out, "data.name=folder", f"data.root={root}", "train.iters=2",
-                                             "train.eval_every=2", "train.save_every=2", *extra)]
+    return [
+        "train",
+        CONFIG,
+        *tiny_overrides(
+            out,
+            "data.name=folder",
+            f"data.root={root}",
+            "train.iters=2",
+            "train.eval_every=2",
+            "train.save_every=2",
+            *extra,
+        ),
+    ]
 
 
 def run_main(capsys, args: list[str]) -> tuple[int, str]:
@@ -82,14 +104,17 @@ def split_names_unknown_id(t):
 def mask_other_size(t):
     root = make_folder(t / "ds")
     Image.fromarray(np.zeros((SIDE // 2, SIDE), np.uint8)).save(root / "masks" / "im2.png")
-    return folder_args(root, t / "run"), rf"error: mask {root}/masks/im2\.png is 32x16 \(WxH\) but its image .* is 32x32"
+    return folder_args(
+        root, t / "run"
+    ), rf"error: mask {root}/masks/im2\.png is 32x16 \(WxH\) but its image .* is 32x32"
 
 
 def mask_value_outside_classes(t):
     root = make_folder(t / "ds")
     Image.fromarray(np.full((SIDE, SIDE), 7, np.uint8)).save(root / "masks" / "im3.png")
-    return folder_args(root, t / "run"), \
-        rf"error: mask {root}/masks/im3\.png: label value 7 is not a class of folder \(valid raw values: 0\.\.2, 255\)"
+    return folder_args(
+        root, t / "run"
+    ), rf"error: mask {root}/masks/im3\.png: label value 7 is not a class of folder \(valid raw values: 0\.\.2, 255\)"
 
 
 def empty_split(t):
@@ -144,14 +169,35 @@ def bad_choice(t):
 
 
 def nan_loss(t):
-    args = ["train", CONFIG, *tiny_overrides(t / "run", "train.iters=4", "loss.mask_weight=.nan", "train.max_bad_steps=3")]
-    return args, (r"error: 3 non-finite losses or gradients in a row at step 0 \(train\.max_bad_steps=3\): stopping; "
-                  r".*no state saved yet")
+    args = [
+        "train",
+        CONFIG,
+        *tiny_overrides(t / "run", "train.iters=4", "loss.mask_weight=.nan", "train.max_bad_steps=3"),
+    ]
+    return args, (
+        r"error: 3 non-finite losses or gradients in a row at step 0 \(train\.max_bad_steps=3\): stopping; "
+        r".*no state saved yet"
+    )
 
 
-FAULTS = [corrupt_image, truncated_image, missing_image, split_names_unknown_id, mask_other_size,
-          mask_value_outside_classes, empty_split, overlapping_splits, missing_root, unknown_key_override,
-          wrong_type_override, unknown_key_in_file, wrong_type_in_file, invalid_yaml, bad_choice, nan_loss]
+FAULTS = [
+    corrupt_image,
+    truncated_image,
+    missing_image,
+    split_names_unknown_id,
+    mask_other_size,
+    mask_value_outside_classes,
+    empty_split,
+    overlapping_splits,
+    missing_root,
+    unknown_key_override,
+    wrong_type_override,
+    unknown_key_in_file,
+    wrong_type_in_file,
+    invalid_yaml,
+    bad_choice,
+    nan_loss,
+]
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.__name__)
@@ -173,8 +219,10 @@ def test_data_error_in_a_loader_worker_subprocess(tmp_path):
     r = cli([*args, "data.workers=1"])
     line = last_line(r.stderr)
     assert r.returncode == 2, r.stderr[-2000:]
-    assert line == (f"error: cannot read image {tmp_path}/ds/images/im1.png: cannot identify image file "
-                    f"'{tmp_path}/ds/images/im1.png'"), line
+    assert line == (
+        f"error: cannot read image {tmp_path}/ds/images/im1.png: cannot identify image file "
+        f"'{tmp_path}/ds/images/im1.png'"
+    ), line
     assert "Traceback" not in r.stderr
 
 
@@ -191,8 +239,11 @@ def test_bad_samples_skip_end_to_end(tmp_path):
     skipped file in a warning and counts the skipped draws in metrics.jsonl."""
     root = make_folder(tmp_path / "ds")
     (root / "images" / "im1.png").write_bytes(b"garbage")
-    r = cli(folder_args(root, tmp_path / "run", "data.bad_samples=skip", "train.iters=4", "train.eval_every=4",
-                        "data.workers=1"))
+    r = cli(
+        folder_args(
+            root, tmp_path / "run", "data.bad_samples=skip", "train.iters=4", "train.eval_every=4", "data.workers=1"
+        )
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"skipping bad sample: cannot read image {root}/images/im1.png" in r.stderr
     assert "bad training sample draw(s) skipped (data.bad_samples=skip)" in r.stderr
@@ -216,11 +267,18 @@ def synthetic_run(tmp_path_factory):
 
 
 def test_resume_with_another_model_config_is_refused(synthetic_run, tmp_path, capsys):
-    rc, line = run_main(capsys, ["train", CONFIG, *tiny_overrides(tmp_path, f"resume={synthetic_run}/state.pt",
-                                                                   "model.hidden_dim=48", "train.iters=2")])
+    rc, line = run_main(
+        capsys,
+        [
+            "train",
+            CONFIG,
+            *tiny_overrides(tmp_path, f"resume={synthetic_run}/state.pt", "model.hidden_dim=48", "train.iters=2"),
+        ],
+    )
     assert rc == 2
-    assert line == (f"error: {synthetic_run}/state.pt: saved with a different model config "
-                    f"(differs in: model.hidden_dim)"), line
+    assert line == (
+        f"error: {synthetic_run}/state.pt: saved with a different model config (differs in: model.hidden_dim)"
+    ), line
 
 
 def test_resume_with_another_class_count_is_refused(synthetic_run, tmp_path, capsys):
@@ -243,8 +301,18 @@ def test_resume_from_a_corrupt_state_is_refused(synthetic_run, tmp_path, capsys)
 
 def test_eval_with_weights_of_another_class_count_is_refused(synthetic_run, tmp_path, capsys):
     root = make_folder(tmp_path / "ds")
-    rc, line = run_main(capsys, ["eval", CONFIG, *TINY, "data.name=folder", f"data.root={root}",
-                                 "--weights", str(synthetic_run / "last.safetensors")])
+    rc, line = run_main(
+        capsys,
+        [
+            "eval",
+            CONFIG,
+            *TINY,
+            "data.name=folder",
+            f"data.root={root}",
+            "--weights",
+            str(synthetic_run / "last.safetensors"),
+        ],
+    )
     assert rc == 2
     assert line == f"error: {synthetic_run}/last.safetensors: weights are for 5 classes, the model has 3", line
 
@@ -267,12 +335,15 @@ def test_nonfinite_steps_are_skipped_counted_and_training_goes_on(tmp_path, monk
         return terms
 
     monkeypatch.setattr(Supervised, "step", sometimes_nan)
-    out = train_inprocess(tmp_path, "train.iters=3", "train.max_bad_steps=3", "train.eval_every=100",
-                          "train.save_every=100")
+    out = train_inprocess(
+        tmp_path, "train.iters=3", "train.max_bad_steps=3", "train.eval_every=100", "train.save_every=100"
+    )
     assert out["step"] == 3 and calls == [0, 1, 1, 1, 2]
     recs = train_records(tmp_path)
     assert [r["step"] for r in recs] == [1, 2, 3] and recs[-1]["skipped_steps"] == 2
-    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "last.safetensors").values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in weights(tmp_path / "last.safetensors").values() if v.is_floating_point()
+    )
 
 
 def test_infinite_gradient_with_finite_loss_is_skipped_without_clipping(tmp_path, monkeypatch):
@@ -296,7 +367,11 @@ def test_infinite_gradient_with_finite_loss_is_skipped_without_clipping(tmp_path
         return terms
 
     monkeypatch.setattr(Supervised, "step", inf_grad_once)
-    out = train_inprocess(tmp_path, "train.iters=3", "train.clip_grad=0", "train.eval_every=100", "train.save_every=100")
+    out = train_inprocess(
+        tmp_path, "train.iters=3", "train.clip_grad=0", "train.eval_every=100", "train.save_every=100"
+    )
     assert out["step"] == 3 and calls == [0, 1, 1, 2]
     assert train_records(tmp_path)[-1]["skipped_steps"] == 1
-    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "last.safetensors").values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in weights(tmp_path / "last.safetensors").values() if v.is_floating_point()
+    )

@@ -1,5 +1,6 @@
 """The test suite's own rules (tests/helpers.py): where the shared data is looked for, and a
 missing prerequisite skips with its reason on a developer machine but fails in CI."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,7 +33,10 @@ def test_a_missing_prerequisite_skips_with_its_reason_or_fails_in_ci(monkeypatch
 
 def test_tiny_model_helper():
     assert helpers.tiny_model_overrides("resnet18", dec_layers=1)[:3] == [
-        "model.pretrained=none", "model.backbone=resnet18", "model.hidden_dim=32"]
+        "model.pretrained=none",
+        "model.backbone=resnet18",
+        "model.hidden_dim=32",
+    ]
     assert "model.dec_layers=1" in helpers.tiny_model_overrides(dec_layers=1)
     mc = helpers.tiny_model_config("efficientnet_lite0", num_queries=4)
     assert (mc.backbone, mc.pretrained, mc.num_queries, mc.hidden_dim) == ("efficientnet_lite0", "none", 4, 32)

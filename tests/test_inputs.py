@@ -1,5 +1,6 @@
 """Inputs people actually have: EXIF-rotated JPEGs, 16-bit PNGs, RGBA / palette / grey / CMYK,
 very large images (sliding window, said in the log), and folders with files predict skips."""
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,9 @@ import pytest
 from PIL import Image
 
 import rc2l
-from infer_helpers import cli, synthetic_image, tiny_run
 from rc2l.infer.images import read_image
+
+from infer_helpers import cli, synthetic_image, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +40,9 @@ def test_exif_rotated_jpeg_is_turned_upright(model, tmp_path):
     assert stored.shape == (48, 64, 3) and upright.shape == (64, 48, 3)
     assert (upright == np.rot90(stored, k=-1)).all()
     assert model.predict(path).shape == (64, 48)
-    code, _, stderr = cli(["predict", "--weights", model.info.source, str(path), "--out", str(tmp_path / "o"),
-                           "--no-progress"])
+    code, _, stderr = cli(
+        ["predict", "--weights", model.info.source, str(path), "--out", str(tmp_path / "o"), "--no-progress"]
+    )
     assert code == 0, stderr
     assert Image.open(tmp_path / "o" / "phone.png").size == (48, 64)
 
@@ -53,7 +56,9 @@ def _png48(path: Path, a: np.ndarray) -> None:
         return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
 
 
 def test_16_bit_pngs_are_scaled_not_clipped(model, tmp_path):
@@ -87,8 +92,9 @@ def test_rgba_palette_grey_cmyk(model, tmp_path):
     assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 0] == np.array(im.convert("L"))).all()
     cmyk = read_image(tmp_path / "cmyk.jpg")
     assert cmyk.shape == (64, 64, 3) and np.abs(cmyk.astype(int) - rgb).mean() < 20
-    code, stdout, stderr = cli(["predict", "--weights", model.info.source, str(tmp_path), "--out",
-                                str(tmp_path / "out"), "--no-progress"])
+    code, stdout, stderr = cli(
+        ["predict", "--weights", model.info.source, str(tmp_path), "--out", str(tmp_path / "out"), "--no-progress"]
+    )
     assert code == 0 and "5 written, 0 failed" in stdout, stderr
     assert model.predict(rgba).shape == (64, 64)  # an H×W×4 array too
 
@@ -105,7 +111,10 @@ def test_large_image_goes_through_the_window_and_says_so(model, caplog):
             pred = model.predict(img, mode="original", max_pixels=64 * 64)
         assert pred.shape == (100, 140)
         assert len(calls) > 1 and set(calls) == {(1, 3, 64, 64)}
-        assert any("100x140 is 0.014 MP, above 0.0041 MP: sliding window 64x64 to bound memory" in r.getMessage() for r in caplog.records)
+        assert any(
+            "100x140 is 0.014 MP, above 0.0041 MP: sliding window 64x64 to bound memory" in r.getMessage()
+            for r in caplog.records
+        )
         calls.clear()
         model.predict(img, mode="original")
         assert calls == [(1, 3, 100, 140)]
@@ -122,8 +131,9 @@ def test_folder_names_what_it_skips(model, tmp_path):
     Image.fromarray(synthetic_image(tmp_path / "y.png", 64, 64, 2)).save(src / "c.tiff")
     (src / "d.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
     (src / "notes.txt").write_text("x")
-    code, stdout, stderr = cli(["predict", "--weights", model.info.source, str(src), "--out", str(tmp_path / "o"),
-                                "--no-progress"])
+    code, stdout, stderr = cli(
+        ["predict", "--weights", model.info.source, str(src), "--out", str(tmp_path / "o"), "--no-progress"]
+    )
     assert code == 0 and "3 written, 0 failed" in stdout, stderr
     notes = [ln for ln in stderr.splitlines() if "skipped" in ln]
     assert len(notes) == 1 and notes[0].startswith(f"note: {src}: skipped 2 file(s)"), stderr

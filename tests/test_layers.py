@@ -1,5 +1,6 @@
 """The package's architecture, checked: layers import only downwards, no import cycles, and
 no function longer than the limit a reader can hold in view."""
+
 from __future__ import annotations
 
 import ast
@@ -10,8 +11,21 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "rc2l"
 # Lower number = lower layer. A module may import its own layer or lower ones; `data` is a
 # side branch that imports none of models/losses/engine/infer.
-LAYERS = {"config": 0, "errors": 0, "provenance": 0, "data": 1, "models": 1, "losses": 2, "engine": 3, "infer": 4,
-          "api": 5, "cli": 6, "demo": 6, "__main__": 6, "__init__": 5}
+LAYERS = {
+    "config": 0,
+    "errors": 0,
+    "provenance": 0,
+    "data": 1,
+    "models": 1,
+    "losses": 2,
+    "engine": 3,
+    "infer": 4,
+    "api": 5,
+    "cli": 6,
+    "demo": 6,
+    "__main__": 6,
+    "__init__": 5,
+}
 MAX_FUNCTION_LINES = 80
 
 
@@ -64,7 +78,7 @@ def test_no_import_cycles_at_module_level():
         state[m] = 1
         for n in graph[m]:
             if state.get(n) == 1:
-                cycles.append(" → ".join(stack[stack.index(n):] + [n]))
+                cycles.append(" → ".join(stack[stack.index(n) :] + [n]))
             elif n not in state:
                 visit(n, stack + [n])
         state[m] = 2
@@ -78,6 +92,9 @@ def test_no_import_cycles_at_module_level():
 @pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
 def test_no_function_longer_than_the_limit(path):
     tree = ast.parse(path.read_text())
-    long = [f"{n.name} ({n.end_lineno - n.lineno + 1} lines, line {n.lineno})" for n in ast.walk(tree)
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
+    long = [
+        f"{n.name} ({n.end_lineno - n.lineno + 1} lines, line {n.lineno})"
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES
+    ]
     assert not long, f"{path.name}: " + ", ".join(long)

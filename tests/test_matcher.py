@@ -85,8 +85,10 @@ def test_matching_recovers_a_permutation():
 
 def random_targets(counts, K=5, P=(6, 7), seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [{"labels": torch.randint(0, K, (m,), generator=g),
-             "masks": (torch.rand(m, *P, generator=g) > 0.5).float()} for m in counts]
+    return [
+        {"labels": torch.randint(0, K, (m,), generator=g), "masks": (torch.rand(m, *P, generator=g) > 0.5).float()}
+        for m in counts
+    ]
 
 
 def test_batched_match_equals_one_image_at_a_time():
@@ -122,8 +124,11 @@ def test_pack_matches_indexes_the_concatenated_targets():
     from rc2l.losses.matcher import pack_matches, pad_targets
 
     targets = random_targets([2, 0, 3])
-    idx = [(torch.tensor([4, 1]), torch.tensor([0, 1])), (torch.zeros(0, dtype=torch.int64),) * 2,
-           (torch.tensor([0, 2]), torch.tensor([1, 2]))]
+    idx = [
+        (torch.tensor([4, 1]), torch.tensor([0, 1])),
+        (torch.zeros(0, dtype=torch.int64),) * 2,
+        (torch.tensor([0, 2]), torch.tensor([1, 2])),
+    ]
     m = pack_matches(idx, [2, 0, 3], "cpu")
     assert len(m) == 4 and m.img.tolist() == [0, 0, 2, 2] and m.pred.tolist() == [4, 1, 0, 2]
     assert m.tgt.tolist() == [0, 1, 3, 4] and m.local.tolist() == [0, 1, 1, 2]

@@ -1,4 +1,5 @@
 """Every method trains end to end on both architectures it supports (tiny synthetic runs)."""
+
 import json
 import math
 import subprocess
@@ -12,21 +13,51 @@ from rc2l.config import load_config
 from rc2l.engine.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.pretrained=none", "model.backbone=resnet18", "model.hidden_dim=32", "model.mask_dim=32",
-        "model.num_queries=8", "model.dec_layers=2", "model.nheads=4", "model.dim_feedforward=64",
-        "model.aspp_dim=32", "model.decoder_dim=32", "data.workers=0", "data.batch_size=2",
-        "data.unlabeled_batch_size=2", "data.split=1_4", "data.synthetic.num_train=16", "data.synthetic.num_val=2",
-        "train.iters=3", "train.eval_every=3", "train.save_every=3", "train.log_every=1", "train.progress=false",
-        "train.threads=1", "semi.rampup_iters=1", "train.warmup_iters=1", "semi.unimatch.threshold=0.0",
-        "semi.fixmatch_threshold=0.0", "semi.start_iter=0"]
+TINY = [
+    "model.pretrained=none",
+    "model.backbone=resnet18",
+    "model.hidden_dim=32",
+    "model.mask_dim=32",
+    "model.num_queries=8",
+    "model.dec_layers=2",
+    "model.nheads=4",
+    "model.dim_feedforward=64",
+    "model.aspp_dim=32",
+    "model.decoder_dim=32",
+    "data.workers=0",
+    "data.batch_size=2",
+    "data.unlabeled_batch_size=2",
+    "data.split=1_4",
+    "data.synthetic.num_train=16",
+    "data.synthetic.num_val=2",
+    "train.iters=3",
+    "train.eval_every=3",
+    "train.save_every=3",
+    "train.log_every=1",
+    "train.progress=false",
+    "train.threads=1",
+    "semi.rampup_iters=1",
+    "train.warmup_iters=1",
+    "semi.unimatch.threshold=0.0",
+    "semi.fixmatch_threshold=0.0",
+    "semi.start_iter=0",
+]
 TERMS = {"supervised": (), "fixmatch": ("fixmatch",), "unimatch": ("unimatch_s1", "unimatch_s2", "unimatch_fp")}
 
 
-@pytest.mark.parametrize("arch,method", [("deeplabv3plus", "supervised"), ("deeplabv3plus", "fixmatch"),
-                                         ("deeplabv3plus", "unimatch"), ("maskformer", "unimatch")])
+@pytest.mark.parametrize(
+    "arch,method",
+    [
+        ("deeplabv3plus", "supervised"),
+        ("deeplabv3plus", "fixmatch"),
+        ("deeplabv3plus", "unimatch"),
+        ("maskformer", "unimatch"),
+    ],
+)
 def test_method_trains_and_evaluates(tmp_path, arch, method):
-    cfg = load_config(REPO / "configs" / "synthetic.yaml", TINY + [f"model.arch={arch}", f"method={method}",
-                                                                 f"out_dir={tmp_path}"])
+    cfg = load_config(
+        REPO / "configs" / "synthetic.yaml", TINY + [f"model.arch={arch}", f"method={method}", f"out_dir={tmp_path}"]
+    )
     result = Trainer(cfg).fit()
     assert result["step"] == 3
     recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -43,9 +74,21 @@ def test_method_trains_and_evaluates(tmp_path, arch, method):
 
 
 def test_rc2l_on_a_per_pixel_model_is_refused_in_one_line(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "rc2l", "train", str(REPO / "configs" / "synthetic.yaml"),
-                        "method=rc2l", "model.arch=deeplabv3plus", f"out_dir={tmp_path}"],
-                       capture_output=True, text=True, cwd=tmp_path)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rc2l",
+            "train",
+            str(REPO / "configs" / "synthetic.yaml"),
+            "method=rc2l",
+            "model.arch=deeplabv3plus",
+            f"out_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "mask proposals" in lines[0]
@@ -61,8 +104,11 @@ def test_a_per_pixel_run_predicts_exports_and_reports(tmp_path):
 
     pytest.importorskip("onnxruntime")
     run = tmp_path / "run"
-    cfg = load_config(REPO / "configs" / "synthetic.yaml", TINY + ["model.arch=deeplabv3plus", "method=supervised",
-                                                                 "train.iters=2", "train.eval_every=2", f"out_dir={run}"])
+    cfg = load_config(
+        REPO / "configs" / "synthetic.yaml",
+        TINY
+        + ["model.arch=deeplabv3plus", "method=supervised", "train.iters=2", "train.eval_every=2", f"out_dir={run}"],
+    )
     Trainer(cfg).fit()
     model = rc2l.load(run)
     image = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)
@@ -81,8 +127,10 @@ def test_rc2l_fed_by_unimatch_perturbations(tmp_path, monkeypatch):
     FP branch feed the region losses; L = L_sup + λ_u·Σ terms with UniMatch's weights."""
     from rc2l.engine.methods import RC2L
 
-    cfg = load_config(REPO / "configs" / "synthetic.yaml", TINY + [
-        "method=rc2l", "semi.region_views=2", "semi.region_fp=true", "semi.tau_cls=0.0", f"out_dir={tmp_path}"])
+    cfg = load_config(
+        REPO / "configs" / "synthetic.yaml",
+        TINY + ["method=rc2l", "semi.region_views=2", "semi.region_fp=true", "semi.tau_cls=0.0", f"out_dir={tmp_path}"],
+    )
     trainer = Trainer(cfg)
     mixes = []
     real_mix = RC2L.mix
@@ -97,7 +145,9 @@ def test_rc2l_fed_by_unimatch_perturbations(tmp_path, monkeypatch):
     terms = trainer.method.step(batch_l, batch_u, step=5)
     assert [m[0] for m in mixes] == [11, 17]  # one box stream per view
     assert torch.equal(mixes[0][1], batch_u["image_s"]) and torch.equal(mixes[1][1], batch_u["image_s2"])
-    unsup = sum(v for k, v in terms.items() if k in ("rmc", "rfc", "rcc", "smc", "rmc_fp", "rfc_fp", "rcc_fp", "smc_fp"))
+    unsup = sum(
+        v for k, v in terms.items() if k in ("rmc", "rfc", "rcc", "smc", "rmc_fp", "rfc_fp", "rcc_fp", "smc_fp")
+    )
     assert {"rmc_fp", "smc_fp"} <= set(terms)
     assert torch.allclose(terms["loss"], terms["loss_sup"] + terms["lambda_u"] * unsup)
     assert torch.allclose(terms["loss_unsup"], unsup)

@@ -1,5 +1,6 @@
 """Shareable model folders: train → folder → load → same predictions; what config.json and the
 model card say; `rc2l export --model-dir`; predict / eval / export take a folder."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ import yaml
 from PIL import Image
 
 import rc2l
-from infer_helpers import REPO, TINY_RUN, TorchSettings, cli, synthetic_image, tiny_run
 from rc2l.errors import CheckpointError
+
+from infer_helpers import REPO, TINY_RUN, TorchSettings, cli, synthetic_image, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +87,9 @@ def test_export_model_dir_cli_and_folder_inputs(run_dir, tmp_path):
     assert "wrote model folder" in stdout and (out / "model.safetensors").is_file()
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["iters"] == 4
     synthetic_image(tmp_path / "in" / "a.png", 64, 64, 0)
-    code, _, stderr = cli(["predict", "--weights", str(out), str(tmp_path / "in"), "--out", str(tmp_path / "p"),
-                           "--no-progress"])
+    code, _, stderr = cli(
+        ["predict", "--weights", str(out), str(tmp_path / "in"), "--out", str(tmp_path / "p"), "--no-progress"]
+    )
     assert code == 0, stderr
     want = rc2l.load(run_dir, device="cpu").predict(tmp_path / "in" / "a.png")
     assert (np.array(Image.open(tmp_path / "p" / "a.png")) == want).all()

@@ -1,6 +1,7 @@
 """The optimizer and LR schedule (rc2l.engine.optim): linear warm-up then poly decay at its
 break points, the backbone LR multiplier, and the no-weight-decay split for norm weights and
 biases; and that the trainer steps the schedule once per optimizer step."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,21 +46,30 @@ def test_backbone_multiplier_and_no_decay_split():
     assert isinstance(opt, torch.optim.AdamW)
     # groups are named after the part they belong to (backbone/head), two per part (decay / no decay)
     assert sorted((g["name"], g["weight_decay"]) for g in opt.param_groups) == [
-        ("backbone", 0.0), ("backbone", 0.05), ("head", 0.0), ("head", 0.05)]
+        ("backbone", 0.0),
+        ("backbone", 0.05),
+        ("head", 0.0),
+        ("head", 0.05),
+    ]
 
 
 def test_no_decay_split_on_the_real_model():
     """On the segmenter: every norm weight and bias has weight decay 0, every matrix/conv kernel
     the configured decay, and only backbone parameters get the multiplier."""
-    from helpers import tiny_model_config
     from rc2l.models.segmenter import build_model
+
+    from helpers import tiny_model_config
 
     model = build_model(3, tiny_model_config("resnet18"))
     cfg = TrainConfig(lr=2e-4, backbone_lr_mult=0.5, weight_decay=0.01)
     opt = build_optimizer(model.param_groups(), cfg)
     bb = {id(p) for p in model.backbone.parameters()}
-    norms = {id(p) for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm))
-             for p in m.parameters()}
+    norms = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm))
+        for p in m.parameters()
+    }
     assert norms and len(norms) < len(list(model.parameters()))
     for name, p in model.named_parameters():
         g = _group_of(opt, p)
@@ -103,7 +113,7 @@ def test_lr_schedule_at_its_break_points():
 def test_lr_schedule_without_warmup_and_other_power():
     cfg = TrainConfig(lr=0.5, warmup_iters=0, iters=4, poly_power=2.0)
     head = [h for _, h in _lrs(cfg, 5)]
-    assert head == pytest.approx([0.5, 0.5 * 0.75 ** 2, 0.5 * 0.5 ** 2, 0.5 * 0.25 ** 2, 0.0])
+    assert head == pytest.approx([0.5, 0.5 * 0.75**2, 0.5 * 0.5**2, 0.5 * 0.25**2, 0.0])
     assert lr_factor(0, TrainConfig(warmup_iters=1, iters=4)) == 1.0  # one warm-up step is the full LR
 
 
@@ -112,8 +122,15 @@ def test_trainer_logs_the_scheduled_lr_every_step(tmp_path):
     step) follows lr · backbone_lr_mult · lr_factor(step): one scheduler step per optimizer step."""
     from reliability_helpers import train_inprocess, train_records
 
-    train_inprocess(tmp_path, "train.iters=4", "train.warmup_iters=2", "train.lr=0.01", "train.backbone_lr_mult=0.5",
-                    "train.eval_every=100", "train.save_every=100")
+    train_inprocess(
+        tmp_path,
+        "train.iters=4",
+        "train.warmup_iters=2",
+        "train.lr=0.01",
+        "train.backbone_lr_mult=0.5",
+        "train.eval_every=100",
+        "train.save_every=100",
+    )
     cfg = TrainConfig(lr=0.01, warmup_iters=2, iters=4)
     recs = train_records(tmp_path)
     assert [r["step"] for r in recs] == [1, 2, 3, 4]

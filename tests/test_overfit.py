@@ -1,5 +1,6 @@
 """The segmenter and the set loss can memorise a handful of images: a wiring bug anywhere
 between labels, matching, losses and prediction makes this fail."""
+
 import pytest
 import torch
 
@@ -18,8 +19,19 @@ def test_overfit_four_synthetic_images():
     batch = [ds[i] for i in range(4)]
     images = torch.stack([b["image"] for b in batch])
     labels = torch.stack([b["mask"] for b in batch])
-    model = build_model(NUM_CLASSES, ModelConfig(backbone="efficientnet_lite0", pretrained="imagenet", num_queries=8,
-                                                 hidden_dim=64, mask_dim=64, dec_layers=2, nheads=4, dim_feedforward=128))
+    model = build_model(
+        NUM_CLASSES,
+        ModelConfig(
+            backbone="efficientnet_lite0",
+            pretrained="imagenet",
+            num_queries=8,
+            hidden_dim=64,
+            mask_dim=64,
+            dec_layers=2,
+            nheads=4,
+            dim_feedforward=128,
+        ),
+    )
     crit = SetCriterion(NUM_CLASSES, LossConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     losses = []

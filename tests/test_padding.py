@@ -1,10 +1,12 @@
 """Crop padding is no image: whatever the student predicts on padded pixels changes no
 region loss and no matching cost (issue 17, bug 1)."""
+
 import torch
 
 from rc2l.config import SemiConfig
 from rc2l.losses.region import RegionLosses
-from test_region_losses import K, N, scene
+
+from test_region_losses import scene
 
 
 def _targets(regions, real):
@@ -26,7 +28,9 @@ def test_padding_pixels_change_no_region_loss_and_no_matching():
     g = torch.Generator().manual_seed(1)
     noise = 20 * torch.randn(noisy["pred_masks"].shape, generator=g)
     noisy["pred_masks"] = torch.where(real[:, None], noisy["pred_masks"], noise)  # garbage on padding only
-    noisy["pixel_feats"] = torch.where(real[:, None], noisy["pixel_feats"], 50 * torch.randn(noisy["pixel_feats"].shape, generator=g))
+    noisy["pixel_feats"] = torch.where(
+        real[:, None], noisy["pixel_feats"], 50 * torch.randn(noisy["pixel_feats"].shape, generator=g)
+    )
     out = rl(noisy, _targets(regions, real))
     for k in ("rmc", "rfc", "rcc"):
         assert torch.allclose(out[k], ref[k], atol=1e-5), (k, out[k], ref[k])

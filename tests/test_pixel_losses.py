@@ -1,4 +1,5 @@
 """Pixel-level counterparts: FixMatch pseudo-label CE and pixel InfoNCE."""
+
 import math
 
 import pytest
@@ -17,7 +18,8 @@ def test_pseudo_ce_threshold_and_hand_value():
     assert pixel_pseudo_ce(S, label, conf, 0.95, ignore).item() == pytest.approx(-math.log(0.8), rel=1e-5)
     logits = S.detach().log()
     assert pixel_pseudo_ce(logits, label, conf, 0.0, input="logits").item() == pytest.approx(
-        -(math.log(0.8) + math.log(0.6)) / 2, rel=1e-5)
+        -(math.log(0.8) + math.log(0.6)) / 2, rel=1e-5
+    )
 
 
 def test_nothing_confident_is_connected_zero():
@@ -42,7 +44,9 @@ def test_sampled_with_all_pixels_equals_exact_and_chunking_is_exact():
     chunked = pixel_contrast_loss(F, label, valid, mode="exact", chunk=7)
     assert sampled.item() == pytest.approx(exact.item(), rel=1e-5)
     assert chunked.item() == pytest.approx(exact.item(), rel=1e-5)
-    few = pixel_contrast_loss(F, label, valid, mode="sampled", num_samples=8, generator=torch.Generator().manual_seed(0))
+    few = pixel_contrast_loss(
+        F, label, valid, mode="sampled", num_samples=8, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.isfinite(few) and few.item() != pytest.approx(exact.item())
 
 

@@ -1,5 +1,6 @@
 """rc2l predict: inputs (folders, globs, corrupt files), outputs (palette PNG, overlay,
 confidence), name collisions, batching and the sliding window."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,13 +31,28 @@ def model(run_dir):
 def test_folder_with_corrupt_file(run_dir, model, tmp_path):
     """Good images are all written, the corrupt one is named on stderr, exit status is 1."""
     src = tmp_path / "in"
-    imgs = {"a": synthetic_image(src / "a.png", 64, 64, 0), "b": synthetic_image(src / "b.jpg", 64, 64, 1),
-            "big": synthetic_image(src / "deep" / "big.png", 80, 120, 2)}
+    imgs = {
+        "a": synthetic_image(src / "a.png", 64, 64, 0),
+        "b": synthetic_image(src / "b.jpg", 64, 64, 1),
+        "big": synthetic_image(src / "deep" / "big.png", 80, 120, 2),
+    }
     (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
     (src / "notes.txt").write_text("not an image")  # ignored: not an image extension
     out = tmp_path / "out"
-    code, stdout, stderr = cli(["predict", "--weights", str(run_dir / "best.safetensors"), str(src), "--out", str(out),
-                                "--confidence", "--batch-size", "2", "--no-progress"])
+    code, stdout, stderr = cli(
+        [
+            "predict",
+            "--weights",
+            str(run_dir / "best.safetensors"),
+            str(src),
+            "--out",
+            str(out),
+            "--confidence",
+            "--batch-size",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert code == 1
     err_lines = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
     assert len(err_lines) == 1 and "corrupt.png" in err_lines[0], stderr
@@ -72,21 +88,45 @@ def test_glob_and_name_collisions(run_dir, tmp_path):
     synthetic_image(tmp_path / "one" / "y.png", 64, 64, 4)
     synthetic_image(tmp_path / "one" / "z.webp", 64, 64, 5)
     out = tmp_path / "out"
-    code, stdout, stderr = cli(["predict", "--weights", str(run_dir / "best.safetensors"),
-                                str(tmp_path / "one" / "*.png"), str(tmp_path / "two"), str(tmp_path / "nothing*.png"),
-                                "--out", str(out), "--no-progress"])
+    code, stdout, stderr = cli(
+        [
+            "predict",
+            "--weights",
+            str(run_dir / "best.safetensors"),
+            str(tmp_path / "one" / "*.png"),
+            str(tmp_path / "two"),
+            str(tmp_path / "nothing*.png"),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 1  # the empty glob is a failure
     assert "nothing*.png: no image matches" in stderr
     assert "3 written, 1 failed" in stdout
-    assert sorted(p.name for p in out.glob("*.png")) == ["x.png", "x_2.png", "x_2_overlay.png", "x_overlay.png",
-                                                          "y.png", "y_overlay.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "x.png",
+        "x_2.png",
+        "x_2_overlay.png",
+        "x_overlay.png",
+        "y.png",
+        "y_overlay.png",
+    ]
     assert "writing 'x_2.png' instead" in stderr
 
 
 def test_missing_weights_is_one_error_line(tmp_path):
     synthetic_image(tmp_path / "a.png", 64, 64, 0)
-    code, _, stderr = cli(["predict", "--weights", str(tmp_path / "nope.safetensors"), str(tmp_path / "a.png"),
-                           "--out", str(tmp_path / "o")])
+    code, _, stderr = cli(
+        [
+            "predict",
+            "--weights",
+            str(tmp_path / "nope.safetensors"),
+            str(tmp_path / "a.png"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2
     assert stderr.strip().splitlines()[-1] == f"error: weights file not found: {tmp_path / 'nope.safetensors'}"
 
@@ -149,8 +189,9 @@ def test_name_assignment_avoids_derived_names():
     """An input named x_overlay cannot overwrite x's overlay."""
     from rc2l.infer.predict import assign_names
 
-    jobs, notes = assign_names([(Path("a/x.png"), "x"), (Path("b/x_overlay.png"), "x_overlay"),
-                                (Path("c/x.jpg"), "x")], confidence_maps=False)
+    jobs, notes = assign_names(
+        [(Path("a/x.png"), "x"), (Path("b/x_overlay.png"), "x_overlay"), (Path("c/x.jpg"), "x")], confidence_maps=False
+    )
     assert [j.name for j in jobs] == ["x", "x_overlay_2", "x_2"]
     assert len(notes) == 2
 
@@ -161,8 +202,20 @@ def test_window_option_and_config_override(run_dir, model, tmp_path):
     m, _ = model
     rgb = synthetic_image(tmp_path / "in" / "big.png", 80, 120, 6)
     out = tmp_path / "out"
-    code, _, stderr = cli(["predict", "--weights", str(run_dir / "best.safetensors"), str(tmp_path / "in"),
-                           "--out", str(out), "--window", "0", "0", "--no-progress"])
+    code, _, stderr = cli(
+        [
+            "predict",
+            "--weights",
+            str(run_dir / "best.safetensors"),
+            str(tmp_path / "in"),
+            "--out",
+            str(out),
+            "--window",
+            "0",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 0, stderr
     assert "window none (whole images)" in stderr
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
@@ -171,7 +224,17 @@ def test_window_option_and_config_override(run_dir, model, tmp_path):
     assert (np.array(Image.open(out / "big.png")) == want).all()
 
     camvid = Path(__file__).resolve().parents[1] / "configs" / "camvid.yaml"
-    code, _, stderr = cli(["predict", "--weights", str(run_dir / "best.safetensors"), "--config", str(camvid),
-                           str(tmp_path / "in"), "--out", str(out)])
+    code, _, stderr = cli(
+        [
+            "predict",
+            "--weights",
+            str(run_dir / "best.safetensors"),
+            "--config",
+            str(camvid),
+            str(tmp_path / "in"),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2
     assert stderr.strip().splitlines()[-1].startswith(f"error: {camvid}: dataset 'camvid' has 11 classes but")

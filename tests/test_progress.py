@@ -1,23 +1,50 @@
 """A run piped to a file (nohup, SLURM) writes a line per logged step and per evaluation, never
 a line per step, and ends with a summary line."""
+
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.pretrained=none", "model.backbone=resnet18", "model.hidden_dim=32", "model.mask_dim=32",
-        "model.num_queries=8", "model.dec_layers=2", "model.nheads=4", "model.dim_feedforward=64",
-        "data.workers=0", "data.batch_size=2", "data.split=full", "data.synthetic.num_train=8",
-        "data.synthetic.num_val=2", "train.threads=1"]
+TINY = [
+    "model.pretrained=none",
+    "model.backbone=resnet18",
+    "model.hidden_dim=32",
+    "model.mask_dim=32",
+    "model.num_queries=8",
+    "model.dec_layers=2",
+    "model.nheads=4",
+    "model.dim_feedforward=64",
+    "data.workers=0",
+    "data.batch_size=2",
+    "data.split=full",
+    "data.synthetic.num_train=8",
+    "data.synthetic.num_val=2",
+    "train.threads=1",
+]
 
 
 def test_piped_training_writes_o_of_iters_over_log_every_lines(tmp_path):
     log = tmp_path / "train.log"
     with open(log, "w") as f:
-        p = subprocess.run([sys.executable, "-m", "rc2l", "train", str(REPO / "configs" / "synthetic.yaml"), *TINY,
-                            "train.iters=24", "train.log_every=6", "train.eval_every=12", f"out_dir={tmp_path / 'run'}"],
-                           stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rc2l",
+                "train",
+                str(REPO / "configs" / "synthetic.yaml"),
+                *TINY,
+                "train.iters=24",
+                "train.log_every=6",
+                "train.eval_every=12",
+                f"out_dir={tmp_path / 'run'}",
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
     lines = log.read_text().splitlines()
     assert p.returncode == 0, "\n".join(lines[-5:])
     steps = [ln for ln in lines if re.search(r"step \d+/24 loss", ln)]

@@ -1,5 +1,6 @@
 """rc2l.provenance: the commit a run records is the checkout's own, marked dirty when the tree
 differs from it, and never a commit of some unrelated enclosing repository."""
+
 import subprocess
 
 import torch

@@ -1,4 +1,5 @@
 """scripts/pseudo_region_stats.py: per-class precision / recall of the teacher's pseudo-regions."""
+
 import importlib.util
 import math
 from pathlib import Path
@@ -27,8 +28,12 @@ def _image():
     sem[0, 0, :, :2] = 1.0
     sem[0, 1, :, 2:] = 1.0
     sem[0, :, :, 1] = 0.5
-    out = {"pred_logits": probs.log()[None], "pred_masks": masks[None], "sem_masks": sem,
-           "pixel_feats": torch.randn(1, 8, 4, 4)}
+    out = {
+        "pred_logits": probs.log()[None],
+        "pred_masks": masks[None],
+        "sem_masks": sem,
+        "pixel_feats": torch.randn(1, 8, 4, 4),
+    }
     return out, gt
 
 

@@ -1,8 +1,8 @@
 """rc2l export --int8: static int8 ONNX calibrated on images; argmax parity with the fp32
 model on a test image, and refusal (no file written) when the agreement is too low."""
+
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from infer_helpers import cli, synthetic_image, tiny_run
@@ -19,8 +19,20 @@ def exported(tmp_path_factory):
     for i in range(6):
         synthetic_image(calib / f"{i}.png", 64, 64, 100 + i)
     path = d / "model.onnx"
-    code, out, err = cli(["export", "--weights", str(run / "best.safetensors"), "--onnx", str(path), "--int8",
-                          "--calibrate", str(calib), "--min-agreement", "0.5"])
+    code, out, err = cli(
+        [
+            "export",
+            "--weights",
+            str(run / "best.safetensors"),
+            "--onnx",
+            str(path),
+            "--int8",
+            "--calibrate",
+            str(calib),
+            "--min-agreement",
+            "0.5",
+        ]
+    )
     assert code == 0, out + err
     return run, path, calib, out
 
@@ -45,16 +57,29 @@ def test_int8_model_is_written_with_metadata_and_agrees_with_fp32(exported, tmp_
 def test_int8_is_refused_when_the_agreement_is_too_low(exported, tmp_path):
     run, _, calib, _ = exported
     path = tmp_path / "model.onnx"
-    code, out, err = cli(["export", "--weights", str(run / "best.safetensors"), "--onnx", str(path), "--int8",
-                          "--calibrate", str(calib), "--min-agreement", "1.01"])
+    code, out, err = cli(
+        [
+            "export",
+            "--weights",
+            str(run / "best.safetensors"),
+            "--onnx",
+            str(path),
+            "--int8",
+            "--calibrate",
+            str(calib),
+            "--min-agreement",
+            "1.01",
+        ]
+    )
     assert code == 2 and "not writing" in err and err.strip().startswith("error:")
     assert path.is_file() and not path.with_name("model.int8.onnx").exists()
 
 
 def test_int8_needs_calibration_images(exported, tmp_path):
     run = exported[0]
-    code, _, err = cli(["export", "--weights", str(run / "best.safetensors"), "--onnx", str(tmp_path / "m.onnx"),
-                        "--int8"])
+    code, _, err = cli(
+        ["export", "--weights", str(run / "best.safetensors"), "--onnx", str(tmp_path / "m.onnx"), "--int8"]
+    )
     assert code == 2 and "--calibrate" in err
 
 

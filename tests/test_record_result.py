@@ -1,4 +1,5 @@
 """scripts/record_result.py: rows are read from a run folder, never typed; --table renders them."""
+
 import json
 import subprocess
 import sys
@@ -12,14 +13,26 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "record_result.py"
 def _run_folder(tmp_path: Path, iters: int = 400) -> Path:
     run = tmp_path / "run"
     run.mkdir()
-    cfg = {"data": {"name": "camvid", "split": "1_8"}, "method": "rc2l", "train": {"iters": iters},
-           "model": {"backbone": "efficientnet_lite0"}}
+    cfg = {
+        "data": {"name": "camvid", "split": "1_8"},
+        "method": "rc2l",
+        "train": {"iters": iters},
+        "model": {"backbone": "efficientnet_lite0"},
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    recs = [{"step": 25, "type": "train", "it_s": 0.4},
-            {"step": 200, "split": "val", "mode": "original", "miou": 50.0, "model": "student"},
-            {"step": 400, "split": "val", "mode": "original", "miou": 52.5, "model": "teacher",
-             "per_class": [90.0 + i for i in range(10)] + [12.345]},
-            {"step": 400, "split": "val", "mode": "original", "miou": 51.0, "model": "student"}]
+    recs = [
+        {"step": 25, "type": "train", "it_s": 0.4},
+        {"step": 200, "split": "val", "mode": "original", "miou": 50.0, "model": "student"},
+        {
+            "step": 400,
+            "split": "val",
+            "mode": "original",
+            "miou": 52.5,
+            "model": "teacher",
+            "per_class": [90.0 + i for i in range(10)] + [12.345],
+        },
+        {"step": 400, "split": "val", "mode": "original", "miou": 51.0, "model": "student"},
+    ]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     return run
 
@@ -27,8 +40,21 @@ def _run_folder(tmp_path: Path, iters: int = 400) -> Path:
 def test_record_then_table(tmp_path):
     run, out = _run_folder(tmp_path), tmp_path / "results.json"
     for _ in range(2):  # the same command twice keeps one row
-        subprocess.run([sys.executable, str(SCRIPT), str(run), "--command", "rc2l train x", "--note", "rc2l row",
-                        "--out", str(out)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(SCRIPT),
+                str(run),
+                "--command",
+                "rc2l train x",
+                "--note",
+                "rc2l row",
+                "--out",
+                str(out),
+            ],
+            check=True,
+            capture_output=True,
+        )
     rows = json.loads(out.read_text())
     assert len(rows) == 1
     assert (rows[0]["miou"], rows[0]["model_evaluated"], rows[0]["best_step"]) == (52.5, "teacher", 400)
@@ -36,18 +62,34 @@ def test_record_then_table(tmp_path):
     # the best evaluation's per-class IoU, named by the dataset's classes (CamVid's 11)
     assert list(rows[0]["per_class"].items())[:2] == [("sky", 90.0), ("building", 91.0)]
     assert rows[0]["per_class"]["bicyclist"] == 12.345
-    md = subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--out", str(out)], check=True,
-                        capture_output=True, text=True).stdout
+    md = subprocess.run(
+        [sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "| rc2l row | 52.50 | teacher, 400 | 51.00 / 52.50 | `rc2l train x` |" in md
-    pc = subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--per-class", "--out", str(out)],
-                        check=True, capture_output=True, text=True).stdout
+    pc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--per-class", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "| class | rc2l row (teacher, 400) |" in pc and "| pole | 92.0 |" in pc
-    curves = subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--curves", "--out", str(out)],
-                            check=True, capture_output=True, text=True).stdout
+    curves = subprocess.run(
+        [sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--curves", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "| run | 200 | 400 |" in curves and "| rc2l row | 50.0 / – | 51.0 / 52.5 |" in curves
     for other in (["camvid:1_4"], ["camvid:1_8", "--iters", "600"]):  # another split, another schedule: header only
-        assert subprocess.run([sys.executable, str(SCRIPT), "--table", *other, "--out", str(out)],
-                              capture_output=True, text=True).stdout.count("\n") == 2
+        assert (
+            subprocess.run(
+                [sys.executable, str(SCRIPT), "--table", *other, "--out", str(out)], capture_output=True, text=True
+            ).stdout.count("\n")
+            == 2
+        )
 
 
 def test_rows_from_another_machine_and_stopped_runs(tmp_path):
@@ -60,8 +102,12 @@ def test_rows_from_another_machine_and_stopped_runs(tmp_path):
     rows = json.loads(out.read_text())
     assert len(rows) == 2 and rows[1]["machine"] == "H100 cuda" and rows[1]["commit"] == "abc1234"
     assert rows[1]["last_eval_step"] == 400 and rows[1]["iters"] == 600
-    md = subprocess.run([sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--where", "H100", "--out", str(out)],
-                        check=True, capture_output=True, text=True).stdout
+    md = subprocess.run(
+        [sys.executable, str(SCRIPT), "--table", "camvid:1_8", "--where", "H100", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert md.count("\n") == 3 and "(stopped: last evaluated at step 400 of 600)" in md
 
 
@@ -69,8 +115,11 @@ def test_commit_comes_from_the_runs_own_start_records(tmp_path):
     """The trainer writes a start record (with its commit) at every start and resume: the row's
     commit is read from there, naming a resume that ran other code; --commit still overrides."""
     run, out = _run_folder(tmp_path), tmp_path / "results.json"
-    starts = [{"type": "start", "step": 0, "commit": "aaa1111"}, {"type": "start", "step": 200, "commit": "aaa1111"},
-              {"type": "start", "step": 300, "commit": "bbb2222+dirty"}]
+    starts = [
+        {"type": "start", "step": 0, "commit": "aaa1111"},
+        {"type": "start", "step": 200, "commit": "aaa1111"},
+        {"type": "start", "step": 300, "commit": "bbb2222+dirty"},
+    ]
     with open(run / "metrics.jsonl", "a") as f:
         f.write("\n".join(json.dumps(r) for r in starts) + "\n")
     rec = [sys.executable, str(SCRIPT), str(run), "--command", "rc2l train x", "--out", str(out)]

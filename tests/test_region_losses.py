@@ -1,4 +1,5 @@
 """Region losses RMC, RFC, RCC, SMC on hand-made tensors."""
+
 import math
 
 import pytest
@@ -19,6 +20,7 @@ from rc2l.losses.region import (
 def soft_dice(a, b, eps=1e-6):
     """The region losses' dice: no smoothing, all pairs."""
     return dice(a, b, smooth=0.0, eps=eps, pairwise=True)
+
 
 K, N, C, H, W = 3, 4, 8, 8, 8
 
@@ -50,8 +52,12 @@ def scene(B=2, seed=0):
         "bnk,bnhw->bkhw", student["pred_logits"].softmax(-1)[..., :K], student["pred_masks"].sigmoid()
     )
     regions = [
-        {"masks": m.clone(), "labels": labels.clone(), "features": mask_average_pool(F[b].detach(), m),
-         "probs": torch.nn.functional.one_hot(labels, K + 1).float()}
+        {
+            "masks": m.clone(),
+            "labels": labels.clone(),
+            "features": mask_average_pool(F[b].detach(), m),
+            "probs": torch.nn.functional.one_hot(labels, K + 1).float(),
+        }
         for b in range(B)
     ]
     idx = [(torch.arange(N), torch.arange(N)) for _ in range(B)]
@@ -168,10 +174,20 @@ def test_no_gradient_reaches_teacher_tensors():
 
 def test_no_region_at_all_is_a_connected_zero():
     student, _, _ = scene()
-    empty = [{"masks": torch.zeros(0, H, W), "labels": torch.zeros(0, dtype=torch.int64),
-              "features": torch.zeros(0, C), "probs": torch.zeros(0, K + 1)} for _ in range(2)]
-    targets = {"regions": empty, "label": torch.zeros(2, H, W, dtype=torch.int64),
-               "valid": torch.zeros(2, H, W, dtype=torch.bool)}
+    empty = [
+        {
+            "masks": torch.zeros(0, H, W),
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "features": torch.zeros(0, C),
+            "probs": torch.zeros(0, K + 1),
+        }
+        for _ in range(2)
+    ]
+    targets = {
+        "regions": empty,
+        "label": torch.zeros(2, H, W, dtype=torch.int64),
+        "valid": torch.zeros(2, H, W, dtype=torch.bool),
+    }
     losses = RegionLosses(SemiConfig(), C)
     terms, stats = losses(student, targets, return_stats=True)  # matching included
     assert stats["num_regions"] == 0
@@ -191,13 +207,17 @@ def test_one_image_without_regions_contributes_nothing():
     idx[1] = (idx[1][0][:0], idx[1][1][:0])
     assert rmc_loss(student["pred_masks"], regions, idx).item() == pytest.approx(one.item())
     assert rcc_loss(student["pred_logits"], regions, idx).item() == pytest.approx(
-        rcc_loss(student["pred_logits"][:1], regions[:1], idx[:1]).item())
+        rcc_loss(student["pred_logits"][:1], regions[:1], idx[:1]).item()
+    )
 
 
 def test_weights_and_switches():
     student, regions, idx = scene()
-    targets = {"regions": regions, "label": torch.zeros(2, H, W, dtype=torch.int64),
-               "valid": torch.ones(2, H, W, dtype=torch.bool)}
+    targets = {
+        "regions": regions,
+        "label": torch.zeros(2, H, W, dtype=torch.int64),
+        "valid": torch.ones(2, H, W, dtype=torch.bool),
+    }
     base = RegionLosses(SemiConfig(rfc=0.0), C)(student, targets, idx)
     assert base["rfc"].item() == 0.0
     doubled = RegionLosses(SemiConfig(rfc=0.0, rmc=2.0), C)(student, targets, idx)
@@ -220,18 +240,31 @@ def test_batched_losses_equal_their_per_image_weighted_means():
     and a teacher region matched to a query out of order)."""
     g = torch.Generator().manual_seed(7)
     B = 3
-    student = {"pred_logits": torch.randn(B, N, K + 1, generator=g), "pred_masks": torch.randn(B, N, H, W, generator=g),
-               "pixel_feats": torch.randn(B, C, H, W, generator=g)}
+    student = {
+        "pred_logits": torch.randn(B, N, K + 1, generator=g),
+        "pred_masks": torch.randn(B, N, H, W, generator=g),
+        "pixel_feats": torch.randn(B, C, H, W, generator=g),
+    }
     regions, idx = [], []
     for M in (4, 2, 0):
         masks = torch.rand(M, H, W, generator=g)
-        regions.append({"masks": masks, "labels": torch.randint(0, K, (M,), generator=g),
-                        "features": torch.randn(M, C, generator=g), "probs": torch.rand(M, K + 1, generator=g).softmax(-1)})
+        regions.append(
+            {
+                "masks": masks,
+                "labels": torch.randint(0, K, (M,), generator=g),
+                "features": torch.randn(M, C, generator=g),
+                "probs": torch.rand(M, K + 1, generator=g).softmax(-1),
+            }
+        )
         idx.append((torch.randperm(N, generator=g)[:M], torch.arange(M)))
-    one = lambda fn, b, *keys, **kw: fn(*(student[k][b:b + 1] for k in keys), regions[b:b + 1], idx[b:b + 1], **kw)
+    one = lambda fn, b, *keys, **kw: fn(
+        *(student[k][b : b + 1] for k in keys), regions[b : b + 1], idx[b : b + 1], **kw
+    )
     counts = torch.tensor([4.0, 2.0])
     rmc = torch.stack([one(rmc_loss, b, "pred_masks") for b in range(2)])
-    assert rmc_loss(student["pred_masks"], regions, idx).item() == pytest.approx(((rmc * counts).sum() / 6).item(), rel=1e-5)
+    assert rmc_loss(student["pred_masks"], regions, idx).item() == pytest.approx(
+        ((rmc * counts).sum() / 6).item(), rel=1e-5
+    )
     rfc = torch.stack([one(rfc_loss, b, "pred_masks", "pixel_feats", scope="image") for b in range(2)])
     got = rfc_loss(student["pred_masks"], student["pixel_feats"], regions, idx, scope="image")
     assert got.item() == pytest.approx(((rfc * counts).sum() / 6).item(), rel=1e-5)
@@ -249,8 +282,11 @@ def test_work_per_call_does_not_grow_with_the_batch():
 
     def ops(B):
         student, regions, _ = scene(B)
-        targets = {"regions": regions, "label": torch.zeros(B, H, W, dtype=torch.int64),
-                   "valid": torch.ones(B, H, W, dtype=torch.bool)}
+        targets = {
+            "regions": regions,
+            "label": torch.zeros(B, H, W, dtype=torch.int64),
+            "valid": torch.ones(B, H, W, dtype=torch.bool),
+        }
         losses = RegionLosses(SemiConfig(rfc_scope="image", rcc_soft=True), C)
         return count_ops(lambda: sum(losses(student, targets).values()).backward())
 

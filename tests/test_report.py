@@ -1,5 +1,6 @@
 """rc2l report: plots from metrics.jsonl, the val gallery, and the page rendered in headless
 Chromium with every image loaded."""
+
 from __future__ import annotations
 
 import json
@@ -19,14 +20,16 @@ def run_dir(tmp_path_factory) -> Path:
     return tiny_run(tmp_path_factory)
 
 
-PROBE = ('<img id="probe-missing" src="report/does-not-exist.png" alt="negative control">\n<script>\n'
-         "window.addEventListener('load', function () {\n"
-         "  var imgs = Array.prototype.slice.call(document.images);\n"
-         "  var bad = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })\n"
-         "               .map(function (i) { return i.getAttribute('src'); });\n"
-         "  document.body.setAttribute('data-images', String(imgs.length));\n"
-         "  document.body.setAttribute('data-broken', bad.join('|'));\n"
-         "});\n</script>\n")
+PROBE = (
+    '<img id="probe-missing" src="report/does-not-exist.png" alt="negative control">\n<script>\n'
+    "window.addEventListener('load', function () {\n"
+    "  var imgs = Array.prototype.slice.call(document.images);\n"
+    "  var bad = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })\n"
+    "               .map(function (i) { return i.getAttribute('src'); });\n"
+    "  document.body.setAttribute('data-images', String(imgs.length));\n"
+    "  document.body.setAttribute('data-broken', bad.join('|'));\n"
+    "});\n</script>\n"
+)
 
 
 def _render(chromium: str, page: Path, tmp: Path) -> tuple[int, list[str]]:
@@ -34,10 +37,21 @@ def _render(chromium: str, page: Path, tmp: Path) -> tuple[int, list[str]]:
     deliberately missing image; → (number of <img>, srcs that did not load)."""
     probe_page = page.with_name("_probe_" + page.name)
     probe_page.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-           f"--user-data-dir={tmp / 'chromium-profile'}", "--virtual-time-budget=10000", "--dump-dom",
-           probe_page.resolve().as_uri()]
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp / 'chromium-profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        probe_page.resolve().as_uri(),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     body = re.search(r"<body([^>]*)>", r.stdout)
@@ -54,8 +68,14 @@ def test_report_page_loads_every_image(run_dir, chromium, tmp_path):
     page = run_dir / "report.html"
     text = page.read_text()
     srcs = re.findall(r'<img [^>]*src="([^"]+)"', text)
-    expect = {"report/losses.png", "report/miou.png", "report/per_class.png", "report/confusion.png",
-              "report/gallery_000.png", "report/gallery_001.png"}
+    expect = {
+        "report/losses.png",
+        "report/miou.png",
+        "report/per_class.png",
+        "report/confusion.png",
+        "report/gallery_000.png",
+        "report/gallery_001.png",
+    }
     assert set(srcs) == expect, srcs
     n, broken = _render(chromium, page, tmp_path)
     assert n == len(srcs) + 1  # + the probe
@@ -78,14 +98,37 @@ def _write_metrics(path: Path) -> None:
     k = 3
     recs = []
     for step in range(1, 7):
-        recs.append({"step": step, "type": "train", "loss": 3.0 / step, "loss_ce": 1.0 / step, "rmc": 0.5, "rfc": 0.2,
-                     "fixmatch": 0.1, "pixel_contrast": 0.05, "grad_norm": 9.0, "lr": 1e-4, "it_s": 2.0,
-                     "skipped_steps": 0})
+        recs.append(
+            {
+                "step": step,
+                "type": "train",
+                "loss": 3.0 / step,
+                "loss_ce": 1.0 / step,
+                "rmc": 0.5,
+                "rfc": 0.2,
+                "fixmatch": 0.1,
+                "pixel_contrast": 0.05,
+                "grad_norm": 9.0,
+                "lr": 1e-4,
+                "it_s": 2.0,
+                "skipped_steps": 0,
+            }
+        )
     for step, ms, mt in ((3, 20.0, 25.0), (6, 30.0, 28.0)):
         for model, m in (("student", ms), ("teacher", mt)):
-            recs.append({"step": step, "split": "val", "mode": "original", "miou": m, "model": model,
-                         "per_class": [m, float("nan"), m / 2], "crop": [64, 64], "dataset": "synthetic",
-                         "confusion": [[5, 5, 0], [0, 0, 0], [1, 0, 3]][:k]})
+            recs.append(
+                {
+                    "step": step,
+                    "split": "val",
+                    "mode": "original",
+                    "miou": m,
+                    "model": model,
+                    "per_class": [m, float("nan"), m / 2],
+                    "crop": [64, 64],
+                    "dataset": "synthetic",
+                    "confusion": [[5, 5, 0], [0, 0, 0], [1, 0, 3]][:k],
+                }
+            )
     recs[:0] = [{"type": "start", "step": 0, "commit": "aaa1111", "torch": "2.14.1", "device": "cpu: X"}]
     recs.insert(4, {"type": "start", "step": 3, "commit": "bbb2222", "torch": "2.14.1", "device": "cuda: H"})
     lines = [json.dumps(r) for r in recs]

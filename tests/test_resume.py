@@ -4,6 +4,7 @@ ends with the same weights, bit for bit, as an uninterrupted run of the same len
 Bit-exactness holds on CPU with train.deterministic=true, train.threads=1, data.workers=0
 (the settings in reliability_helpers.TINY). loss.num_points > 0 makes the loss draw random
 points from the global torch RNG every step, so the RNG states must be restored exactly too."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,17 @@ import torch
 
 from rc2l.engine.checkpoint import load_state
 from rc2l.provenance import git_commit
-from reliability_helpers import (CONFIG, assert_equal_tensors, cli_popen, tiny_overrides, train_inprocess, train_records,
-                                 wait_for, weights)
+
+from reliability_helpers import (
+    CONFIG,
+    assert_equal_tensors,
+    cli_popen,
+    tiny_overrides,
+    train_inprocess,
+    train_records,
+    wait_for,
+    weights,
+)
 
 ITERS = 6
 RUN = [f"train.iters={ITERS}", "train.save_every=2", "train.eval_every=3", "loss.num_points=64"]
@@ -72,7 +82,9 @@ def test_sigkill_then_resume_auto_is_bit_exact(tmp_path, reference):
     # the log reads like the uninterrupted run's: what the killed run logged after its checkpoint is gone
     losses = lambda r: [(x["step"], x["loss"]) for x in train_records(r)]  # noqa: E731
     assert losses(run) == losses(reference["run"])
-    starts = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"type": "start"' in line]
+    starts = [
+        json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"type": "start"' in line
+    ]
     assert [r["step"] for r in starts] == [0, killed_at]  # every (re)start says where and with which code
     assert {r["commit"] for r in starts} == {git_commit()}
 
@@ -80,8 +92,7 @@ def test_sigkill_then_resume_auto_is_bit_exact(tmp_path, reference):
 @pytest.mark.slow
 def test_sigterm_saves_current_step_exits_cleanly_and_resumes(tmp_path, reference):
     run = tmp_path / "run"
-    proc = cli_popen(["train", CONFIG, *tiny_overrides(run, *RUN, "train.save_every=1000")],
-                     tmp_path / "log.txt")
+    proc = cli_popen(["train", CONFIG, *tiny_overrides(run, *RUN, "train.save_every=1000")], tmp_path / "log.txt")
     try:
         assert wait_for(lambda: len(train_records(run)) >= 1, 120, proc), (tmp_path / "log.txt").read_text()
         proc.send_signal(signal.SIGTERM)
@@ -107,8 +118,15 @@ def test_in_process_signal_stop_and_resume_semi_rc2l(tmp_path, monkeypatch):
     and compare student, teacher and head with an uninterrupted 4-step run."""
     from rc2l.engine.methods import RC2L
 
-    extra = ["method=rc2l", "data.split=1_4", "data.unlabeled_batch_size=2", "train.iters=4", "train.save_every=100",
-             "train.eval_every=100", "semi.rampup_iters=2"]
+    extra = [
+        "method=rc2l",
+        "data.split=1_4",
+        "data.unlabeled_batch_size=2",
+        "train.iters=4",
+        "train.save_every=100",
+        "train.eval_every=100",
+        "semi.rampup_iters=2",
+    ]
     train_inprocess(tmp_path / "ref", *extra)
     ref = load_state(tmp_path / "ref" / "state.pt")
 
@@ -136,6 +154,7 @@ def test_resume_with_another_world_size_maps_the_data_position(tmp_path, referen
     process continues at position 6; per-rank RNG streams cannot be mapped and a warning says so."""
     from rc2l.engine.checkpoint import save_state
     from rc2l.engine.train import Trainer
+
     from reliability_helpers import TorchSettings, tiny_config
 
     st = dict(reference["state"])
@@ -158,8 +177,12 @@ def test_resumed_log_drops_what_the_interrupted_run_logged_after_its_checkpoint(
 
     path = tmp_path / "metrics.jsonl"
     first = MetricsLog(tmp_path, enabled=True)
-    recs = [{"type": "start", "step": 0}, *({"type": "train", "step": s, "loss": s / 4} for s in range(1, 7)),
-            {"step": 4, "miou": 50.0, "model": "student"}, {"step": 6, "miou": 51.0, "model": "student"}]
+    recs = [
+        {"type": "start", "step": 0},
+        *({"type": "train", "step": s, "loss": s / 4} for s in range(1, 7)),
+        {"step": 4, "miou": 50.0, "model": "student"},
+        {"step": 6, "miou": 51.0, "model": "student"},
+    ]
     for r in recs:
         first.write(r, "train")
     first.close()
@@ -188,6 +211,7 @@ def test_resume_restores_the_numpy_and_python_rng(tmp_path, reference):
 
     from rc2l.engine.checkpoint import save_state
     from rc2l.engine.train import Trainer, rng_state
+
     from reliability_helpers import TorchSettings, tiny_config
 
     with TorchSettings():

@@ -10,6 +10,7 @@ q0; image 1 r = (0, 1), matched to its q1. With g = identity the cosines are
     image-1 region vs [i0q0, i0q1, i1q0, i1q1] = [0, 1, 1/√2, −1/√2]     positive i1q1
 
 and L = mean over the two regions of −log softmax(cos/τ_f)[positive]."""
+
 from __future__ import annotations
 
 import math
@@ -25,12 +26,18 @@ BIG = 40.0  # σ(±40) is 1 and 4e-18 in float32: binary masks
 
 def _inputs():
     # pixel_feats (B=2, C=2, h=1, w=2)
-    F = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]],  # image 0: pixel 0 = (1, 0), pixel 1 = (0, 1)
-                      [[[1.0, 1.0]], [[1.0, -1.0]]]])  # image 1: pixel 0 = (1, 1), pixel 1 = (1, -1)
+    F = torch.tensor(
+        [
+            [[[1.0, 0.0]], [[0.0, 1.0]]],  # image 0: pixel 0 = (1, 0), pixel 1 = (0, 1)
+            [[[1.0, 1.0]], [[1.0, -1.0]]],
+        ]
+    )  # image 1: pixel 0 = (1, 1), pixel 1 = (1, -1)
     # pred_masks (B=2, N=2, h=1, w=2): query j covers pixel j
     p = torch.tensor([[[[BIG, -BIG]], [[-BIG, BIG]]]] * 2)
-    regions = [{"labels": torch.tensor([1]), "features": torch.tensor([[1.0, 1.0]])},
-               {"labels": torch.tensor([2]), "features": torch.tensor([[0.0, 1.0]])}]
+    regions = [
+        {"labels": torch.tensor([1]), "features": torch.tensor([[1.0, 1.0]])},
+        {"labels": torch.tensor([2]), "features": torch.tensor([[0.0, 1.0]])},
+    ]
     indices = [(torch.tensor([0]), torch.tensor([0])), (torch.tensor([1]), torch.tensor([0]))]
     return p, F, regions, indices
 
@@ -70,7 +77,7 @@ def test_tau_f_changes_rfc_as_the_formula_says(scope, formula):
 
 
 def test_rfc_scopes_differ_and_the_head_is_applied():
-    """"batch" also contrasts against the other image's regions; the head g is applied to both
+    """ "batch" also contrasts against the other image's regions; the head g is applied to both
     sides: g = 2·identity leaves the cosines, hence the loss, unchanged; a g that projects onto
     one axis changes them."""
     p, F, regions, indices = _inputs()

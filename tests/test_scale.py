@@ -7,6 +7,7 @@ mode here; and (b) the loss is a sum over images divided by a count taken over t
 global batch: the mask/dice terms are divided by the target count summed over all
 micro-batches (and ranks), the class term is a weighted mean per forward pass, which is the
 global mean only when every query has the same weight, hence loss.no_object_weight=1."""
+
 from __future__ import annotations
 
 import math
@@ -16,6 +17,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from rc2l.engine.checkpoint import load_state
+
 from reliability_helpers import TorchSettings, tiny_config, train_inprocess, train_records, weights
 
 
@@ -31,8 +33,11 @@ def _first_step_grads(tmp_path, *extra: str) -> dict[str, torch.Tensor]:
         if isinstance(m, _BatchNorm):
             m.eval()
     grads = {}
-    tr.optimizer.register_step_pre_hook(lambda *_: grads.update(
-        {k: p.grad.detach().clone() for k, p in tr.model.named_parameters() if p.grad is not None}))
+    tr.optimizer.register_step_pre_hook(
+        lambda *_: grads.update(
+            {k: p.grad.detach().clone() for k, p in tr.model.named_parameters() if p.grad is not None}
+        )
+    )
     assert tr.train_step(tr._iterators()) is not None
     return grads
 

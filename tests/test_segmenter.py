@@ -1,9 +1,10 @@
 import torch
 
-from helpers import tiny_model_config
 from rc2l.config import ModelConfig
 from rc2l.losses.functional import mask_average_pool as region_features
 from rc2l.models.segmenter import build_model, semantic_masks
+
+from helpers import tiny_model_config
 
 TINY = tiny_model_config("resnet18")
 

@@ -1,6 +1,7 @@
 """The speed options of issue 15 (train.amp=auto, train.channels_last, data.cache,
 eval.batch_size) change how fast rc2l runs, never what it computes: each test compares the
 option against the plain path. How much they pay is benchmarks/train_speed.py's business."""
+
 from __future__ import annotations
 
 import torch
@@ -12,11 +13,27 @@ from rc2l.engine.evaluate import cpu_has_bf16, evaluate, resolve_amp
 from rc2l.engine.train import Trainer, channels_last_collate
 from rc2l.models.segmenter import build_model
 
-TINY = ["model.pretrained=none", "model.backbone=resnet18", "model.hidden_dim=32", "model.mask_dim=32",
-        "model.num_queries=8", "model.dec_layers=2", "model.nheads=4", "model.dim_feedforward=64",
-        "data.workers=0", "data.batch_size=2", "data.unlabeled_batch_size=2", "train.progress=false",
-        "train.threads=1", "semi.start_iter=0", "semi.tau_cls=0.0", "data.synthetic.num_train=16",
-        "data.synthetic.num_val=4", "data.synthetic.size=32", "data.crop_size=[32,32]"]
+TINY = [
+    "model.pretrained=none",
+    "model.backbone=resnet18",
+    "model.hidden_dim=32",
+    "model.mask_dim=32",
+    "model.num_queries=8",
+    "model.dec_layers=2",
+    "model.nheads=4",
+    "model.dim_feedforward=64",
+    "data.workers=0",
+    "data.batch_size=2",
+    "data.unlabeled_batch_size=2",
+    "train.progress=false",
+    "train.threads=1",
+    "semi.start_iter=0",
+    "semi.tau_cls=0.0",
+    "data.synthetic.num_train=16",
+    "data.synthetic.num_val=4",
+    "data.synthetic.size=32",
+    "data.crop_size=[32,32]",
+]
 FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 {}\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 {}\n"
 
 
@@ -48,8 +65,19 @@ def test_channels_last_model_computes_the_same_gradients():
     import copy
 
     torch.manual_seed(0)
-    model = build_model(5, ModelConfig(backbone="resnet18", pretrained="none", num_queries=8, hidden_dim=32,
-                                       mask_dim=32, dec_layers=2, nheads=4, dim_feedforward=64)).double()
+    model = build_model(
+        5,
+        ModelConfig(
+            backbone="resnet18",
+            pretrained="none",
+            num_queries=8,
+            hidden_dim=32,
+            mask_dim=32,
+            dec_layers=2,
+            nheads=4,
+            dim_feedforward=64,
+        ),
+    ).double()
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     grads = []
     for cl in (False, True):
@@ -127,8 +155,16 @@ def _val_batches(sizes, label_scale: float = 1.0):
 
 def test_batched_evaluation_gives_the_identical_confusion_matrix():
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", pretrained="none", num_queries=8, hidden_dim=32, mask_dim=32,
-                      dec_layers=2, nheads=4, dim_feedforward=64)
+    cfg = ModelConfig(
+        backbone="resnet18",
+        pretrained="none",
+        num_queries=8,
+        hidden_dim=32,
+        mask_dim=32,
+        dec_layers=2,
+        nheads=4,
+        dim_feedforward=64,
+    )
     model = build_model(5, cfg)
     loader = _val_batches([(32, 48)] * 5 + [(40, 32)] * 2 + [(32, 48)])  # sizes change mid-way
     for mode in ("original", "center_crop", "sliding_window"):

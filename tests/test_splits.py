@@ -2,11 +2,12 @@ import argparse
 
 import pytest
 from conftest import data_write_camvid
-from helpers import REPO
 
 from rc2l import cli
 from rc2l.data.splits import make_splits, parse_ratio, read_split_file
 from rc2l.errors import DataError
+
+from helpers import REPO
 
 REPO_SPLITS = REPO / "splits" / "camvid"
 SPLITS = (("1_16", 23), ("1_8", 46), ("1_4", 92), ("1_2", 184))
@@ -50,7 +51,21 @@ def test_cli_writes_splits_and_val(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     cli.add_splits_parser(parser.add_subparsers())
     out = tmp_path / "splits" / "camvid"
-    args = parser.parse_args(["splits", "--dataset", "camvid", "--root", str(root), "--ratio", "1/4", "--seed", "0", "--out", str(out / "1_4")])
+    args = parser.parse_args(
+        [
+            "splits",
+            "--dataset",
+            "camvid",
+            "--root",
+            str(root),
+            "--ratio",
+            "1/4",
+            "--seed",
+            "0",
+            "--out",
+            str(out / "1_4"),
+        ]
+    )
     assert args.func is cli.cmd_splits and args.func(args) == 0
     summary = capsys.readouterr().out.strip().splitlines()
     assert len(summary) == 1 and "5 labeled, 15 unlabeled" in summary[0]
@@ -58,14 +73,55 @@ def test_cli_writes_splits_and_val(tmp_path, capsys):
     unl = (out / "1_4" / "unlabeled.txt").read_text().splitlines()
     assert len(lab) == 5 and len(unl) == 15 and not set(lab) & set(unl)
     img, mask = lab[0].split()
-    assert img.startswith("images/train/") and img.endswith(".webp") and mask == img.replace("images/", "labels/").replace(".webp", ".png")
+    assert (
+        img.startswith("images/train/")
+        and img.endswith(".webp")
+        and mask == img.replace("images/", "labels/").replace(".webp", ".png")
+    )
     assert len((out / "val.txt").read_text().splitlines()) == 3
     # same seed → same files; another seed → another partition
-    assert cli.main(["splits", "--dataset", "camvid", "--root", str(root), "--ratio", "0.25", "--out", str(tmp_path / "again")]) == 0
+    assert (
+        cli.main(
+            ["splits", "--dataset", "camvid", "--root", str(root), "--ratio", "0.25", "--out", str(tmp_path / "again")]
+        )
+        == 0
+    )
     assert (tmp_path / "again" / "labeled.txt").read_text() == "\n".join(lab) + "\n"
-    assert cli.main(["splits", "--dataset", "camvid", "--root", str(root), "--count", "5", "--seed", "1", "--out", str(tmp_path / "s1")]) == 0
+    assert (
+        cli.main(
+            [
+                "splits",
+                "--dataset",
+                "camvid",
+                "--root",
+                str(root),
+                "--count",
+                "5",
+                "--seed",
+                "1",
+                "--out",
+                str(tmp_path / "s1"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "s1" / "labeled.txt").read_text() != "\n".join(lab) + "\n"
-    assert cli.main(["splits", "--dataset", "camvid", "--root", str(tmp_path / "nope"), "--ratio", "1/8", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        cli.main(
+            [
+                "splits",
+                "--dataset",
+                "camvid",
+                "--root",
+                str(tmp_path / "nope"),
+                "--ratio",
+                "1/8",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "dataset root not found" in capsys.readouterr().err
 
 

@@ -1,4 +1,5 @@
 """EMA teacher, pseudo-labels / pseudo-regions, and CutMix of inputs and targets."""
+
 import pytest
 import torch
 from torch import nn
@@ -14,6 +15,7 @@ from rc2l.engine.teacher import (
     teacher_targets,
 )
 from rc2l.losses.region import RegionLosses
+
 from helpers import downsample_box, pseudo_label
 
 K, N, C, h, w = 3, 4, 5, 4, 4
@@ -43,7 +45,7 @@ def test_ema_formula_params_and_buffers_with_warmup():
         s[1].num_batches_tracked.fill_(7)
     # step 9: m_t = min(1 − 1/10, 0.999) = 0.9
     assert ema_momentum(9, 0.999) == pytest.approx(0.9)
-    assert ema_momentum(10 ** 6, 0.999) == 0.999
+    assert ema_momentum(10**6, 0.999) == 0.999
     assert ema_momentum(-3, 0.999) == 0.0  # before semi.start_iter the teacher copies the student
     before = {k: v.clone() for k, v in t.state_dict().items()}
     m = ema_update(t, s, step=9, momentum=0.999)
@@ -93,8 +95,12 @@ def test_tau_pix_drops_unconfident_pixels_in_classes_mode():
     S[0, 0, :, :2] = 1.0  # confident class 0
     S[0, 1, :, 2:] = 0.55  # class 1 at 0.55 vs class 2 at 0.45
     S[0, 2, :, 2:] = 0.45
-    out = {"sem_masks": S, "pixel_feats": torch.randn(1, C, h, w),
-           "pred_logits": torch.zeros(1, N, K + 1), "pred_masks": torch.zeros(1, N, h, w)}
+    out = {
+        "sem_masks": S,
+        "pixel_feats": torch.randn(1, C, h, w),
+        "pred_logits": torch.zeros(1, N, K + 1),
+        "pred_masks": torch.zeros(1, N, h, w),
+    }
     label, conf = pseudo_label(S)
     assert label[0, 0].tolist() == [0, 0, 1, 1] and conf[0, 0, 2].item() == pytest.approx(0.55)
     assert teacher_targets(out, "classes", tau_pix=0.5)["regions"][0]["labels"].tolist() == [0, 1]
@@ -115,8 +121,12 @@ def test_cutmix_same_box_for_input_and_targets():
     S = torch.zeros(B, K, h, w)
     for i in range(B):
         S[i, i] = 1.0  # teacher's label for image i is class i everywhere
-    out = {"sem_masks": S, "pixel_feats": torch.arange(B).float().view(B, 1, 1, 1).expand(B, C, h, w).clone(),
-           "pred_logits": torch.zeros(B, N, K + 1), "pred_masks": torch.zeros(B, N, h, w)}
+    out = {
+        "sem_masks": S,
+        "pixel_feats": torch.arange(B).float().view(B, 1, 1, 1).expand(B, C, h, w).clone(),
+        "pred_logits": torch.zeros(B, N, K + 1),
+        "pred_masks": torch.zeros(B, N, h, w),
+    }
     small = downsample_box(box, (h, w))
     tgt = cutmix_targets(teacher_targets(out, "classes"), small)
     # every target pixel whose 4×4 image block is entirely from the partner has the partner's label
@@ -145,11 +155,14 @@ def test_cutmix_queries_mode_cuts_and_drops_empty_masks():
 
 def test_region_losses_zero_and_finite_when_teacher_keeps_nothing():
     out = teacher_out(B=2)
-    t = cutmix_targets(teacher_targets(out, "queries", tau_cls=1.1, tau_pix=1.1), torch.zeros(2, h, w, dtype=torch.bool))
+    t = cutmix_targets(
+        teacher_targets(out, "queries", tau_cls=1.1, tau_pix=1.1), torch.zeros(2, h, w, dtype=torch.bool)
+    )
     assert all(len(r["labels"]) == 0 for r in t["regions"])
     student = {k: v.clone().requires_grad_() for k, v in out.items() if k != "sem_masks"}
-    student["sem_masks"] = torch.einsum("bnk,bnhw->bkhw", student["pred_logits"].softmax(-1)[..., :K],
-                                        student["pred_masks"].sigmoid())
+    student["sem_masks"] = torch.einsum(
+        "bnk,bnhw->bkhw", student["pred_logits"].softmax(-1)[..., :K], student["pred_masks"].sigmoid()
+    )
     terms = RegionLosses(SemiConfig(), C)(student, t)
     total = sum(terms.values())
     assert total.item() == 0.0

@@ -1,5 +1,6 @@
 """scripts/time_to_accuracy.py: minutes are rebuilt from the train records' it_s (a resume
 included), the plotted mIoU is the better model per evaluation, and two runs share a figure."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,8 +20,9 @@ def tta():
     return mod
 
 
-def write_run(folder: Path, method: str, it_s: float, evals: dict[int, tuple[float, float]],
-              resume_at: int | None = None):
+def write_run(
+    folder: Path, method: str, it_s: float, evals: dict[int, tuple[float, float]], resume_at: int | None = None
+):
     """A run logging every 10 steps at ``it_s`` to step 40; evals: step → (student, teacher)."""
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(f"method: {method}\n")

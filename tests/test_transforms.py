@@ -36,8 +36,8 @@ def test_flip_and_crop_move_a_marked_pixel_identically():
     for seed in range(16):
         torch.manual_seed(seed)
         out = t(tv_tensors.Image(image), tv_tensors.Mask(mask))
-        (my, mx), = (out["mask"] == 1).nonzero().tolist()
-        (iy, ix), = (out["image"][0] == 1).nonzero().tolist()
+        ((my, mx),) = (out["mask"] == 1).nonzero().tolist()
+        ((iy, ix),) = (out["image"][0] == 1).nonzero().tolist()
         assert (my, mx) == (iy, ix) == (2, mx)
         cols.add(mx)
     assert cols == {3, w - 1 - 3}  # both flipped and unflipped happen

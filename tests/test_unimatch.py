@@ -1,6 +1,7 @@
 """UniMatch's pieces on hand-made tensors: the loss normaliser, two independent CutMix boxes
 each applied to its own view and targets, FP only on the perturbed branch, no gradient to the
 teacher, and L = L_sup + λ_u·(0.25·L_s1 + 0.25·L_s2 + 0.5·L_fp)."""
+
 import math
 
 import pytest
@@ -43,14 +44,26 @@ def batches(seed=0):
     valid = torch.ones(B, S, S, dtype=torch.bool)
     valid[1, :, 12:] = False  # padding on the second image
     lab = {"image": torch.rand(B, 3, S, S, generator=g), "mask": torch.randint(0, K, (B, S, S), generator=g)}
-    unl = {"image_w": torch.rand(B, 3, S, S, generator=g), "image_s": torch.rand(B, 3, S, S, generator=g),
-           "image_s2": torch.rand(B, 3, S, S, generator=g), "valid": valid}
+    unl = {
+        "image_w": torch.rand(B, 3, S, S, generator=g),
+        "image_s": torch.rand(B, 3, S, S, generator=g),
+        "image_s2": torch.rand(B, 3, S, S, generator=g),
+        "valid": valid,
+    }
     return lab, unl
 
 
 def method(cls=UniMatch, *overrides):
-    cfg = load_config(None, ["model.arch=deeplabv3plus", "semi.cutmix_p=1.0", "semi.rampup_iters=0",
-                             "semi.unimatch.threshold=0.0", *overrides])
+    cfg = load_config(
+        None,
+        [
+            "model.arch=deeplabv3plus",
+            "semi.cutmix_p=1.0",
+            "semi.rampup_iters=0",
+            "semi.unimatch.threshold=0.0",
+            *overrides,
+        ],
+    )
     torch.manual_seed(0)
     return cls(cfg, TinyPerPixel(), torch.device("cpu"), K), cfg
 
@@ -87,9 +100,12 @@ def test_step_is_sup_plus_lambda_times_weighted_views_with_own_boxes():
     for i, (view, stream) in enumerate(zip((unl["image_s"], unl["image_s2"]), BOX_STREAMS)):
         small, big = stride_boxes(B, (S, S), (4, 4), 1.0, cfg.seed, 3, "cpu", stream)
         expect_in.append(apply_cutmix(view, big))
-        out_i = {"sem_logits": strong_call["out"]["sem_logits"][i * B:(i + 1) * B]}
-        parts.append(pixel_ce(out_i, mix_with_partner(label, small), mix_with_partner(conf, small), 0.0,
-                              mix_with_partner(real, small)))
+        out_i = {"sem_logits": strong_call["out"]["sem_logits"][i * B : (i + 1) * B]}
+        parts.append(
+            pixel_ce(
+                out_i, mix_with_partner(label, small), mix_with_partner(conf, small), 0.0, mix_with_partner(real, small)
+            )
+        )
     assert torch.equal(strong_call["x"], torch.cat(expect_in))  # each view mixed with its own box
     box1, _ = stride_boxes(B, (S, S), (4, 4), 1.0, cfg.seed, 3, "cpu", BOX_STREAMS[0])
     box2, _ = stride_boxes(B, (S, S), (4, 4), 1.0, cfg.seed, 3, "cpu", BOX_STREAMS[1])

@@ -6,6 +6,7 @@
 - val = ``<splits_dir>/<val_split>.txt`` if present, else the dataset's own val list.
 For the synthetic dataset data.split is "full", a ratio ("1_8", "0.125") or a count ("20").
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -122,7 +123,9 @@ def build_datasets(cfg: Config, only_val: bool = False) -> dict:
         if d.name == "folder" and cfg.method != "supervised":  # images without a mask are the unlabeled set
             unlabeled = _base_list(reader, sdir, "unlabeled", need_mask=False)
             if not unlabeled:
-                raise DataError(f"method={cfg.method} needs unlabeled images: {reader.root}/images has none without a mask")
+                raise DataError(
+                    f"method={cfg.method} needs unlabeled images: {reader.root}/images has none without a mask"
+                )
             check_disjoint(labeled, unlabeled, sdir / f"{d.train_split}.txt", sdir / "unlabeled.txt")
     else:
         folder = sdir / d.split

@@ -7,6 +7,7 @@ fills and holds its own copy (a worker forked after the cache was filled shares 
 pages until it writes to them). CamVid at 480×360: ~0.69 MB per frame with its mask, 320 MB
 for train + val in one process.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar

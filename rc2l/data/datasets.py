@@ -11,6 +11,7 @@ Errors name the file (and the split-file line): layout problems surface at const
 unreadable or wrong files when a sample is loaded. With ``bad_samples="skip"`` a bad sample
 is logged once and returned as None; :func:`collate` drops it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,6 @@ from rc2l.data.splits import SplitLine, read_split_file
 from rc2l.errors import DataError
 
 log = logging.getLogger("rc2l.data")
-
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,7 @@ def map_labels(raw: np.ndarray, lut: np.ndarray, path: Path, dataset: str) -> np
     if bad.size:
         valid = np.flatnonzero(lut >= 0)
         raise DataError(
-            f"mask {path}: label value {int(bad[0])} is not a class of {dataset} "
-            f"(valid raw values: {_ranges(valid)})"
+            f"mask {path}: label value {int(bad[0])} is not a class of {dataset} (valid raw values: {_ranges(valid)})"
         )
     return mapped.astype(np.uint8)
 
@@ -198,10 +197,32 @@ class CamVidReader(Reader):
     splits/<split>.txt with stems. Raw value 11 (void) → 255."""
 
     name = "camvid"
-    class_names = ["sky", "building", "pole", "road", "pavement", "tree",
-                   "signsymbol", "fence", "car", "pedestrian", "bicyclist"]
-    palette = [(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
-               (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)]
+    class_names = [
+        "sky",
+        "building",
+        "pole",
+        "road",
+        "pavement",
+        "tree",
+        "signsymbol",
+        "fence",
+        "car",
+        "pedestrian",
+        "bicyclist",
+    ]
+    palette = [
+        (128, 128, 128),
+        (128, 0, 0),
+        (192, 192, 128),
+        (128, 64, 128),
+        (60, 40, 222),
+        (128, 128, 0),
+        (192, 128, 128),
+        (64, 64, 128),
+        (64, 0, 128),
+        (64, 64, 0),
+        (0, 128, 192),
+    ]
     _lut = make_lut({**{i: i for i in range(11)}, 11: IGNORE, IGNORE: IGNORE})
 
     def list_split(self, split: str, need_mask: bool = True) -> list[Item]:
@@ -236,9 +257,29 @@ class VOCReader(Reader):
     (also ImageSets/SegmentationAug/, e.g. train_aug.txt)."""
 
     name = "voc"
-    class_names = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-                   "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-                   "sheep", "sofa", "train", "tvmonitor"]
+    class_names = [
+        "background",
+        "aeroplane",
+        "bicycle",
+        "bird",
+        "boat",
+        "bottle",
+        "bus",
+        "car",
+        "cat",
+        "chair",
+        "cow",
+        "diningtable",
+        "dog",
+        "horse",
+        "motorbike",
+        "person",
+        "pottedplant",
+        "sheep",
+        "sofa",
+        "train",
+        "tvmonitor",
+    ]
     palette = voc_palette(21)
 
     def __init__(self, root: str | Path):
@@ -248,7 +289,9 @@ class VOCReader(Reader):
                 self.root = cand
                 break
         else:
-            raise DataError(f"not a PASCAL VOC 2012 root: {self.root} has no JPEGImages/ (nor VOC2012/ or VOCdevkit/VOC2012/)")
+            raise DataError(
+                f"not a PASCAL VOC 2012 root: {self.root} has no JPEGImages/ (nor VOC2012/ or VOCdevkit/VOC2012/)"
+            )
 
     def list_split(self, split: str, need_mask: bool = True) -> list[Item]:
         sets = self.root / "ImageSets"
@@ -268,8 +311,27 @@ class VOCReader(Reader):
 
 
 # Cityscapes labelIds (0..33) → trainIds (0..18), everything else → 255.
-_CS_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
-                 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+_CS_TRAIN_IDS = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 
 
 class CityscapesReader(Reader):
@@ -277,12 +339,48 @@ class CityscapesReader(Reader):
     <x>_gtFine_labelTrainIds.png if present, else <x>_gtFine_labelIds.png (mapped to trainIds)."""
 
     name = "cityscapes"
-    class_names = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-                   "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-                   "motorcycle", "bicycle"]
-    palette = [(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
-               (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
-               (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)]
+    class_names = [
+        "road",
+        "sidewalk",
+        "building",
+        "wall",
+        "fence",
+        "pole",
+        "traffic light",
+        "traffic sign",
+        "vegetation",
+        "terrain",
+        "sky",
+        "person",
+        "rider",
+        "car",
+        "truck",
+        "bus",
+        "train",
+        "motorcycle",
+        "bicycle",
+    ]
+    palette = [
+        (128, 64, 128),
+        (244, 35, 232),
+        (70, 70, 70),
+        (102, 102, 156),
+        (190, 153, 153),
+        (153, 153, 153),
+        (250, 170, 30),
+        (220, 220, 0),
+        (107, 142, 35),
+        (152, 251, 152),
+        (70, 130, 180),
+        (220, 20, 60),
+        (255, 0, 0),
+        (0, 0, 142),
+        (0, 0, 70),
+        (0, 60, 100),
+        (0, 80, 100),
+        (0, 0, 230),
+        (119, 11, 32),
+    ]
     # 255 in a labelIds file is the license plate (-1); it is ignored like every non-train id.
     _label_ids_lut = make_lut({**{i: IGNORE for i in range(34)}, **_CS_TRAIN_IDS, IGNORE: IGNORE})
     _suffix = "_leftImg8bit"
@@ -378,8 +476,11 @@ class FolderReader(Reader):
         path = self.root / "splits" / f"{split}.txt"
         if path.is_file():
             return self.items_from_file(path, need_mask)
-        items = [Item(p, m if m.is_file() else None, stem)
-                 for stem, p in self._images().items() for m in [self.mask_for_image(p)]]
+        items = [
+            Item(p, m if m.is_file() else None, stem)
+            for stem, p in self._images().items()
+            for m in [self.mask_for_image(p)]
+        ]
         if split == "unlabeled":
             return [Item(it.image, None, it.id) for it in items if it.mask is None]
         if split not in ("train", "val"):
@@ -455,7 +556,9 @@ class SegDataset(Dataset):
                     f"mask {item.mask} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image "
                     f"{item.image} is {image.shape[1]}x{image.shape[0]}"
                 )
-            mask = tv_tensors.Mask(torch.from_numpy(map_labels(raw, self.reader.lut(item.mask), item.mask, self.reader.name)))
+            mask = tv_tensors.Mask(
+                torch.from_numpy(map_labels(raw, self.reader.lut(item.mask), item.mask, self.reader.name))
+            )
         return tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous()), mask
 
     def __getitem__(self, i: int) -> dict | None:

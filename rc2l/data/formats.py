@@ -1,12 +1,14 @@
 """The conventions every reader, transform and predictor shares: the ignore label and the
 image files we read (whatever Pillow decodes)."""
+
 from __future__ import annotations
 
 from PIL import features
 
 IGNORE = 255  # label value ignored by every loss and metric
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif") + (
-    (".avif",) if features.check("avif") else ())
+    (".avif",) if features.check("avif") else ()
+)
 
 
 def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:

@@ -4,6 +4,7 @@ The sampler yields ``(index, aug_seed)`` pairs: the order of each epoch comes fr
 (seed, epoch) and every sample's augmentation from its own seed, so the data seen after a
 resume, with any number of workers or processes, is exactly the data an uninterrupted run
 would have seen."""
+
 from __future__ import annotations
 
 from typing import Iterator

@@ -6,6 +6,7 @@ and ``splits/<dataset>/val.txt``; each line is ``image_rel_path mask_rel_path`` 
 the dataset root, or just an id/stem (the reader then finds the files). Blank lines and lines
 starting with ``#`` are skipped.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,7 +83,9 @@ def parse_ratio(text: str | float) -> float:
     return value
 
 
-def make_splits(ids: Sequence, ratio: float | str | None = None, count: int | None = None, seed: int = 0) -> tuple[list, list]:
+def make_splits(
+    ids: Sequence, ratio: float | str | None = None, count: int | None = None, seed: int = 0
+) -> tuple[list, list]:
     """Draw ``count`` (or ``round(ratio * len(ids))``, halves up) labeled ids; the rest are unlabeled.
 
     Reproducible for a seed, disjoint, and both lists keep the input order.

@@ -6,6 +6,7 @@ distribution whatever the class, so a pixel's colour says nothing about its clas
 a ring differ only by the hole that shows what lies beneath. Each image is a pure function of
 ``(seed, split, index)``: no disk, identical data for the same seed, train ≠ val.
 """
+
 from __future__ import annotations
 
 import math

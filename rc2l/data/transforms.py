@@ -7,6 +7,7 @@ engine relies on; images leave as float32 in [0, 1], *not* normalised (the model
 All randomness comes from torch's global RNG, so seeding it (and DataLoader worker seeding)
 makes the pipeline reproducible.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,6 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2.functional import InterpolationMode
 
 from rc2l.data.formats import IGNORE
-
 
 
 def _uniform(lo: float, hi: float) -> float:
@@ -111,7 +111,9 @@ def strong_photometric(image: torch.Tensor) -> torch.Tensor:
 class TrainTransform:
     """Labeled training view → ``{"image": (3, ch, cw) float32, "mask": (ch, cw) int64}``."""
 
-    def __init__(self, crop_size: Sequence[int], scale_range: Sequence[float] = (0.5, 2.0), resize: Sequence[int] | None = None):
+    def __init__(
+        self, crop_size: Sequence[int], scale_range: Sequence[float] = (0.5, 2.0), resize: Sequence[int] | None = None
+    ):
         self.crop_size, self.scale_range, self.resize = list(crop_size), list(scale_range), list(resize or [])
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -126,8 +128,13 @@ class UnlabeledTransform:
 
     needs_mask = False
 
-    def __init__(self, crop_size: Sequence[int], scale_range: Sequence[float] = (0.5, 2.0),
-                 resize: Sequence[int] | None = None, strong_views: int = 1):
+    def __init__(
+        self,
+        crop_size: Sequence[int],
+        scale_range: Sequence[float] = (0.5, 2.0),
+        resize: Sequence[int] | None = None,
+        strong_views: int = 1,
+    ):
         self.crop_size, self.scale_range, self.resize = list(crop_size), list(scale_range), list(resize or [])
         self.strong_views = strong_views
 
@@ -135,7 +142,11 @@ class UnlabeledTransform:
         ones = tv_tensors.Mask(torch.ones(image.shape[-2:], dtype=torch.uint8))
         image, valid = weak_geometry(image, ones, self.crop_size, self.scale_range, self.resize, mask_fill=0)
         weak = to_float(image)
-        out = {"image_w": weak, "image_s": strong_photometric(weak.clone()), "valid": valid.as_subclass(torch.Tensor).bool()}
+        out = {
+            "image_w": weak,
+            "image_s": strong_photometric(weak.clone()),
+            "valid": valid.as_subclass(torch.Tensor).bool(),
+        }
         if self.strong_views > 1:  # drawn after the first, so image_s is the same with one view or two
             out["image_s2"] = strong_photometric(weak.clone())
         return out
@@ -172,5 +183,5 @@ def cutmix_boxes(batch: int, h: int, w: int, p: float, generator: torch.Generato
         bh = min(h, max(1, int(math.sqrt(area * aspect))))
         y = int(torch.randint(0, h - bh + 1, (), generator=generator).item())
         x = int(torch.randint(0, w - bw + 1, (), generator=generator).item())
-        out[b, y:y + bh, x:x + bw] = True
+        out[b, y : y + bh, x : x + bw] = True
     return out

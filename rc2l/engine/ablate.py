@@ -5,6 +5,7 @@ plot of val mIoU against step for every row.
 Running the same command again continues an interrupted ablation: finished rows are kept,
 the row that was cut off resumes from its last checkpoint (``resume=auto``), the rest run.
 A row folder that holds a run of another config is refused rather than mixed in."""
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,10 @@ def check_row_folder(name: str, run_dir: Path, config: str, overrides: list[str]
     new = _flat(to_dict(load_config(config, [*overrides, f"out_dir={run_dir}"])))
     diff = sorted(k for k in old.keys() | new.keys() if k not in RUN_ONLY_KEYS and old.get(k) != new.get(k))
     if diff:
-        raise SystemExit(f"error: {saved}: row {name!r} was run with another config (differs in: {', '.join(diff)}); "
-                         f"use another --out or remove {run_dir}")
+        raise SystemExit(
+            f"error: {saved}: row {name!r} was run with another config (differs in: {', '.join(diff)}); "
+            f"use another --out or remove {run_dir}"
+        )
 
 
 def resumed_at(run_dir: Path) -> int | None:
@@ -89,15 +92,28 @@ def resumed_at(run_dir: Path) -> int | None:
 def run_row(config: str, overrides: list[str], out_dir: Path, log_path: Path) -> dict:
     """One training in a child process (continuing the folder's run if it holds a checkpoint);
     returns wall time, peak RSS (MiB) and exit status."""
-    cmd = [sys.executable, "-m", "rc2l", "train", config, *overrides, f"out_dir={out_dir}", "resume=auto",
-           "train.progress=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rc2l",
+        "train",
+        config,
+        *overrides,
+        f"out_dir={out_dir}",
+        "resume=auto",
+        "train.progress=false",
+    ]
     t0 = time.time()
     with open(log_path, "a") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"wall_s": time.time() - t0, "peak_rss_mib": usage.ru_maxrss / 1024, "returncode": proc.returncode,
-            "command": " ".join(shlex.quote(c) for c in cmd[1:])}
+    return {
+        "wall_s": time.time() - t0,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "returncode": proc.returncode,
+        "command": " ".join(shlex.quote(c) for c in cmd[1:]),
+    }
 
 
 def read_evals(run_dir: Path) -> list[dict]:
@@ -112,22 +128,36 @@ def summarize(name: str, run_dir: Path, info: dict) -> dict:
         best = max(evals, key=lambda r: r["miou"])
         last_step = max(r["step"] for r in evals)
         final = {r["model"]: r["miou"] for r in evals if r["step"] == last_step}
-        row.update({"best_miou": best["miou"], "best_model": best["model"], "best_step": best["step"],
-                    "final": final, "mode": best["mode"], "split": best["split"]})
+        row.update(
+            {
+                "best_miou": best["miou"],
+                "best_model": best["model"],
+                "best_step": best["step"],
+                "final": final,
+                "mode": best["mode"],
+                "split": best["split"],
+            }
+        )
     return row
 
 
 def write_table(rows: list[dict], path: Path, title: str) -> str:
-    lines = [f"# {title}", "", "| row | best val mIoU | model | at step | final student / teacher | wall time | peak RSS |",
-             "|---|---:|---|---:|---|---:|---:|"]
+    lines = [
+        f"# {title}",
+        "",
+        "| row | best val mIoU | model | at step | final student / teacher | wall time | peak RSS |",
+        "|---|---:|---|---:|---|---:|---:|",
+    ]
     for r in rows:
         if "best_miou" not in r:
             lines.append(f"| {r['row']} | failed (exit {r['returncode']}) | | | | {r['wall_s']:.0f} s | |")
             continue
         fin = " / ".join(f"{r['final'][m]:.2f}" for m in ("student", "teacher") if m in r["final"])
         wall = f"{r['wall_s'] / 60:.1f} min" + (f" (resumed at step {r['resumed_at']})" if r.get("resumed_at") else "")
-        lines.append(f"| {r['row']} | {r['best_miou']:.2f} | {r['best_model']} | {r['best_step']} | {fin} | "
-                     f"{wall} | {r['peak_rss_mib']:.0f} MiB |")
+        lines.append(
+            f"| {r['row']} | {r['best_miou']:.2f} | {r['best_model']} | {r['best_step']} | {fin} | "
+            f"{wall} | {r['peak_rss_mib']:.0f} MiB |"
+        )
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -200,8 +230,11 @@ def run(args) -> int:
         results.append(summarize(name, run_dir, info))
         (out / "ablation.json").write_text(json.dumps(results, indent=1))
         r = results[-1]
-        print(f"    best mIoU {r.get('best_miou', float('nan')):.2f} ({r.get('best_model', '-')}), "
-              f"{info['wall_s'] / 60:.1f} min, exit {info['returncode']}", flush=True)
+        print(
+            f"    best mIoU {r.get('best_miou', float('nan')):.2f} ({r.get('best_model', '-')}), "
+            f"{info['wall_s'] / 60:.1f} min, exit {info['returncode']}",
+            flush=True,
+        )
     title = f"Ablation: {args.config} {' '.join(args.overrides)}".strip()
     print(write_table(results, out / "ablation.md", title))
     plot(results, out / "ablation.png")

@@ -1,6 +1,7 @@
 """Atomic checkpoints: model weights as safetensors (with architecture metadata, so a
 wrong file is refused with the reason) and training state via torch.save, read back with
 ``weights_only=True``."""
+
 from __future__ import annotations
 
 import glob
@@ -132,7 +133,9 @@ def check_compatible(state: dict[str, torch.Tensor], model: torch.nn.Module, pat
         )
     for k, v in own.items():
         if state[k].shape != v.shape:
-            raise CheckpointError(f"{path}: tensor {k!r} has shape {tuple(state[k].shape)}, model expects {tuple(v.shape)}")
+            raise CheckpointError(
+                f"{path}: tensor {k!r} has shape {tuple(state[k].shape)}, model expects {tuple(v.shape)}"
+            )
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> dict[str, str]:
@@ -161,5 +164,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
     except Exception as e:  # torch raises several types for corrupt/foreign files
         first = (str(e).strip().splitlines() or [""])[0]
         first = first.split(". ")[0][:200]  # the first sentence: torch appends long advice
-        raise CheckpointError(f"{path}: cannot load training state ({e.__class__.__name__}: {first}); "
-                              f"a truncated or foreign file? state.pt is written atomically by rc2l train") from None
+        raise CheckpointError(
+            f"{path}: cannot load training state ({e.__class__.__name__}: {first}); "
+            f"a truncated or foreign file? state.pt is written atomically by rc2l train"
+        ) from None

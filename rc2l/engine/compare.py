@@ -6,6 +6,7 @@ mIoU against step with a band over seeds.
 
 Running the same command again continues: finished runs are kept, a cut-off run resumes from
 its checkpoint, a folder holding a run of another config is refused (as `rc2l ablate`)."""
+
 from __future__ import annotations
 
 import json
@@ -62,10 +63,20 @@ def run_summary(run_dir: Path) -> dict:
         curve[e["step"]] = max(curve.get(e["step"], -1.0), e["miou"])
     train = [r for r in read_records(run_dir / "metrics.jsonl")[0] if r.get("type") == "train" and "it_s" in r]
     its = sorted(r["it_s"] for r in train)
-    return {"final_miou": final[final_model], "final_model": final_model, "final": final, "final_step": last,
-            "best_miou": best["miou"], "best_model": best["model"], "best_step": best["step"],
-            "curve": {str(k): v for k, v in sorted(curve.items())}, "it_s_median": its[len(its) // 2] if its else None,
-            "mode": best.get("mode"), "labels": best.get("labels"), "split": best.get("split")}
+    return {
+        "final_miou": final[final_model],
+        "final_model": final_model,
+        "final": final,
+        "final_step": last,
+        "best_miou": best["miou"],
+        "best_model": best["model"],
+        "best_step": best["step"],
+        "curve": {str(k): v for k, v in sorted(curve.items())},
+        "it_s_median": its[len(its) // 2] if its else None,
+        "mode": best.get("mode"),
+        "labels": best.get("labels"),
+        "split": best.get("split"),
+    }
 
 
 def mean_std(values: list[float]) -> str:
@@ -83,10 +94,15 @@ def _models(runs: list[dict], key: str) -> str:
 def table(runs: list[dict], baseline: str, title: str) -> str:
     """Markdown: one line per row, over its finished seeds."""
     base = {r["seed"]: r["final_miou"] for r in runs if r["row"] == baseline and "final_miou" in r}
-    lines = [f"# {title}", "", f"final = last evaluation (the better of student/teacher there); best = best "
-             f"evaluation of the run; Δ = per-seed paired difference of the final mIoU to '{baseline}'.", "",
-             "| row | seeds | final mIoU | model | best mIoU | model | Δ final vs baseline | wall min / run | steps/s |",
-             "|---|---|---:|---|---:|---|---:|---:|---:|"]
+    lines = [
+        f"# {title}",
+        "",
+        f"final = last evaluation (the better of student/teacher there); best = best "
+        f"evaluation of the run; Δ = per-seed paired difference of the final mIoU to '{baseline}'.",
+        "",
+        "| row | seeds | final mIoU | model | best mIoU | model | Δ final vs baseline | wall min / run | steps/s |",
+        "|---|---|---:|---|---:|---|---:|---:|---:|",
+    ]
     for name in dict.fromkeys(r["row"] for r in runs):
         done = [r for r in runs if r["row"] == name and "final_miou" in r]
         if not done:
@@ -98,7 +114,8 @@ def table(runs: list[dict], baseline: str, title: str) -> str:
         lines.append(
             f"| {name} | {','.join(str(r['seed']) for r in done)} | {mean_std([r['final_miou'] for r in done])} | "
             f"{_models(done, 'final_model')} | {mean_std([r['best_miou'] for r in done])} | {_models(done, 'best_model')} | "
-            f"{mean_std(diffs) if diffs else '–'} | {statistics.mean(r['wall_s'] for r in done) / 60:.1f} | {speed} |")
+            f"{mean_std(diffs) if diffs else '–'} | {statistics.mean(r['wall_s'] for r in done) / 60:.1f} | {speed} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -175,12 +192,23 @@ def run(args) -> int:
         print(f"{tag}: {' '.join(full)}" + (" (continuing)" if (run_dir / "state.pt").exists() else ""), flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         info = run_row(args.config, full, run_dir, run_dir.parent / f"seed{seed}.log")
-        runs.append({"row": name, "seed": seed, **info, "resumed_at": resumed_at(run_dir), "run_dir": str(run_dir),
-                     **run_summary(run_dir)})
+        runs.append(
+            {
+                "row": name,
+                "seed": seed,
+                **info,
+                "resumed_at": resumed_at(run_dir),
+                "run_dir": str(run_dir),
+                **run_summary(run_dir),
+            }
+        )
         (out / "compare.json").write_text(json.dumps(runs, indent=1))
         r = runs[-1]
-        print(f"    final {r.get('final_miou', float('nan')):.2f} ({r.get('final_model', '-')}), best "
-              f"{r.get('best_miou', float('nan')):.2f}, {info['wall_s'] / 60:.1f} min, exit {info['returncode']}", flush=True)
+        print(
+            f"    final {r.get('final_miou', float('nan')):.2f} ({r.get('final_model', '-')}), best "
+            f"{r.get('best_miou', float('nan')):.2f}, {info['wall_s'] / 60:.1f} min, exit {info['returncode']}",
+            flush=True,
+        )
     text = table(runs, args.baseline, f"Compare: {args.config} {' '.join(args.overrides)}".strip())
     (out / "compare.md").write_text(text)
     plot(runs, out / "compare.png")

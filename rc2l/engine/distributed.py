@@ -3,6 +3,7 @@ NCCL on GPU and gloo on CPU; a single process never creates a process group.
 
 ``RC2L_DIST_TIMEOUT`` (seconds, default 600) bounds how long a collective waits for a rank
 that died or hangs before the survivors fail with an error instead of waiting forever."""
+
 from __future__ import annotations
 
 import datetime
@@ -34,8 +35,9 @@ def init_distributed(device: str, timeout_s: int | None = None) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
-        raise RC2LError(f"train.device=cuda but {why} (torch {torch.__version__}); "
-                        f"use train.device=cpu or train.device=auto")
+        raise RC2LError(
+            f"train.device=cuda but {why} (torch {torch.__version__}); use train.device=cpu or train.device=auto"
+        )
     if env_world_size() > 1 and not dist.is_initialized():
         backend = "nccl" if device == "cuda" else "gloo"
         if device == "cuda":
@@ -107,8 +109,17 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
             dist.broadcast(b, 0)
 
 
-_COMM_HINTS = ("gloo", "nccl", "connection reset", "connection closed", "timed out", "timeout", "socket",
-               "broken pipe", "communicator")
+_COMM_HINTS = (
+    "gloo",
+    "nccl",
+    "connection reset",
+    "connection closed",
+    "timed out",
+    "timeout",
+    "socket",
+    "broken pipe",
+    "communicator",
+)
 
 
 def is_comm_error(e: BaseException) -> bool:

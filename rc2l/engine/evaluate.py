@@ -1,5 +1,6 @@
 """Confusion matrix, mIoU and the field's three eval modes (docs/method.md, "Protocol"):
 ``original`` (whole image), ``center_crop`` and ``sliding_window`` (window = crop, stride 2/3)."""
+
 from __future__ import annotations
 
 import math
@@ -67,7 +68,9 @@ def iou_from_confusion(cm: Tensor) -> tuple[float, list[float]]:
     return miou, [float(v) for v in iou]
 
 
-def sliding_window(score_fn: ScoreFn, image: Tensor, crop: tuple[int, int], stride_ratio: float, num_classes: int) -> Tensor:
+def sliding_window(
+    score_fn: ScoreFn, image: Tensor, crop: tuple[int, int], stride_ratio: float, num_classes: int
+) -> Tensor:
     """image: (1, 3, H, W) → (1, K, H, W) mean of window scores; window = crop (clipped to
     the image), stride = window * stride_ratio, last window flush with the border."""
     _, _, h, w = image.shape
@@ -95,7 +98,9 @@ def center_crop(t: Tensor, crop: tuple[int, int]) -> Tensor:
     return t[..., y : y + ch, x : x + cw]
 
 
-def predict_scores(score_fn: ScoreFn, image: Tensor, mode: str, crop: tuple[int, int], stride_ratio: float, num_classes: int) -> Tensor:
+def predict_scores(
+    score_fn: ScoreFn, image: Tensor, mode: str, crop: tuple[int, int], stride_ratio: float, num_classes: int
+) -> Tensor:
     """Scores for one image (1, 3, H, W) in the given eval mode (center_crop returns the crop)."""
     if mode == "original":
         return score_fn(image).float()
@@ -106,16 +111,27 @@ def predict_scores(score_fn: ScoreFn, image: Tensor, mode: str, crop: tuple[int,
     raise ValueError(f"unknown eval mode {mode!r}")
 
 
-def _score_chunk(score_fn: ScoreFn, chunk: list[tuple[Tensor, Tensor]], mode: str, crop: tuple[int, int],
-                 stride_ratio: float, num_classes: int, ignore_index: int) -> Tensor:
+def _score_chunk(
+    score_fn: ScoreFn,
+    chunk: list[tuple[Tensor, Tensor]],
+    mode: str,
+    crop: tuple[int, int],
+    stride_ratio: float,
+    num_classes: int,
+    ignore_index: int,
+) -> Tensor:
     """Confusion matrix of same-size (image (3, H, W), mask (H, W)) pairs, scored in one forward
     (original, center_crop) or image by image (sliding_window); scores are upsampled to masks
     kept at their native size (eval.labels=native)."""
     images = torch.stack([im for im, _ in chunk])
     masks = torch.stack([m for _, m in chunk])
     if mode == "sliding_window":
-        scores = torch.cat([predict_scores(score_fn, images[i:i + 1], mode, crop, stride_ratio, num_classes)
-                            for i in range(len(chunk))])
+        scores = torch.cat(
+            [
+                predict_scores(score_fn, images[i : i + 1], mode, crop, stride_ratio, num_classes)
+                for i in range(len(chunk))
+            ]
+        )
     else:
         scores = predict_scores(score_fn, images, mode, crop, stride_ratio, num_classes)
     if mode == "center_crop":
@@ -171,8 +187,11 @@ def evaluate(
             continue
         images, masks = batch["image"].to(device), batch["mask"].to(device)
         for i in range(images.shape[0]):
-            if pending and (pending[0][0].shape != images[i].shape or pending[0][1].shape != masks[i].shape
-                            or len(pending) >= batch_size):
+            if pending and (
+                pending[0][0].shape != images[i].shape
+                or pending[0][1].shape != masks[i].shape
+                or len(pending) >= batch_size
+            ):
                 flush()
             pending.append((images[i], masks[i]))
     flush()

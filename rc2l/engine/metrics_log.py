@@ -1,6 +1,7 @@
 """metrics.jsonl, the run's own record of itself: written by the trainer (one JSON object per
 log step, per evaluation and per start or resume, mirrored to TensorBoard), read by ``rc2l
 report``, ``rc2l ablate`` and scripts/record_result.py."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """AdamW with a backbone learning-rate multiplier, linear warm-up then poly decay."""
+
 from __future__ import annotations
 
 import torch

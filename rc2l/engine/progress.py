@@ -1,5 +1,6 @@
 """What a person watching a run sees: a progress bar on a terminal, plain lines in a log file,
 and the summary line every run ends with."""
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,10 @@ def summary_line(run_dir: Path, result: dict, seconds: float) -> str:
     best = result["best"]
     final = ", ".join(f"{r['model']} {r['miou']:.2f}" for r in result.get("last_eval") or [])
     best_txt = f"{best['miou']:.2f} ({best['model']}, step {best['step']})" if best.get("model") else "none"
-    return (f"finished {result['step']} steps in {seconds / 60:.1f} min: best val mIoU {best_txt}; "
-            f"final {final or 'not evaluated'}; run folder {run_dir}")
+    return (
+        f"finished {result['step']} steps in {seconds / 60:.1f} min: best val mIoU {best_txt}; "
+        f"final {final or 'not evaluated'}; run folder {run_dir}"
+    )
 
 
 class Progress:
@@ -47,14 +50,25 @@ class Progress:
         terms = [k for k, v in rec.items() if k not in skip and not k[-1].isdigit() and isinstance(v, (int, float))]
         shown = " ".join(f"{k} {rec[k]:.3f}" for k in terms[: self.TERMS_SHOWN])
         eta = (self.total - rec["step"]) / rec["it_s"] if rec["it_s"] > 0 else float("inf")
-        log.info("step %d/%d loss %.3f (%s) lr %.2e %.2f steps/s ETA %s", rec["step"], self.total, rec["loss"], shown,
-                 rec["lr"], rec["it_s"], _hms(eta))
+        log.info(
+            "step %d/%d loss %.3f (%s) lr %.2e %.2f steps/s ETA %s",
+            rec["step"],
+            self.total,
+            rec["loss"],
+            shown,
+            rec["lr"],
+            rec["it_s"],
+            _hms(eta),
+        )
 
     def evaluated(self, step: int, results: list[dict]) -> None:
         if not self.enabled:
             return
-        text = "step {}: val {} ({})".format(step, ", ".join(f"{r['model']} mIoU {r['miou']:.2f}" for r in results),
-                                            results[0]["mode"] if results else "")
+        text = "step {}: val {} ({})".format(
+            step,
+            ", ".join(f"{r['model']} mIoU {r['miou']:.2f}" for r in results),
+            results[0]["mode"] if results else "",
+        )
         if self.bar is not None:
             self.bar.write(text)
         else:

@@ -16,6 +16,7 @@ image i takes the partner's pixels; elsewhere it keeps its own.
 All teacher-side outputs are detached. Shapes: B images, N queries, K classes, C channels of
 F, (h, w) the stride-4 grid of ``pred_masks``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -95,11 +96,14 @@ def regions_from_label(label: Tensor, valid: Tensor, feats: Tensor, sem: Tensor)
     feat = mask_average_pool(feats, masks)[real].split(counts)  # (M_b, C) per image
     probs = torch.einsum("bmhw,bkhw->bmk", masks, sem.float()) / masks.sum((-2, -1)).clamp_min(1)[..., None]
     probs = Fn.pad(probs, (0, 1))[real].split(counts)  # "no object" = 0
-    return [{"masks": t["masks"], "labels": t["labels"], "features": f, "probs": p}
-            for t, f, p in zip(targets, feat, probs)]
+    return [
+        {"masks": t["masks"], "labels": t["labels"], "features": f, "probs": p} for t, f, p in zip(targets, feat, probs)
+    ]
 
 
-def query_regions(teacher_out: dict, tau_cls: float = 0.7, soft_masks: bool = False, ignore: Tensor | None = None) -> list[dict]:
+def query_regions(
+    teacher_out: dict, tau_cls: float = 0.7, soft_masks: bool = False, ignore: Tensor | None = None
+) -> list[dict]:
     """``queries`` regions: teacher queries whose best non-void class probability ≥ τ_cls and
     whose binary mask σ(p^t) > 0.5 is non-empty.
 
@@ -124,8 +128,10 @@ def query_regions(teacher_out: dict, tau_cls: float = 0.7, soft_masks: bool = Fa
     def split(x: Tensor) -> tuple[Tensor, ...]:  # the kept queries, image by image
         return x[b_idx, n_idx].split(counts)
 
-    return [{"masks": m, "labels": c, "features": f, "probs": p}
-            for m, c, f, p in zip(split(masks_all), split(cls), split(feats), split(probs))]
+    return [
+        {"masks": m, "labels": c, "features": f, "probs": p}
+        for m, c, f, p in zip(split(masks_all), split(cls), split(feats), split(probs))
+    ]
 
 
 def teacher_targets(
@@ -180,8 +186,16 @@ def apply_cutmix(images: Tensor, box: Tensor) -> Tensor:
     return mix_with_partner(images, box)
 
 
-def stride_boxes(batch: int, size_img: tuple[int, int], size_feat: tuple[int, int], p: float, seed: int, step: int,
-                 device, stream: int = 11) -> tuple[Tensor, Tensor]:
+def stride_boxes(
+    batch: int,
+    size_img: tuple[int, int],
+    size_feat: tuple[int, int],
+    p: float,
+    seed: int,
+    step: int,
+    device,
+    stream: int = 11,
+) -> tuple[Tensor, Tensor]:
     """CutMix boxes drawn on the stride-4 grid (B, h, w) and blown up to image pixels (B, H, W),
     so the student's input and the teacher's targets are cut at exactly the same place.
     Seeded by (seed, step, stream): a resumed run draws the same boxes; another ``stream``
@@ -222,11 +236,13 @@ def cutmix_targets(targets: dict, box: Tensor) -> dict:
         masks = torch.cat([own["masks"] * (~box[i]), par["masks"] * box[i]])
         keep = (masks > 0.5).flatten(1).any(1)
         masks = masks[keep]
-        regions.append({
-            "masks": masks,
-            "labels": torch.cat([own["labels"], par["labels"]])[keep],
-            "features": mask_average_pool(out["feats"][i], masks),
-            "probs": torch.cat([own["probs"], par["probs"]])[keep],
-        })
+        regions.append(
+            {
+                "masks": masks,
+                "labels": torch.cat([own["labels"], par["labels"]])[keep],
+                "features": mask_average_pool(out["feats"][i], masks),
+                "probs": torch.cat([own["probs"], par["probs"]])[keep],
+            }
+        )
     out["regions"] = regions
     return out

@@ -1,4 +1,5 @@
 """The training loop: data → step → log → eval → checkpoint (torchvision-references style)."""
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,11 @@ from rc2l.data.sampler import ResumableSampler, SeededDataset, StreamPosition
 from rc2l.engine import distributed as D
 from rc2l.engine.checkpoint import load_state, model_meta, save_state, save_weights
 from rc2l.engine.evaluate import AMP_DTYPES, evaluate, resolve_amp, val_loader
+from rc2l.engine.methods import METHODS
 from rc2l.engine.metrics_log import MetricsLog
 from rc2l.engine.model_dir import command_line, write_model_dir
 from rc2l.engine.optim import build_optimizer, build_scheduler
 from rc2l.engine.progress import Progress, summary_line
-from rc2l.engine.methods import METHODS
 from rc2l.errors import CheckpointError, TrainingError
 from rc2l.losses.functional import targets_from_labels
 from rc2l.models.segmenter import build_model
@@ -73,8 +74,9 @@ def channels_last_collate(batch: list[dict | None]) -> dict | None:
     return out
 
 
-def make_loader(dataset, batch_size: int, sampler: ResumableSampler, workers: int,
-                channels_last: bool = False) -> DataLoader:
+def make_loader(
+    dataset, batch_size: int, sampler: ResumableSampler, workers: int, channels_last: bool = False
+) -> DataLoader:
     return DataLoader(
         SeededDataset(dataset),
         batch_size=batch_size,
@@ -142,8 +144,10 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.model.sync_bn and D.is_dist():
             if self.device.type != "cuda":
-                raise TrainingError("model.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
-                                    "kernel); set model.sync_bn=false for CPU/gloo runs")
+                raise TrainingError(
+                    "model.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+                    "kernel); set model.sync_bn=false for CPU/gloo runs"
+                )
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.method = METHODS[cfg.method](cfg, self.model, self.device, k, self.info.ignore_index)
         if D.rank() > 0:  # per-rank randomness (e.g. point sampling) from here on; rank 0 keeps cfg.seed
@@ -161,7 +165,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # semi-supervised steps may leave some parameters without a gradient in a step
             self.ddp_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=ids, find_unused_parameters=self.method.uses_unlabeled)
+                self.model, device_ids=ids, find_unused_parameters=self.method.uses_unlabeled
+            )
         self.method.net = self.ddp_model
         self.step = 0
         self.best = {"miou": -1.0, "model": None, "step": -1}
@@ -248,8 +253,10 @@ class Trainer:
                 continue
             for k, v in mod.state_dict().items():
                 if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-                    raise TrainingError(f"{name} tensor '{k}' is not finite at step {self.step}: not saving it; "
-                                        f"last good state in {self.run_dir / STATE_FILE}")
+                    raise TrainingError(
+                        f"{name} tensor '{k}' is not finite at step {self.step}: not saving it; "
+                        f"last good state in {self.run_dir / STATE_FILE}"
+                    )
 
     def _maybe_resume(self) -> bool:
         """Restore the training state named by ``resume``; whether one was restored."""
@@ -266,13 +273,17 @@ class Trainer:
         old = json.loads(st["config"])
         if old["model"] != to_dict(self.cfg)["model"]:
             diff = [k for k in old["model"] if old["model"][k] != getattr(self.cfg.model, k, None)]
-            raise CheckpointError(f"{path}: saved with a different model config (differs in: {', '.join('model.' + d for d in diff)})")
+            raise CheckpointError(
+                f"{path}: saved with a different model config (differs in: {', '.join('model.' + d for d in diff)})"
+            )
         from rc2l.engine.checkpoint import check_compatible
 
         saved_k = st.get("num_classes")
         if saved_k is not None and saved_k != self.info.num_classes:
-            raise CheckpointError(f"{path}: saved for {saved_k} classes, this run's dataset "
-                                  f"'{self.cfg.data.name}' has {self.info.num_classes}")
+            raise CheckpointError(
+                f"{path}: saved for {saved_k} classes, this run's dataset "
+                f"'{self.cfg.data.name}' has {self.info.num_classes}"
+            )
         check_compatible(st["model"], self.model, path, {"num_classes": ""})
         self.model.load_state_dict(st["model"])
         if self.teacher is not None:
@@ -294,8 +305,13 @@ class Trainer:
         if len(ranks) == D.world_size():
             set_rng_state(ranks[D.rank()])
         else:  # another world size: weights, optimizer and data position resume, per-rank randomness does not
-            log.warning("%s was saved by %d process(es), this run has %d: RNG states not restored; the data "
-                        "position is mapped to the new number of processes", path, len(ranks), D.world_size())
+            log.warning(
+                "%s was saved by %d process(es), this run has %d: RNG states not restored; the data "
+                "position is mapped to the new number of processes",
+                path,
+                len(ranks),
+                D.world_size(),
+            )
         self.step = st["step"]
         self.best = json.loads(st["best"])
         self.skipped_steps = st.get("skipped_steps", 0)
@@ -339,7 +355,9 @@ class Trainer:
             sync = micro == c.train.accum_steps - 1 or not D.is_dist()
             cm = self.ddp_model.no_sync() if not sync else _null()
             with cm:
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                with torch.autocast(
+                    self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+                ):
                     terms = self.method.step(batch_l, batch_u, self.step, norm)
                 loss = terms["loss"]
                 finite = torch.isfinite(loss.detach()).float()
@@ -404,13 +422,31 @@ class Trainer:
             D.broadcast_buffers(m)
         results = []
         for name, m in models.items():
-            r = evaluate(m, loader, self.info.num_classes, c.eval.mode, crop, c.eval.stride_ratio, self.device,
-                         self.amp_dtype, progress=False, ignore_index=self.info.ignore_index,
-                         batch_size=c.eval.batch_size)
-            rec = {"step": self.step, "split": c.data.val_split, "mode": r["mode"], "labels": c.eval.labels,
-                   "miou": r["miou"],
-                   "per_class": r["per_class"], "model": name, "crop": r["crop"], "dataset": c.data.name,
-                   "confusion": r["confusion"]}
+            r = evaluate(
+                m,
+                loader,
+                self.info.num_classes,
+                c.eval.mode,
+                crop,
+                c.eval.stride_ratio,
+                self.device,
+                self.amp_dtype,
+                progress=False,
+                ignore_index=self.info.ignore_index,
+                batch_size=c.eval.batch_size,
+            )
+            rec = {
+                "step": self.step,
+                "split": c.data.val_split,
+                "mode": r["mode"],
+                "labels": c.eval.labels,
+                "miou": r["miou"],
+                "per_class": r["per_class"],
+                "model": name,
+                "crop": r["crop"],
+                "dataset": c.data.name,
+                "confusion": r["confusion"],
+            }
             self.log.write(rec, f"val_{name}")
             results.append(rec)
         best = max(results, key=lambda r: r["miou"])
@@ -423,19 +459,31 @@ class Trainer:
         return results
 
     def _meta(self, which: str, miou: float | None = None) -> dict:
-        extra = {"step": str(self.step), "model_evaluated": which, "dataset": self.cfg.data.name,
-                 "class_names": self.info.class_names, "palette": [list(p) for p in self.info.palette],
-                 "crop_size": list(self.cfg.data.crop_size), "resize": list(self.cfg.data.resize),  # for predict/export
-                 "commit": self.provenance["commit"]}
+        extra = {
+            "step": str(self.step),
+            "model_evaluated": which,
+            "dataset": self.cfg.data.name,
+            "class_names": self.info.class_names,
+            "palette": [list(p) for p in self.info.palette],
+            "crop_size": list(self.cfg.data.crop_size),
+            "resize": list(self.cfg.data.resize),  # for predict/export
+            "commit": self.provenance["commit"],
+        }
         if miou is not None:
             extra["miou"] = f"{miou:.4f}"
         return model_meta(self.model, to_dict(self.cfg)["model"], extra)
 
     def _log_train(self, logs: dict, t0: float, last_step: int, progress: Progress) -> None:
         logs = D.mean_over_ranks(logs)  # rank 0 logs the mean over all ranks' micro-batches
-        rec = {"step": self.step, "type": "train", **{k: round(v, 6) for k, v in logs.items()},
-               "lr": self.optimizer.param_groups[0]["lr"], "it_s": (self.step - last_step) / max(time.time() - t0, 1e-9),
-               "skipped_steps": self.skipped_steps, "skipped_samples": self.skipped_samples}
+        rec = {
+            "step": self.step,
+            "type": "train",
+            **{k: round(v, 6) for k, v in logs.items()},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "it_s": (self.step - last_step) / max(time.time() - t0, 1e-9),
+            "skipped_steps": self.skipped_steps,
+            "skipped_samples": self.skipped_samples,
+        }
         self.log.write(rec, "train")
         progress.logged(rec)
 
@@ -458,9 +506,16 @@ class Trainer:
         config, classes), the layout of a Hugging Face model repository."""
         best = self.run_dir / "best.safetensors"
         if best.is_file():
-            write_model_dir(self.run_dir / "model", best, to_dict(self.cfg),
-                            {"labeled": len(self.datasets["labeled"]), "command": command_line(),
-                             "commit": self.provenance["commit"]})
+            write_model_dir(
+                self.run_dir / "model",
+                best,
+                to_dict(self.cfg),
+                {
+                    "labeled": len(self.datasets["labeled"]),
+                    "command": command_line(),
+                    "commit": self.provenance["commit"],
+                },
+            )
 
     def fit(self) -> dict:
         c = self.cfg
@@ -489,8 +544,12 @@ class Trainer:
                 if self._stop_requested(stop):
                     self.save()
                     progress.close()
-                    log.warning("stopped by signal %d at step %d; state saved to %s (continue with resume=auto)",
-                                stop.signal, self.step, self.run_dir / STATE_FILE)
+                    log.warning(
+                        "stopped by signal %d at step %d; state saved to %s (continue with resume=auto)",
+                        stop.signal,
+                        self.step,
+                        self.run_dir / STATE_FILE,
+                    )
                     self.log.close()
                     return {"interrupted": True, "step": self.step}
         progress.close()
@@ -499,8 +558,11 @@ class Trainer:
             save_weights(self.model, self.run_dir / "last.safetensors", self._meta("student"))
             self._write_model_dir()
         if self.skipped_samples:
-            log.warning("%d bad training sample draw(s) skipped (data.bad_samples=skip); the files are named in "
-                        "the 'skipping bad sample' warnings above", self.skipped_samples)
+            log.warning(
+                "%d bad training sample draw(s) skipped (data.bad_samples=skip); the files are named in "
+                "the 'skipping bad sample' warnings above",
+                self.skipped_samples,
+            )
         self.log.close()
         result = {"step": self.step, "best": self.best, "last_eval": last_eval, "skipped_samples": self.skipped_samples}
         if self.main:

@@ -1,6 +1,7 @@
 """`rc2l.evaluate` / `rc2l eval`: mIoU of a model on a dataset split, as one record (the JSON
 that `rc2l eval --json` writes): dataset, split, eval mode, crop, weights, mIoU, per-class IoU,
 image count and confusion matrix."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,13 +33,31 @@ def evaluate_weights(cfg: Config, weights: str | Path, progress: bool = False) -
     load_weights(model, src.file)
     ds = build_datasets(cfg, only_val=True)["val"]
     crop = tuple(cfg.eval.crop_size or cfg.data.crop_size)
-    res = evaluate(model, val_loader(ds, cfg.data.workers), info.num_classes, cfg.eval.mode, crop,
-                   cfg.eval.stride_ratio, device, AMP_DTYPES[resolve_amp(cfg.train.amp, device)], progress=progress,
-                   ignore_index=info.ignore_index, batch_size=cfg.eval.batch_size)
-    return {"dataset": cfg.data.name, "split": cfg.data.val_split, "mode": cfg.eval.mode, "labels": cfg.eval.labels,
-            "crop": list(crop),
-            "weights": str(weights), "miou": res["miou"], "per_class": dict(zip(info.class_names, res["per_class"])),
-            "images": len(ds), "confusion": res["confusion"]}
+    res = evaluate(
+        model,
+        val_loader(ds, cfg.data.workers),
+        info.num_classes,
+        cfg.eval.mode,
+        crop,
+        cfg.eval.stride_ratio,
+        device,
+        AMP_DTYPES[resolve_amp(cfg.train.amp, device)],
+        progress=progress,
+        ignore_index=info.ignore_index,
+        batch_size=cfg.eval.batch_size,
+    )
+    return {
+        "dataset": cfg.data.name,
+        "split": cfg.data.val_split,
+        "mode": cfg.eval.mode,
+        "labels": cfg.eval.labels,
+        "crop": list(crop),
+        "weights": str(weights),
+        "miou": res["miou"],
+        "per_class": dict(zip(info.class_names, res["per_class"])),
+        "images": len(ds),
+        "confusion": res["confusion"],
+    }
 
 
 def eval_table(rec: dict) -> str:
@@ -53,5 +72,7 @@ def eval_table(rec: dict) -> str:
 
 def eval_header(rec: dict) -> str:
     crop = rec["crop"]
-    return (f"dataset {rec['dataset']} | split {rec['split']} ({rec['images']} images) | eval mode {rec['mode']}"
-            f" | crop {crop[0]}x{crop[1]} | weights {rec['weights']}")
+    return (
+        f"dataset {rec['dataset']} | split {rec['split']} ({rec['images']} images) | eval mode {rec['mode']}"
+        f" | crop {crop[0]}x{crop[1]} | weights {rec['weights']}"
+    )

@@ -10,6 +10,7 @@ rejects. Class names, palette, crop and resize go into the model's ``metadata_pr
 PyTorch with ONNX Runtime (a random 2×3×72×104 batch, plus ``--check IMAGE``). The same verb
 writes a shareable model folder (``--model-dir``, see rc2l/engine/model_dir.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,13 @@ def onnx_metadata(info: InferInfo, weights: str | Path) -> dict[str, str]:
     }
 
 
-def export_onnx(model: nn.Module, path: str | Path, opset: int = 17, metadata: dict[str, str] | None = None,
-                sample_hw: tuple[int, int] = (64, 64)) -> None:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    opset: int = 17,
+    metadata: dict[str, str] | None = None,
+    sample_hw: tuple[int, int] = (64, 64),
+) -> None:
     """Trace ``SemanticScores(model)`` on a (1,3,*sample_hw) input and write ``path`` atomically,
     with dynamic batch, height and width and ``metadata`` in metadata_props."""
     import onnx
@@ -73,10 +79,18 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17, metadata: d
             warnings.simplefilter("ignore", DeprecationWarning)  # "legacy exporter" notice (choice explained above)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape->int casts; parity is checked after
             torch.onnx.export(
-                wrapper, (x,), str(tmp), dynamo=False, opset_version=opset, do_constant_folding=True,
-                input_names=["images"], output_names=["scores"],
-                dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
-                              "scores": {0: "batch", 2: "height", 3: "width"}},
+                wrapper,
+                (x,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                do_constant_folding=True,
+                input_names=["images"],
+                output_names=["scores"],
+                dynamic_axes={
+                    "images": {0: "batch", 2: "height", 3: "width"},
+                    "scores": {0: "batch", 2: "height", 3: "width"},
+                },
             )
         proto = onnx.load(str(tmp))
     finally:
@@ -99,8 +113,13 @@ def compare(torch_scores: np.ndarray, ort_scores: np.ndarray, tol: float = DEFAU
     top2 = np.sort(torch_scores, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
     real = int((differ & (margin > 2 * tol)).sum())
-    return {"max_abs_diff": diff, "argmax_differ": int(differ.sum()), "argmax_real_differ": real,
-            "pixels": int(a.size), "ok": diff <= tol and real == 0}
+    return {
+        "max_abs_diff": diff,
+        "argmax_differ": int(differ.sum()),
+        "argmax_real_differ": real,
+        "pixels": int(a.size),
+        "ok": diff <= tol and real == 0,
+    }
 
 
 def check_parity(model: nn.Module, onnx_path: str | Path, images: Tensor, tol: float = DEFAULT_TOL) -> dict:
@@ -110,23 +129,40 @@ def check_parity(model: nn.Module, onnx_path: str | Path, images: Tensor, tol: f
     sess = onnx_session(onnx_path, torch.device("cpu"))
     got = sess.run(None, {sess.get_inputs()[0].name: images.numpy().astype(np.float32)})[0]
     if got.shape != ref.shape:
-        return {"max_abs_diff": float("inf"), "argmax_differ": -1, "argmax_real_differ": -1,
-                "pixels": int(np.prod(ref.shape)) // ref.shape[1], "ok": False,
-                "shape": f"ONNX output {got.shape} != PyTorch {ref.shape}"}
+        return {
+            "max_abs_diff": float("inf"),
+            "argmax_differ": -1,
+            "argmax_real_differ": -1,
+            "pixels": int(np.prod(ref.shape)) // ref.shape[1],
+            "ok": False,
+            "shape": f"ONNX output {got.shape} != PyTorch {ref.shape}",
+        }
     return compare(ref, got, tol)
 
 
 def _report_line(what: str, r: dict) -> str:
     if "shape" in r:
         return f"check {what}: FAILED, {r['shape']}"
-    same = "identical" if r["argmax_differ"] == 0 else (
-        f"{r['argmax_differ']} of {r['pixels']} pixels differ ({r['argmax_real_differ']} beyond ties)")
-    return (f"check {what}: max |scores(onnx) - scores(torch)| = {r['max_abs_diff']:.3g}; argmax {same}"
-            f" -> {'ok' if r['ok'] else 'FAILED'}")
+    same = (
+        "identical"
+        if r["argmax_differ"] == 0
+        else (f"{r['argmax_differ']} of {r['pixels']} pixels differ ({r['argmax_real_differ']} beyond ties)")
+    )
+    return (
+        f"check {what}: max |scores(onnx) - scores(torch)| = {r['max_abs_diff']:.3g}; argmax {same}"
+        f" -> {'ok' if r['ok'] else 'FAILED'}"
+    )
 
 
-def export_and_check(weights: str | Path, onnx_path: str | Path, config: str | Path | None = None, opset: int = 17,
-                     check: str | Path | None = None, tol: float = DEFAULT_TOL, int8: dict | None = None) -> int:
+def export_and_check(
+    weights: str | Path,
+    onnx_path: str | Path,
+    config: str | Path | None = None,
+    opset: int = 17,
+    check: str | Path | None = None,
+    tol: float = DEFAULT_TOL,
+    int8: dict | None = None,
+) -> int:
     """Export ``weights`` (file or model/run folder) to ONNX, check parity on a random batch
     (and ``check``, an image at its own size), print one line each → exit status. ``int8``:
     {"calibrate": [inputs], "count": n, "min_agreement": a} also writes <onnx>.int8.onnx."""
@@ -168,8 +204,10 @@ def write_int8(onnx_path: Path, info: InferInfo, opts: dict) -> Path:
     images = calibration_images(opts["calibrate"], opts.get("count", 32), list(info.resize or []))
     out = int8_path(onnx_path)
     r = quantize_int8(onnx_path, out, images, opts.get("min_agreement", DEFAULT_MIN_AGREEMENT))
-    print(f"wrote {out} ({r['mib']:.1f} MiB, int8 static QDQ; argmax agrees with fp32 on {r['agreement']:.2%} of "
-          f"{r['images']} calibration images' pixels)")
+    print(
+        f"wrote {out} ({r['mib']:.1f} MiB, int8 static QDQ; argmax agrees with fp32 on {r['agreement']:.2%} of "
+        f"{r['images']} calibration images' pixels)"
+    )
     return out
 
 

@@ -4,6 +4,7 @@ Cameras and tools write EXIF-rotated JPEGs (turned upright here), 16-bit PNGs (s
 not clipped), RGBA / LA / palette images with transparency (composited over white), grayscale,
 CMYK and multi-frame files (first frame). Folder inputs name what they skip and why.
 """
+
 from __future__ import annotations
 
 import glob
@@ -115,8 +116,10 @@ def skipped_line(folder: str, skipped: list[Path]) -> str:
     """One line: how many files of which kind a folder search skipped, and why."""
     kinds = Counter(p.suffix.lower() or "(no extension)" for p in skipped)
     listed = ", ".join(f"{n} {ext}" for ext, n in sorted(kinds.items()))
-    return (f"note: {folder}: skipped {len(skipped)} file(s) that are not a supported image type ({listed}); "
-            f"supported: {' '.join(IMAGE_EXTS)}")
+    return (
+        f"note: {folder}: skipped {len(skipped)} file(s) that are not a supported image type ({listed}); "
+        f"supported: {' '.join(IMAGE_EXTS)}"
+    )
 
 
 def expand_inputs(inputs: list[str], out_dir: Path) -> tuple[list[tuple[Path, str]], list[str], list[str]]:

@@ -6,6 +6,7 @@ palette, training crop and resize) is in the weights file's metadata, the ONNX m
 metadata_props or a model folder's config.json, so the path alone is enough; a training
 config passed as ``config`` overrides classes, palette, window and resize with its dataset's.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,7 +63,7 @@ def default_palette(n: int) -> list[tuple[int, int, int]]:
 
 def hf_snapshot(uri: str, local_files_only: bool = False, cache_dir: str | Path | None = None) -> Path:
     """``hf://owner/name[@revision]`` → the local snapshot folder (downloaded or from the cache)."""
-    repo, _, revision = uri[len(HF_PREFIX):].partition("@")
+    repo, _, revision = uri[len(HF_PREFIX) :].partition("@")
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise RC2LError(f"{uri}: expected hf://owner/name[@revision]")
     try:
@@ -70,11 +71,14 @@ def hf_snapshot(uri: str, local_files_only: bool = False, cache_dir: str | Path 
     except ImportError:
         raise RC2LError(f"{uri}: hf:// paths need huggingface_hub (pip install huggingface_hub)") from None
     try:
-        path = snapshot_download(repo, revision=revision or None, cache_dir=cache_dir,
-                                 local_files_only=local_files_only, library_name="rc2l")
+        path = snapshot_download(
+            repo, revision=revision or None, cache_dir=cache_dir, local_files_only=local_files_only, library_name="rc2l"
+        )
     except Exception as e:  # huggingface_hub raises many types: offline, not found, gated, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise RC2LError(f"{uri}: cannot get the model from the Hugging Face Hub ({type(e).__name__}: {first})") from None
+        raise RC2LError(
+            f"{uri}: cannot get the model from the Hugging Face Hub ({type(e).__name__}: {first})"
+        ) from None
     return Path(path)
 
 
@@ -107,7 +111,7 @@ def read_folder_json(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not a readable JSON file ({e})") from None
     if not isinstance(data, dict) or data.get("format") != MODEL_DIR_FORMAT:
-        raise CheckpointError(f"{path}: not an rc2l model folder config (no \"format\": \"{MODEL_DIR_FORMAT}\")")
+        raise CheckpointError(f'{path}: not an rc2l model folder config (no "format": "{MODEL_DIR_FORMAT}")')
     return data
 
 
@@ -169,8 +173,9 @@ def _sibling_window(sibling: Path | None) -> tuple[tuple[int, int] | None, tuple
         return None, None
 
 
-def resolve_info(meta: dict, num_classes: int, where: str, config: str | Path | None,
-                 sibling_config: Path | None = None) -> tuple[InferInfo, Config | None]:
+def resolve_info(
+    meta: dict, num_classes: int, where: str, config: str | Path | None, sibling_config: Path | None = None
+) -> tuple[InferInfo, Config | None]:
     """Combine weights/ONNX metadata with an optional config (which wins) into InferInfo.
 
     ``sibling_config`` (the run folder's config.yaml) fills the window/resize only when the
@@ -185,14 +190,15 @@ def resolve_info(meta: dict, num_classes: int, where: str, config: str | Path | 
     if cfg is not None:
         names, palette = classes_from_config(cfg)
         if len(names) != num_classes:
-            raise ConfigError(f"{config}: dataset '{cfg.data.name}' has {len(names)} classes but {where} "
-                              f"predicts {num_classes}")
+            raise ConfigError(
+                f"{config}: dataset '{cfg.data.name}' has {len(names)} classes but {where} predicts {num_classes}"
+            )
         window, resize = _pair(cfg.data.crop_size), _pair(cfg.data.resize)
     if not names or len(names) != num_classes:
         names = [f"class_{i}" for i in range(num_classes)]
     palette = [tuple(int(c) for c in p) for p in (palette or [])]
     if len(palette) < num_classes:
-        palette = palette + default_palette(num_classes)[len(palette):]
+        palette = palette + default_palette(num_classes)[len(palette) :]
     model_cfg = _json_meta(meta, "model", where) or {}
     return InferInfo(num_classes, names, palette[:num_classes], window, resize, model_cfg, where), cfg
 
@@ -218,8 +224,12 @@ def model_config(model_dict: dict | None, cfg: Config | None, where: str) -> Mod
 # ----------------------------------------------------------------------------- loaders
 
 
-def load_torch_model(weights: str | Path, config: str | Path | None = None, device: str | torch.device = "cpu",
-                     source: Source | None = None):
+def load_torch_model(
+    weights: str | Path,
+    config: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    source: Source | None = None,
+):
     """→ (Segmenter in eval mode on ``device``, InferInfo, Config or None). ``weights`` may be
     a .safetensors file, a model folder or a run folder."""
     from rc2l.engine.checkpoint import load_weights, model_config_from_weights, read_meta

@@ -1,5 +1,6 @@
 """The object ``rc2l.load`` returns: one segmenter (PyTorch or ONNX Runtime) with its classes
 and palette, predicting on paths, PIL images or arrays at their own size."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,14 @@ from rc2l.infer.scores import MAX_WHOLE_PIXELS, MODES, confidence, predict_batch
 class Model:
     """A loaded model. ``predict(image)`` → class indices uint8 (H, W) at the image's size."""
 
-    def __init__(self, score_fn: Callable[[Tensor], Tensor], info: InferInfo, backend: str,
-                 device: torch.device, module: torch.nn.Module | None = None):
+    def __init__(
+        self,
+        score_fn: Callable[[Tensor], Tensor],
+        info: InferInfo,
+        backend: str,
+        device: torch.device,
+        module: torch.nn.Module | None = None,
+    ):
         self.score_fn, self.info, self.backend, self.device = score_fn, info, backend, device
         self.module = module  # the torch Segmenter (None for ONNX)
         # ONNX Runtime takes and returns host arrays (its CUDA provider copies by itself)
@@ -41,19 +48,30 @@ class Model:
     def __repr__(self) -> str:
         return f"rc2l.Model({self.info.source!r}, {self.num_classes} classes, {self.backend} on {self.device})"
 
-    def scores(self, rgbs: list[np.ndarray], mode: str = "auto", stride_ratio: float = 2 / 3,
-               max_pixels: int = MAX_WHOLE_PIXELS, name: str = "") -> Tensor:
+    def scores(
+        self,
+        rgbs: list[np.ndarray],
+        mode: str = "auto",
+        stride_ratio: float = 2 / 3,
+        max_pixels: int = MAX_WHOLE_PIXELS,
+        name: str = "",
+    ) -> Tensor:
         """uint8 (H, W, 3) arrays of one size → scores S (B, K, H, W) float32 on the CPU."""
         if mode not in MODES:
             raise RC2LError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if not 0 < stride_ratio <= 1:
             raise RC2LError(f"stride_ratio must be in (0, 1], got {stride_ratio}")
         batch = torch.stack([to_uint8_tensor(a) for a in rgbs])
-        return predict_batch(self.score_fn, batch, self.info, stride_ratio, self.compute_device, mode,
-                             max_pixels, name)
+        return predict_batch(self.score_fn, batch, self.info, stride_ratio, self.compute_device, mode, max_pixels, name)
 
-    def predict(self, image, confidence: bool = False, mode: str = "auto", stride_ratio: float = 2 / 3,
-                max_pixels: int = MAX_WHOLE_PIXELS):
+    def predict(
+        self,
+        image,
+        confidence: bool = False,
+        mode: str = "auto",
+        stride_ratio: float = 2 / 3,
+        max_pixels: int = MAX_WHOLE_PIXELS,
+    ):
         """image: a path, a PIL image or an H×W×3 uint8 array (grey, RGBA and 16-bit are converted).
 
         → class indices uint8 (H, W); with ``confidence=True`` also max_k S_k / Σ_k S_k float32
@@ -61,8 +79,15 @@ class Model:
         'original' (one pass) or 'sliding_window'; above ``max_pixels`` always the window."""
         return self.predict_many([image], 1, confidence, mode, stride_ratio, max_pixels)[0]
 
-    def predict_many(self, images: Iterable, batch_size: int = 4, confidence: bool = False, mode: str = "auto",
-                     stride_ratio: float = 2 / 3, max_pixels: int = MAX_WHOLE_PIXELS) -> list:
+    def predict_many(
+        self,
+        images: Iterable,
+        batch_size: int = 4,
+        confidence: bool = False,
+        mode: str = "auto",
+        stride_ratio: float = 2 / 3,
+        max_pixels: int = MAX_WHOLE_PIXELS,
+    ) -> list:
         """Like :meth:`predict` for each image, in input order; images of the same size go
         through the network ``batch_size`` at a time."""
         if batch_size < 1:
@@ -98,9 +123,15 @@ def same_size_groups(sizes: list[tuple[int, int]], batch_size: int) -> list[list
     return groups
 
 
-def load(path: str | Path, config: str | Path | None = None, backend: str | None = None, device: str = "auto",
-         window: tuple[int, int] | None = None, local_files_only: bool = False,
-         cache_dir: str | Path | None = None) -> Model:
+def load(
+    path: str | Path,
+    config: str | Path | None = None,
+    backend: str | None = None,
+    device: str = "auto",
+    window: tuple[int, int] | None = None,
+    local_files_only: bool = False,
+    cache_dir: str | Path | None = None,
+) -> Model:
     """A .safetensors weights file, an exported .onnx, a model or run folder, or hf://owner/name
     → :class:`Model`. ``window`` (H, W) replaces the training crop as the sliding window;
     (0, 0) = whole images up to the memory bound."""

@@ -4,6 +4,7 @@ class-index palette PNG, a colour overlay and optionally a confidence map.
 Steps: expand the inputs (files, folders, globs; what a folder skips is named) → unique output
 names → read headers → groups of same-size images → model scores → the output files.
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,7 +30,9 @@ def palette_png(pred: np.ndarray, palette: list[tuple[int, int, int]]) -> Image.
     return im
 
 
-def overlay(rgb: np.ndarray, pred: np.ndarray, palette: list[tuple[int, int, int]], alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+def overlay(
+    rgb: np.ndarray, pred: np.ndarray, palette: list[tuple[int, int, int]], alpha: float = OVERLAY_ALPHA
+) -> np.ndarray:
     """uint8 (H, W, 3) image, (H, W) classes → uint8 (H, W, 3) blend."""
     colours = np.asarray(palette, np.float32)[pred]
     return np.clip(rgb.astype(np.float32) * (1 - alpha) + colours * alpha + 0.5, 0, 255).astype(np.uint8)
@@ -131,8 +134,9 @@ def write_outputs(job: Job, rgb: np.ndarray, pred: np.ndarray, conf: np.ndarray 
         Image.fromarray(c8).save(base.with_name(base.name + "_conf.png"))
 
 
-def predict_group(model: Model, group: list[Job], out: Path, confidence_maps: bool, stride_ratio: float,
-                  counts: Counts) -> None:
+def predict_group(
+    model: Model, group: list[Job], out: Path, confidence_maps: bool, stride_ratio: float, counts: Counts
+) -> None:
     """One forward pass (or sliding windows) for a group of same-size images, then their files."""
     members, arrays = read_group(group, counts)
     if not members:
@@ -156,8 +160,15 @@ def predict_group(model: Model, group: list[Job], out: Path, confidence_maps: bo
         counts.done()
 
 
-def predict_files(model: Model, inputs: list[str], out: str | Path, confidence_maps: bool = False,
-                  batch_size: int = 4, stride_ratio: float = 2 / 3, progress: bool = True) -> int:
+def predict_files(
+    model: Model,
+    inputs: list[str],
+    out: str | Path,
+    confidence_maps: bool = False,
+    batch_size: int = 4,
+    stride_ratio: float = 2 / 3,
+    progress: bool = True,
+) -> int:
     """The `rc2l predict` verb on a loaded model → exit status (0 all written, 1 any failed)."""
     from tqdm import tqdm
 
@@ -168,8 +179,15 @@ def predict_files(model: Model, inputs: list[str], out: str | Path, confidence_m
         print(f"0 written, {counts.failed} failed")
         return 1
     print(describe(model, found, out, stride_ratio), file=sys.stderr)
-    counts.bar = tqdm(total=found, desc="predict", unit="img", dynamic_ncols=True, disable=not progress or None,
-                      file=sys.stderr, initial=found - len(jobs))
+    counts.bar = tqdm(
+        total=found,
+        desc="predict",
+        unit="img",
+        dynamic_ncols=True,
+        disable=not progress or None,
+        file=sys.stderr,
+        initial=found - len(jobs),
+    )
     for idx in same_size_groups([j.size for j in jobs], batch_size):
         predict_group(model, [jobs[i] for i in idx], out, confidence_maps, stride_ratio, counts)
     counts.bar.close()

@@ -5,6 +5,7 @@ A quantised model that disagrees with the fp32 one is worse than none, so the fi
 only when the argmax of the int8 model agrees with the fp32 model's on at least
 ``min_agreement`` of the calibration pixels; otherwise nothing is written and the error says
 by how much it missed."""
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,9 @@ def argmax_agreement(fp32: Path, int8: Path, images: list[np.ndarray]) -> float:
     return same / max(total, 1)
 
 
-def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: list[np.ndarray],
-                  min_agreement: float = DEFAULT_MIN_AGREEMENT) -> dict:
+def quantize_int8(
+    fp32_path: str | Path, out_path: str | Path, images: list[np.ndarray], min_agreement: float = DEFAULT_MIN_AGREEMENT
+) -> dict:
     """fp32 ONNX → int8 ONNX at ``out_path``, calibrated on ``images``; refuses (writes
     nothing, raises) when the argmax agreement on them is below ``min_agreement``."""
     import onnx
@@ -77,18 +79,32 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, images: list[np.n
     with tempfile.TemporaryDirectory() as tmp:
         pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(q), _Reader(name, images), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=["Conv", "MatMul", "Gemm"])  # the compute; norms stay fp32
+        quantize_static(
+            str(pre),
+            str(q),
+            _Reader(name, images),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+        )  # the compute; norms stay fp32
         agreement = argmax_agreement(fp32_path, q, images)
         if agreement < min_agreement:
-            raise RC2LError(f"int8 model agrees with the fp32 one on {agreement:.2%} of the calibration pixels, below "
-                            f"--min-agreement {min_agreement:.2%}: not writing {out_path} (calibrate on more or more "
-                            f"typical images, or keep the fp32 model)")
+            raise RC2LError(
+                f"int8 model agrees with the fp32 one on {agreement:.2%} of the calibration pixels, below "
+                f"--min-agreement {min_agreement:.2%}: not writing {out_path} (calibrate on more or more "
+                f"typical images, or keep the fp32 model)"
+            )
         model = onnx.load(str(q))
         meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
-        meta["quantization"] = json.dumps({"type": "int8 static QDQ, per-channel weights", "calibration_images":
-                                           len(images), "argmax_agreement": round(agreement, 6)})
+        meta["quantization"] = json.dumps(
+            {
+                "type": "int8 static QDQ, per-channel weights",
+                "calibration_images": len(images),
+                "argmax_agreement": round(agreement, 6),
+            }
+        )
         del model.metadata_props[:]
         for k, v in meta.items():
             model.metadata_props.add(key=k, value=v)

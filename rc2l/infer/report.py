@@ -6,6 +6,7 @@ the best evaluation, and a gallery of val predictions beside the ground truth ma
 best.safetensors and the run's config.yaml. A part whose inputs are missing says why instead
 of failing the whole page.
 """
+
 from __future__ import annotations
 
 import html
@@ -171,8 +172,15 @@ def plot_confusion(cm: list[list[int]], class_names: list[str], path: Path, titl
     if k <= 20:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{norm[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.savefig(path)
 
@@ -298,9 +306,12 @@ class Page:
         self.parts.append(text)
 
     def html(self, title: str) -> str:
-        return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-                f"<style>{CSS}</style></head>\n<body><h1>{html.escape(title)}</h1>\n" + "\n".join(self.parts)
-                + "\n</body></html>\n")
+        return (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head>\n<body><h1>{html.escape(title)}</h1>\n"
+            + "\n".join(self.parts)
+            + "\n</body></html>\n"
+        )
 
 
 def _method_dataset(cfg_text: str) -> tuple[str, str]:
@@ -319,18 +330,34 @@ def summary_section(page: Page, run_dir: Path, run_log: tuple, cfg_text: str) ->
     train, evals, starts, warns = run_log
     method, dataset = _method_dataset(cfg_text) if cfg_text else ("", "")
     best = best_record(evals)
-    rows = [("run folder", str(run_dir.resolve())), ("method", method or "?"), ("dataset", dataset or "?"),
-            ("train steps logged", str(int(max((r["step"] for r in train), default=0))))]
+    rows = [
+        ("run folder", str(run_dir.resolve())),
+        ("method", method or "?"),
+        ("dataset", dataset or "?"),
+        ("train steps logged", str(int(max((r["step"] for r in train), default=0)))),
+    ]
     if best:
-        rows.append(("best val mIoU", f"{_fmt(best['miou'])} ({best.get('model', 'student')}, step {best['step']}, "
-                                      f"{best.get('mode', '?')} mode, crop {best.get('crop', '?')}, split {best.get('split', '?')})"))
+        rows.append(
+            (
+                "best val mIoU",
+                f"{_fmt(best['miou'])} ({best.get('model', 'student')}, step {best['step']}, "
+                f"{best.get('mode', '?')} mode, crop {best.get('crop', '?')}, split {best.get('split', '?')})",
+            )
+        )
     for r in last_records(evals):
         rows.append((f"last val mIoU ({r.get('model', 'student')})", f"{_fmt(r['miou'])} (step {r['step']})"))
     for r in starts:  # one per start or resume: which code ran which steps, where
-        rows.append(("resumed at step " + str(r["step"]) if r["step"] else "started",
-                     f"commit {r.get('commit', '?')}, torch {r.get('torch', '?')}, {r.get('device', '?')}"))
-    page.add("<table>" + "".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(b)}</td></tr>" for a, b in rows)
-             + "</table>")
+        rows.append(
+            (
+                "resumed at step " + str(r["step"]) if r["step"] else "started",
+                f"commit {r.get('commit', '?')}, torch {r.get('torch', '?')}, {r.get('device', '?')}",
+            )
+        )
+    page.add(
+        "<table>"
+        + "".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(b)}</td></tr>" for a, b in rows)
+        + "</table>"
+    )
     for w in warns:
         page.note(w)
 
@@ -361,14 +388,21 @@ def classes_section(page: Page, run_dir: Path, evals: list[dict], img_dir: Path)
     page.add("<h2>Per-class IoU</h2>")
     if best and k:
         series = [(f"best: {best.get('model', 'student')} @ step {best['step']}", best["per_class"])]
-        series += [(f"last: {r.get('model', 'student')} @ step {r['step']}", r["per_class"]) for r in last
-                   if r is not best and isinstance(r.get("per_class"), list)]
+        series += [
+            (f"last: {r.get('model', 'student')} @ step {r['step']}", r["per_class"])
+            for r in last
+            if r is not best and isinstance(r.get("per_class"), list)
+        ]
         p = img_dir / "per_class.png"
         plot_per_class(series, names, p)
         page.add(page.img(p, "per-class IoU"))
         head = "".join(f"<th>{html.escape(lbl)}</th>" for lbl, _ in series)
-        body = "".join(f"<tr><td>{html.escape(n)}</td>" + "".join(f"<td>{_fmt(v[i] if i < len(v) else None)}</td>"
-                                                                for _, v in series) + "</tr>" for i, n in enumerate(names))
+        body = "".join(
+            f"<tr><td>{html.escape(n)}</td>"
+            + "".join(f"<td>{_fmt(v[i] if i < len(v) else None)}</td>" for _, v in series)
+            + "</tr>"
+            for i, n in enumerate(names)
+        )
         page.add(f"<details><summary>table</summary><table><tr><th>class</th>{head}</tr>{body}</table></details>")
     else:
         page.note("no evaluation with per-class IoU")
@@ -395,9 +429,15 @@ def gallery_section(page: Page, run_dir: Path, gallery: int, img_dir: Path, devi
         log.warning("gallery skipped: %s", msg)
         page.note(f"gallery not available: {msg}")
         return
-    page.add("<p>" + " ".join(
-        f'<span><span class="swatch" style="background:rgb{tuple(int(c) for c in rgb)}"></span>'
-        f"{html.escape(n)}</span>&nbsp;" for n, rgb in legend) + "(white: ignored)</p>")
+    page.add(
+        "<p>"
+        + " ".join(
+            f'<span><span class="swatch" style="background:rgb{tuple(int(c) for c in rgb)}"></span>'
+            f"{html.escape(n)}</span>&nbsp;"
+            for n, rgb in legend
+        )
+        + "(white: ignored)</p>"
+    )
     page.add("<p>model: best.safetensors; predicted in the eval mode of the run's config.yaml</p>")
     for p, cap in items:
         page.add(f"<figure>{page.img(p, cap, 'gal')}<figcaption>{html.escape(cap)}</figcaption></figure>")

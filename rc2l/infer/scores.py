@@ -4,6 +4,7 @@ field's sliding window (window = training crop, stride 2/3), and back to H×W.
 The sliding window also bounds the network's memory on very large images: above
 ``MAX_WHOLE_PIXELS`` an image is never sent through in one piece, and the log says so.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,9 @@ def to_uint8_tensor(rgb) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
 
 
-def choose_window(h: int, w: int, info: InferInfo, mode: str = "auto",
-                  max_pixels: int = MAX_WHOLE_PIXELS) -> tuple[int, int] | None:
+def choose_window(
+    h: int, w: int, info: InferInfo, mode: str = "auto", max_pixels: int = MAX_WHOLE_PIXELS
+) -> tuple[int, int] | None:
     """The window for an (h, w) model input, None = one whole-image pass.
 
     auto: the window when the image is larger than it; original: the whole image;
@@ -47,9 +49,16 @@ def choose_window(h: int, w: int, info: InferInfo, mode: str = "auto",
     return None
 
 
-def predict_batch(score_fn: Callable[[Tensor], Tensor], images: Tensor, info: InferInfo,
-                  stride_ratio: float = 2 / 3, device: torch.device | str = "cpu", mode: str = "auto",
-                  max_pixels: int = MAX_WHOLE_PIXELS, name: str = "") -> Tensor:
+def predict_batch(
+    score_fn: Callable[[Tensor], Tensor],
+    images: Tensor,
+    info: InferInfo,
+    stride_ratio: float = 2 / 3,
+    device: torch.device | str = "cpu",
+    mode: str = "auto",
+    max_pixels: int = MAX_WHOLE_PIXELS,
+    name: str = "",
+) -> Tensor:
     """images: uint8 (B, 3, H, W), all the same size → scores (B, K, H, W) float32 on the CPU.
 
     Resized to ``info.resize`` first if set (as in training), scores bilinearly back to H×W.
@@ -68,11 +77,20 @@ def predict_batch(score_fn: Callable[[Tensor], Tensor], images: Tensor, info: In
     h, w = x.shape[-2:]
     win = choose_window(h, w, info, mode, max_pixels)
     if win and h * w > max_pixels and mode != "sliding_window":
-        log.info("%s%dx%d is %.3g MP, above %.3g MP: sliding window %dx%d to bound memory", f"{name}: " if name else "",
-                 h, w, h * w / 1e6, max_pixels / 1e6, win[0], win[1])
+        log.info(
+            "%s%dx%d is %.3g MP, above %.3g MP: sliding window %dx%d to bound memory",
+            f"{name}: " if name else "",
+            h,
+            w,
+            h * w / 1e6,
+            max_pixels / 1e6,
+            win[0],
+            win[1],
+        )
     if win:
-        scores = torch.cat([sliding_window(score_fn, x[i : i + 1], win, stride_ratio, info.num_classes)
-                            for i in range(x.shape[0])])
+        scores = torch.cat(
+            [sliding_window(score_fn, x[i : i + 1], win, stride_ratio, info.num_classes) for i in range(x.shape[0])]
+        )
     else:
         scores = score_fn(x).float()
     if (h, w) != (h0, w0):

@@ -1,6 +1,7 @@
 """Supervised set loss (docs/method.md, "Supervised loss"): Hungarian matching of N predictions
 to per-class target masks, CE on classes (no-object weight), BCE/focal + dice on masks,
 summed over decoder layers."""
+
 from __future__ import annotations
 
 import torch
@@ -53,8 +54,15 @@ class SetCriterion(nn.Module):
         masks, counts = pad_targets(targets, "masks")
         labels, _ = pad_targets(targets, "labels")
         valid = torch.stack([t["valid"] for t in targets])
-        return {"counts": counts, "masks_pad": masks, "labels_pad": labels, "valid": valid, "grid": {},
-                "labels": torch.cat([t["labels"] for t in targets]), "masks": torch.cat([t["masks"] for t in targets])}
+        return {
+            "counts": counts,
+            "masks_pad": masks,
+            "labels_pad": labels,
+            "valid": valid,
+            "grid": {},
+            "labels": torch.cat([t["labels"] for t in targets]),
+            "masks": torch.cat([t["masks"] for t in targets]),
+        }
 
     @torch.no_grad()
     def match(self, logits: Tensor, masks: Tensor, bt: dict) -> list[tuple[Tensor, Tensor]]:
@@ -70,8 +78,9 @@ class SetCriterion(nn.Module):
             valid = Fn.interpolate(bt["valid"][:, None].float(), size=size, mode="nearest").flatten(1)
             bt["grid"][size] = tm, valid
         tm, valid = bt["grid"][size]
-        return match_padded(logits, masks.flatten(2), bt["labels_pad"], tm, counts, c.cls_weight, c.mask_weight,
-                            c.dice_weight, valid)
+        return match_padded(
+            logits, masks.flatten(2), bt["labels_pad"], tm, counts, c.cls_weight, c.mask_weight, c.dice_weight, valid
+        )
 
     def layer_loss(self, logits: Tensor, masks: Tensor, bt: dict, num_masks: float) -> dict[str, Tensor]:
         """Loss of one decoder layer; ``bt``: ``batch_targets`` of the batch."""

@@ -4,14 +4,16 @@ a loss returns when it has nothing to act on.
 
 Shapes: B images, N regions/queries, M targets, K classes, C channels, P pixels (flattened).
 """
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
 
-def dice(a: Tensor, b: Tensor, smooth: float = 1.0, eps: float = 0.0, pairwise: bool = False,
-         weight: Tensor | None = None) -> Tensor:
+def dice(
+    a: Tensor, b: Tensor, smooth: float = 1.0, eps: float = 0.0, pairwise: bool = False, weight: Tensor | None = None
+) -> Tensor:
     """Soft dice D(a, b) = (2 Σ_p ab + smooth) / (Σ_p a + Σ_p b + smooth + eps).
 
     a, b: (..., P) in [0, 1] → (...) for matching rows; with ``pairwise``, a: (..., N, P) and

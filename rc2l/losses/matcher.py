@@ -4,6 +4,7 @@ The costs of a whole batch are computed at once on targets padded to the batch's
 (``pad_targets``), copied to the host once, and the matches come back packed as flat index
 tensors (``Matches``): the losses then index the batch instead of looping over images, which
 on a GPU would be a dozen small kernel launches and a host→device copy per image and term."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ class Matches:
 
 def pack_matches(indices: list[tuple[Tensor, Tensor]], counts: list[int], device) -> Matches:
     """Per-image (pred_idx, tgt_idx) → ``Matches`` on ``device``, with one host→device copy."""
+
     def host(x) -> np.ndarray:
         return np.asarray(x.cpu() if isinstance(x, Tensor) else x, dtype=np.int64)
 
@@ -177,5 +179,6 @@ def match(
         return hungarian_padded(pred_masks.new_zeros(len(counts), pred_masks.shape[1], 0), counts)
     labels, _ = pad_targets(targets, "labels", pred_masks.device)
     w = None if weight is None else weight.flatten(1)
-    return match_padded(pred_logits, pred_masks.flatten(2), labels, masks.flatten(2), counts, cls_weight, mask_weight,
-                        dice_weight, w)
+    return match_padded(
+        pred_logits, pred_masks.flatten(2), labels, masks.flatten(2), counts, cls_weight, mask_weight, dice_weight, w
+    )

@@ -10,6 +10,7 @@
 Same contract as the region losses: teacher tensors are detached, and when no pixel is
 usable the loss is an exact 0 still connected to the student's graph.
 """
+
 from __future__ import annotations
 
 import torch
@@ -129,8 +130,9 @@ class PixelCriterion(nn.Module):
     def forward(self, outputs: dict, labels: Tensor, num_masks: float | None = None) -> dict[str, Tensor]:
         """outputs["sem_logits"]: (B, K, h, w); labels: (B, H, W) int64. ``num_masks`` is the
         set loss's normaliser and has no meaning here (accepted for a common signature)."""
-        logits = Fn.interpolate(outputs["sem_logits"].float(), size=labels.shape[-2:], mode="bilinear",
-                                align_corners=False)
+        logits = Fn.interpolate(
+            outputs["sem_logits"].float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
+        )
         if not bool((labels != self.ignore_index).any()):
             ce = connected_zero(outputs["sem_logits"])
         else:

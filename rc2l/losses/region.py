@@ -19,6 +19,7 @@ contributes nothing, and a batch with no region gives an exact 0 that is still c
 the student's graph (so ``backward`` works and DDP sees every parameter used). No loss has state besides the
 projection head g of RFC.
 """
+
 from __future__ import annotations
 
 import torch
@@ -72,7 +73,9 @@ def rmc_loss(
     if weight is not None:
         w = weight.to(s.device).float().flatten(1)[:, None]  # (B, 1, P)
         s, t_pad = s * w, t_pad * w
-    logits = dice(t_pad, s, smooth=0.0, eps=eps, pairwise=True)[m.img, m.local] / tau_m  # (L, N): each t against its image's N masks
+    logits = (
+        dice(t_pad, s, smooth=0.0, eps=eps, pairwise=True)[m.img, m.local] / tau_m
+    )  # (L, N): each t against its image's N masks
     return Fn.cross_entropy(logits, m.pred)
 
 
@@ -161,10 +164,12 @@ def rcc_loss(
     w = (has[:, None].float() * no_object_weight).expand(B, N)
     w = w.index_put((m.img, m.pred), torch.ones_like(m.pred, dtype=w.dtype))
     if soft and any(r.get("probs") is not None for r in regions):
-        target = torch.cat([
-            r["probs"].detach().float() if r.get("probs") is not None else Fn.one_hot(r["labels"], K1).float()
-            for r in regions
-        ]).to(logp.device)[m.tgt]
+        target = torch.cat(
+            [
+                r["probs"].detach().float() if r.get("probs") is not None else Fn.one_hot(r["labels"], K1).float()
+                for r in regions
+            ]
+        ).to(logp.device)[m.tgt]
     else:
         target = Fn.one_hot(cat_regions(regions, "labels", logp.device)[m.tgt], K1).float()
     q = torch.zeros_like(logp)
@@ -230,7 +235,9 @@ class RegionLosses(nn.Module):
       supervised cost weights (``LossConfig``).
     """
 
-    def __init__(self, semi: SemiConfig, feat_dim: int, loss_cfg: LossConfig | None = None, head: nn.Module | None = None):
+    def __init__(
+        self, semi: SemiConfig, feat_dim: int, loss_cfg: LossConfig | None = None, head: nn.Module | None = None
+    ):
         super().__init__()
         self.semi = semi
         lc = loss_cfg or LossConfig()
@@ -260,7 +267,13 @@ class RegionLosses(nn.Module):
             terms["rmc"] = s.rmc * rmc_loss(student["pred_masks"], regions, indices, s.tau_m, weight=w)
         if s.rfc > 0:
             terms["rfc"] = s.rfc * rfc_loss(
-                student["pred_masks"], student["pixel_feats"], regions, indices, self.rfc_head, s.tau_f, s.rfc_scope,
+                student["pred_masks"],
+                student["pixel_feats"],
+                regions,
+                indices,
+                self.rfc_head,
+                s.tau_f,
+                s.rfc_scope,
                 weight=w,
             )
         if s.rcc > 0:

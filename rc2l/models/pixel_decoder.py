@@ -1,5 +1,6 @@
 """FPN pixel decoder: backbone maps (strides 4–32) → per-pixel embeddings F and a
 multi-scale pyramid for the transformer decoder."""
+
 from __future__ import annotations
 
 import torch.nn.functional as Fn

@@ -1,5 +1,6 @@
 """The MaskFormer-style segmenter and its semantic masks S = Σ_i softmax(c_i)[:K] ⊗ σ(p_i)
 (region features r_i = MAP(F, σ(p_i)) are computed by the losses: rc2l.losses.functional)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """One file per training method, each a class with the interface of ``base.Method``; the
 trainer builds ``METHODS[cfg.method]``."""
+
 from __future__ import annotations
 
 from rc2l.engine.methods.base import Method

@@ -7,6 +7,7 @@ optimizer step ``method.after_step(step)``. It saves ``method.teacher`` and ``me
 with the student, optimises ``method.heads`` with it, and evaluates
 ``method.models_to_evaluate()``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,15 @@ from torch import Tensor, nn
 
 from rc2l.config import Config, SemiConfig
 from rc2l.data.sampler import mix_seed
-from rc2l.engine.teacher import (apply_cutmix, cutmix_targets, ema_update, make_teacher, mix_with_partner,
-                                 stride_boxes, teacher_targets)
+from rc2l.engine.teacher import (
+    apply_cutmix,
+    cutmix_targets,
+    ema_update,
+    make_teacher,
+    mix_with_partner,
+    stride_boxes,
+    teacher_targets,
+)
 from rc2l.losses.criterion import SetCriterion
 from rc2l.losses.pixel import PixelCriterion, pixel_contrast_loss
 
@@ -65,7 +73,9 @@ class Method:
         labels = batch["mask"].to(self.device, non_blocking=True)
         return self.criterion(self.net(images), labels, num_masks)
 
-    def step(self, labeled: dict, unlabeled: dict | None, step: int, num_masks: float | None = None) -> dict[str, Tensor]:
+    def step(
+        self, labeled: dict, unlabeled: dict | None, step: int, num_masks: float | None = None
+    ) -> dict[str, Tensor]:
         return self.supervised_loss(labeled, num_masks)
 
     def after_step(self, step: int) -> None:
@@ -103,8 +113,10 @@ class SemiMethod(Method):
         strong = batch_u["image_s"].to(self.device, non_blocking=True)
         mixed_t, mixed = self.mix(targets, strong, step)
         real = mixed_t["real"]
-        stats = {"regions_per_image": sum(len(r["labels"]) for r in targets["regions"]) / max(len(targets["regions"]), 1),
-                 "conf_frac": float(((mixed_t["conf"] >= threshold) & real).sum() / real.sum().clamp(min=1))}
+        stats = {
+            "regions_per_image": sum(len(r["labels"]) for r in targets["regions"]) / max(len(targets["regions"]), 1),
+            "conf_frac": float(((mixed_t["conf"] >= threshold) & real).sum() / real.sum().clamp(min=1)),
+        }
         return mixed_t, mixed, stats
 
     def weak_targets(self, batch_u: dict) -> tuple[dict, Tensor]:
@@ -117,8 +129,15 @@ class SemiMethod(Method):
             t_out = self.teacher(weak)
         h, w = t_out["pred_masks"].shape[-2:]
         ignore = nn.functional.interpolate(pad[:, None].float(), size=(h, w), mode="nearest")[:, 0].bool()
-        targets = teacher_targets(t_out, c.semi.regions, c.semi.tau_cls, c.semi.tau_pix, c.semi.soft_masks, ignore,
-                                  confident=c.semi.region_pixels == "confident")
+        targets = teacher_targets(
+            t_out,
+            c.semi.regions,
+            c.semi.tau_cls,
+            c.semi.tau_pix,
+            c.semi.soft_masks,
+            ignore,
+            confident=c.semi.region_pixels == "confident",
+        )
         targets["real"] = ~ignore
         return targets, weak
 
@@ -126,8 +145,16 @@ class SemiMethod(Method):
         """One CutMix box (stream ``stream`` of (seed, step)) applied to the targets, their
         "real" mask and the strong view → (mixed targets, mixed strong view)."""
         h, w = targets["label"].shape[-2:]
-        small, big = stride_boxes(strong.shape[0], tuple(strong.shape[-2:]), (h, w), self.cfg.semi.cutmix_p,
-                                  self.cfg.seed, step, self.device, stream)
+        small, big = stride_boxes(
+            strong.shape[0],
+            tuple(strong.shape[-2:]),
+            (h, w),
+            self.cfg.semi.cutmix_p,
+            self.cfg.seed,
+            step,
+            self.device,
+            stream,
+        )
         mixed = cutmix_targets(targets, small)
         mixed["real"] = mix_with_partner(targets["real"], small)
         return mixed, apply_cutmix(strong, big)
@@ -138,12 +165,24 @@ class SemiMethod(Method):
         if s.pixel_contrast <= 0:
             return {}
         g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, step, 13))
-        return {"pixel_contrast": s.pixel_contrast * pixel_contrast_loss(
-            s_out["pixel_feats"], targets["label"], targets["valid"], s.pixel_contrast_tau, s.pixel_contrast_mode,
-            s.pixel_contrast_samples, chunk=4096, generator=g)}
+        return {
+            "pixel_contrast": s.pixel_contrast
+            * pixel_contrast_loss(
+                s_out["pixel_feats"],
+                targets["label"],
+                targets["valid"],
+                s.pixel_contrast_tau,
+                s.pixel_contrast_mode,
+                s.pixel_contrast_samples,
+                chunk=4096,
+                generator=g,
+            )
+        }
 
 
-def combine(sup: dict[str, Tensor], unsup: dict[str, Tensor], lam: float, stats: dict | None = None) -> dict[str, Tensor]:
+def combine(
+    sup: dict[str, Tensor], unsup: dict[str, Tensor], lam: float, stats: dict | None = None
+) -> dict[str, Tensor]:
     """L = L_sup + λ_u·Σ unsup, with every term, both parts and the logged stats."""
     loss_u = sum(unsup.values()) if unsup else torch.zeros((), device=sup["loss"].device)
     out = {**sup, **unsup, "loss_sup": sup["loss"], "loss_unsup": loss_u, "lambda_u": torch.tensor(lam)}

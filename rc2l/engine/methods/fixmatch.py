@@ -2,6 +2,7 @@
 confident pixels (probability ≥ semi.fixmatch_threshold) on the weak view are the targets of
 the student's CutMix-ed strong view. It is UniMatch's special case of one strong view, no
 feature perturbation and an EMA teacher."""
+
 from __future__ import annotations
 
 import torch

@@ -12,6 +12,7 @@ One unlabeled batch, top to bottom (``RC2L.step``):
 With semi.region_views=2 / semi.region_fp the same losses are fed by UniMatch's perturbations
 (``perturbed_step``): two strong views with their own boxes, and the feature-perturbed weak view.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,7 +37,9 @@ class RC2L(SemiMethod):
         if self.region_losses.rfc_head is not None:
             self.heads["rfc"] = self.region_losses.rfc_head.to(device)
 
-    def step(self, labeled: dict, unlabeled: dict | None, step: int, num_masks: float | None = None) -> dict[str, Tensor]:
+    def step(
+        self, labeled: dict, unlabeled: dict | None, step: int, num_masks: float | None = None
+    ) -> dict[str, Tensor]:
         s = self.cfg.semi
         sup = self.supervised_loss(labeled, num_masks)
         lam = self.lambda_u(step)
@@ -68,7 +71,9 @@ class RC2L(SemiMethod):
         targets, weak = self.weak_targets(unlabeled)
         w_fp = 0.5 if s.region_fp else 0.0
         w_view = (1.0 - w_fp) / s.region_views
-        stats = {"regions_per_image": sum(len(r["labels"]) for r in targets["regions"]) / max(len(targets["regions"]), 1)}
+        stats = {
+            "regions_per_image": sum(len(r["labels"]) for r in targets["regions"]) / max(len(targets["regions"]), 1)
+        }
         unsup: dict[str, Tensor] = {}
         for i, key in enumerate(("image_s", "image_s2")[: s.region_views]):
             mixed_t, mixed = self.mix(targets, unlabeled[key].to(self.device, non_blocking=True), step, BOX_STREAMS[i])

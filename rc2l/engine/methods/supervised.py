@@ -1,4 +1,5 @@
 """Supervised-only training on the labeled images: the baseline every table starts from."""
+
 from __future__ import annotations
 
 from rc2l.engine.methods.base import Method

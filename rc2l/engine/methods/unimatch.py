@@ -11,6 +11,7 @@ One unlabeled batch, top to bottom (``UniMatch.step``):
     L = L_sup + λ_u·(0.25·L_s1 + 0.25·L_s2 + 0.5·L_fp)
 With one view and no FP the weights become 1·L_s1: FixMatch with UniMatch's loss.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,8 +47,15 @@ class UniMatch(Method):
 
     uses_unlabeled = True
 
-    def __init__(self, cfg: Config, model: nn.Module, device: torch.device, num_classes: int, ignore_index: int = 255,
-                 settings: UniMatchConfig | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        device: torch.device,
+        num_classes: int,
+        ignore_index: int = 255,
+        settings: UniMatchConfig | None = None,
+    ):
         super().__init__(cfg, model, device, num_classes, ignore_index)
         self.settings = settings or cfg.semi.unimatch
         if self.settings.teacher == "ema":
@@ -82,7 +90,9 @@ class UniMatch(Method):
         conf, label = pixel_probs(out).max(1)
         return label, conf, fp_out
 
-    def step(self, labeled: dict, unlabeled: dict | None, step: int, num_masks: float | None = None) -> dict[str, Tensor]:
+    def step(
+        self, labeled: dict, unlabeled: dict | None, step: int, num_masks: float | None = None
+    ) -> dict[str, Tensor]:
         c, u = self.cfg, self.settings
         sup = self.supervised_loss(labeled, num_masks)
         lam = lambda_u(step, c.semi)
@@ -96,15 +106,20 @@ class UniMatch(Method):
         real = ~nn.functional.interpolate(pad[:, None].float(), size=(h, w), mode="nearest")[:, 0].bool()
         mixed, targets = [], []
         for view, stream in zip(strong, BOX_STREAMS):
-            small, big = stride_boxes(weak.shape[0], tuple(weak.shape[-2:]), (h, w), c.semi.cutmix_p, c.seed, step,
-                                      self.device, stream)
+            small, big = stride_boxes(
+                weak.shape[0], tuple(weak.shape[-2:]), (h, w), c.semi.cutmix_p, c.seed, step, self.device, stream
+            )
             mixed.append(apply_cutmix(view, big))
             targets.append([mix_with_partner(t, small) for t in (label, conf, real)])
         s_out = self.net(torch.cat(mixed))
         w_s, w_fp = view_weights(u.views, u.fp)
         unsup = {}
         for i, (lab, cf, rl) in enumerate(targets):
-            part = {k: v[i * weak.shape[0]:(i + 1) * weak.shape[0]] for k, v in s_out.items() if k in ("sem_logits", "sem_masks")}
+            part = {
+                k: v[i * weak.shape[0] : (i + 1) * weak.shape[0]]
+                for k, v in s_out.items()
+                if k in ("sem_logits", "sem_masks")
+            }
             unsup[self.term(i)] = w_s * pixel_ce(part, lab, cf, u.threshold, rl)
         if fp_out is not None:
             unsup["unimatch_fp"] = w_fp * pixel_ce(fp_out, label, conf, u.threshold, real)
