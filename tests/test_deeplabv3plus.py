@@ -165,14 +165,14 @@ def test_maskformer_fp_branch(masked_attention):
     seen = _capture_inputs(model.pixel_decoder)
     clean = model(x)
     out = model(x, fp_dropout=0.5)
-    assert set(out["fp"]) == {"pred_logits", "pred_masks", "sem_masks"}
+    assert set(out["fp"]) == {"pred_logits", "pred_masks", "sem_masks", "pixel_feats"}
     for k in ("pred_logits", "pred_masks", "mask_embed", "pixel_feats", "sem_masks"):
         assert out[k].shape == clean[k].shape, k
         assert torch.allclose(out[k], clean[k], atol=1e-4, rtol=0), k
     assert len(out["aux_outputs"]) == len(clean["aux_outputs"]) > 0
     for a, b in zip(out["aux_outputs"], clean["aux_outputs"]):
         assert torch.allclose(a["pred_masks"], b["pred_masks"], atol=1e-4, rtol=0)
-    for k in ("pred_logits", "pred_masks", "sem_masks"):
+    for k in ("pred_logits", "pred_masks", "sem_masks", "pixel_feats"):
         assert out["fp"][k].shape == clean[k].shape
     assert (out["fp"]["pred_masks"] - clean["pred_masks"]).abs().max() > 1e-2
     (feats0,), (feats,) = seen  # the pixel decoder's one argument: the list of backbone maps
