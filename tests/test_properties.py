@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from rc2l.engine.evaluate import confusion_matrix, iou_from_confusion
-from rc2l.engine.semi import stride_boxes
+from rc2l.engine.teacher import stride_boxes
 from rc2l.engine.teacher import downsample_box, mix_with_partner
 from rc2l.losses.matcher import hungarian_padded
 

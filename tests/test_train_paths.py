@@ -43,7 +43,7 @@ def test_amp_changes_the_compute_dtype(tmp_path, amp, dtype):
         linear = next(m for m in tr.model.decoder.modules() if type(m) is nn.Linear)
         conv.register_forward_hook(lambda m, i, o: seen["conv"].add(o.dtype))
         linear.register_forward_hook(lambda m, i, o: seen["linear"].add(o.dtype))
-        assert tr.train_step(tr._iterators(), tr.context()) is not None
+        assert tr.train_step(tr._iterators()) is not None
         assert seen == {"conv": {dtype}, "linear": {dtype}}
         seen["conv"].clear(), seen["linear"].clear()
         tr.evaluate_all()
