@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import importlib.abc
 import importlib.util
 import json
@@ -50,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,7 +221,7 @@ def sites(tree: ast.AST) -> list[tuple[int, str, int]]:
                 out.append((i, "swap_call", 0))
             elif isinstance(f, ast.Attribute) and f.attr in ATTR_SWAP:
                 out.append((i, "swap_call", 0))
-        if isinstance(n, ast.Expr) or isinstance(n, ast.AugAssign) or (isinstance(n, ast.Assign) and _self_rebind(n)):
+        if isinstance(n, (ast.Expr, ast.AugAssign)) or (isinstance(n, ast.Assign) and _self_rebind(n)):
             out.append((i, "delete", 0))
         if isinstance(n, ast.Return) and n.value is not None and not (
                 isinstance(n.value, ast.Constant) and n.value.value is None):
@@ -235,7 +234,7 @@ def apply(tree: ast.AST, index: int, kind: str, arg: int) -> tuple[ast.AST, str,
     nodes = list(ast.walk(tree))
     n = nodes[index]
     parents = _parents(tree)
-    before = _short(n if kind not in ("compare",) else n)
+    before = _short(n)
     line = getattr(n, "lineno", 0)
 
     def replace(old, new):
@@ -245,7 +244,7 @@ def apply(tree: ast.AST, index: int, kind: str, arg: int) -> tuple[ast.AST, str,
                 setattr(p, fname, new)
                 return
             if isinstance(value, list) and any(v is old for v in value):
-                value[[j for j, v in enumerate(value) if v is old][0]] = new
+                value[next(j for j, v in enumerate(value) if v is old)] = new
                 return
         raise RuntimeError("node not found in its parent")
 
@@ -343,7 +342,7 @@ class MutantFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module):
         module.__file__ = str(self.path)
-        exec(self.code, module.__dict__)
+        exec(self.code, module.__dict__)  # noqa: S102 - the mutated module's own code
 
 
 def child(mutant: Mutant | None, tests: list[str], log_path: Path) -> None:
@@ -436,7 +435,8 @@ def group(file: str) -> str:
         "rc2l/engine/train.py (step)" if file.endswith("train.py") else "methods + teacher")
 
 
-def report(mutants: list[Mutant], seconds: float, jobs: int) -> str:
+def report(mutants: list[Mutant], seconds: float, jobs: int, before: dict | None = None, reused: int = 0,
+           rerun_of: str | None = None) -> str:
     rows, groups = [], {}
     files = list(dict.fromkeys(m.file for m in mutants))
     for f in files:
@@ -444,27 +444,34 @@ def report(mutants: list[Mutant], seconds: float, jobs: int) -> str:
         k = sum(m.status in ("killed", "timeout") for m in ms)
         eq = sum(m.status == "survived" and m.key in EQUIVALENT for m in ms)
         rows.append((f, len(ms), k, sum(m.status == "timeout" for m in ms), len(ms) - k, eq))
-        g = groups.setdefault(group(f), [0, 0, 0])
+        g = groups.setdefault(group(f), [0, 0, 0, 0, 0])
         g[0] += len(ms)
         g[1] += k
         g[2] += eq
+        if before and f in before:
+            g[3] += before[f][0]
+            g[4] += before[f][1]
 
     def pct(a, b):
         return f"{100 * a / b:.1f} %" if b else "–"
 
+    how = (f"{len(mutants) - reused} mutants run in {seconds / 60:.1f} min with {jobs} worker(s), the other {reused} "
+           f"kept as killed from the earlier full run (`--rerun-survivors`: only tests were added since)"
+           if reused else f"{len(mutants)} mutants, {seconds / 60:.1f} min with {jobs} worker(s) on a shared 2-core machine")
     out = [BEGIN, "## Mutation score", "",
-           f"`make mutation` (`scripts/mutation.py`) at commit `{git_commit()}`: {len(mutants)} mutants, "
-           f"{seconds / 60:.1f} min with {jobs} worker(s) on the 2-core CI machine. A mutant is *killed* when a mapped "
+           f"`make mutation` (`scripts/mutation.py`) at commit `{git_commit()}`: {how}. A mutant is *killed* when a mapped "
            "test fails (or the mutant times out, 4 × the clean run); the operators, the file → tests map and "
            "what is not mutated are in the script's docstring. *Equivalent*: a survivor explained below "
            "(no test can tell it from the original, or it only changes logging).", "",
            "| file | mutants | killed | of which timeout | survived | explained equivalent | score (killed / total) | "
-           "killed + equivalent |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "killed + equivalent |" + (" score before the mutant-killing tests |" if before else ""),
+           "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if before else "")]
     for f, n, k, to, s, eq in rows:
-        out.append(f"| `{f}` | {n} | {k} | {to} | {s} | {eq} | {pct(k, n)} | {pct(k + eq, n)} |")
-    for g, (n, k, eq) in groups.items():
-        out.append(f"| **{g}** | {n} | {k} | | {n - k} | {eq} | **{pct(k, n)}** | {pct(k + eq, n)} |")
+        b = f" {pct(before[f][1], before[f][0])} |" if before and f in before else (" – |" if before else "")
+        out.append(f"| `{f}` | {n} | {k} | {to} | {s} | {eq} | {pct(k, n)} | {pct(k + eq, n)} |" + b)
+    for g, (n, k, eq, bn, bk) in groups.items():
+        b = f" {pct(bk, bn)} |" if before else ""
+        out.append(f"| **{g}** | {n} | {k} | | {n - k} | {eq} | **{pct(k, n)}** | {pct(k + eq, n)} |" + b)
     surv = [m for m in mutants if m.status == "survived"]
     out += ["", f"### Surviving mutants ({len(surv)})", ""]
     if not surv:
@@ -499,6 +506,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/reliability.md")
     ap.add_argument("--json", default=str(REPO / "runs" / "mutation.json"), help="where the full results go")
     ap.add_argument("--line", type=int, nargs="*", help="only mutants on these lines (with one --files)")
+    ap.add_argument("--rerun-survivors", metavar="JSON",
+                    help="results of an earlier run (--json): keep its kills, run only its survivors (and mutants it "
+                         "did not have) again; sound when only tests were added since")
+    ap.add_argument("--before", metavar="JSON", help="an earlier run's results, shown as the 'before' score column")
     args = ap.parse_args(argv)
     files = args.files or list(TARGETS)
     for f in files:
@@ -513,18 +524,38 @@ def main(argv=None) -> int:
         print(f"{len(mutants)} mutants", file=sys.stderr)
         return 0
 
+    previous = {}
+    if args.rerun_survivors:
+        for d in json.loads(Path(args.rerun_survivors).read_text())["mutants"]:
+            previous[(d["file"], d["index"], d["kind"], d["arg"], d["desc"])] = d
+    reused = []
+    for m in mutants:
+        d = previous.get((m.file, m.index, m.kind, m.arg, m.desc))
+        if d is not None and d["status"] in ("killed", "timeout"):
+            m.status, m.seconds, m.killed_by = d["status"], d["seconds"], d["killed_by"] + " (earlier run)"
+            reused.append(m)
+    todo = [m for m in mutants if not m.status]
+    if previous:
+        print(f"{len(reused)} kills kept from {args.rerun_survivors}, {len(todo)} mutants to run", flush=True)
+    before = None
+    if args.before:
+        before = {}
+        for d in json.loads(Path(args.before).read_text())["mutants"]:
+            n, k = before.get(d["file"], (0, 0))
+            before[d["file"]] = (n + 1, k + (d["status"] in ("killed", "timeout")))
+
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
     os.chdir(REPO)
     sys.path.insert(0, str(REPO))
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     # heavy third-party imports once, in the parent; rc2l itself only in the children
+    import hypothesis  # noqa: F401
     import numpy  # noqa: F401
     import pytest  # noqa: F401
     import scipy.optimize  # noqa: F401
     import torch  # noqa: F401
     import torchvision  # noqa: F401
-    import hypothesis  # noqa: F401
     assert not any(k == "rc2l" or k.startswith("rc2l.") for k in sys.modules), "the parent must not import rc2l"
 
     t0 = time.time()
@@ -545,21 +576,21 @@ def main(argv=None) -> int:
 
         def progress(job, res):
             done[0] += 1
-            m = mutants[job]
+            m = todo[job]
             rc, sec, why = res
             m.seconds = round(sec, 2)
             m.status = "timeout" if rc == -9 else ("survived" if rc == 0 else "killed")
             m.killed_by = why
             if m.status == "survived" or done[0] % 25 == 0:
-                print(f"[{done[0]}/{len(mutants)} {time.time() - t0:.0f}s] {m.status}: {m.file}:{m.line} {m.desc}",
+                print(f"[{done[0]}/{len(todo)} {time.time() - t0:.0f}s] {m.status}: {m.file}:{m.line} {m.desc}",
                       flush=True)
 
-        run_all([(m, TARGETS[m.file], timeouts[m.file]) for m in mutants], args.jobs, tmp, progress)
+        run_all([(m, TARGETS[m.file], timeouts[m.file]) for m in todo], args.jobs, tmp, progress)
     seconds = time.time() - t0
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"seconds": seconds, "mutants": [asdict(m) | {"key": m.key} for m in mutants]},
                                           indent=1))
-    section = report(mutants, seconds, args.jobs)
+    section = report(mutants, seconds, args.jobs, before, len(reused), args.rerun_survivors)
     print(section)
     if not args.no_doc:
         write_doc(section)
