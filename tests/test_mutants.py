@@ -241,6 +241,7 @@ def test_per_layer_terms_are_logged_by_decoder_layer():
     from rc2l.losses.criterion import SetCriterion
 
     final, labels = _criterion_case()
+    final = {k: v.requires_grad_() for k, v in final.items()}
     aux = {"pred_logits": final["pred_logits"].flip(1), "pred_masks": final["pred_masks"] * 0.5}
     crit = SetCriterion(2, LossConfig())
     got = crit({**final, "aux_outputs": [aux]}, labels)
@@ -250,7 +251,8 @@ def test_per_layer_terms_are_logged_by_decoder_layer():
         assert got[f"loss_{t}_1"].item() == pytest.approx(f[f"loss_{t}"].item(), rel=1e-6)  # the final output
         assert got[f"loss_{t}_0"].item() == pytest.approx(a[f"loss_{t}"].item(), rel=1e-6)  # the first layer
         assert got[f"loss_{t}"].item() == pytest.approx(f[f"loss_{t}"].item() + a[f"loss_{t}"].item(), rel=1e-6)
-        assert not got[f"loss_{t}_0"].requires_grad
+        assert not got[f"loss_{t}_0"].requires_grad and not got[f"loss_{t}_1"].requires_grad  # log only
+        assert got[f"loss_{t}"].requires_grad
     assert crit.state_dict() == {}  # the class weights are not saved with a model
 
 
@@ -585,15 +587,15 @@ def test_teacher_targets_are_detached_and_tau_cls_is_inclusive():
 
     out = {k: v.clone().requires_grad_() for k, v in _teacher_out().items()}
     score = out["pred_logits"].detach().float().softmax(-1)[0, 0, :-1].max()
-    for mode in ("queries", "classes"):
-        t = teacher_targets(out, mode, tau_cls=float(score))
+    for mode, soft in (("queries", False), ("queries", True), ("classes", False)):
+        t = teacher_targets(out, mode, tau_cls=float(score), soft_masks=soft)
         if mode == "queries":
             assert t["regions"][0]["labels"].tolist() == [0]  # score = τ_cls: kept
-        t = cutmix_targets(t, torch.zeros(2, 4, 4, dtype=torch.bool))
-        for k in ("label", "conf", "valid", "sem", "feats"):
-            assert not t[k].requires_grad, (mode, k)
-        for r in t["regions"]:
-            assert not any(v.requires_grad for v in r.values()), mode
+        for tt in (t, cutmix_targets(t, torch.zeros(2, 4, 4, dtype=torch.bool))):
+            for k in ("label", "conf", "valid", "sem", "feats"):
+                assert not tt[k].requires_grad, (mode, k)
+            for r in tt["regions"]:
+                assert not any(v.requires_grad for v in r.values()), (mode, soft)
     from rc2l.engine.teacher import pseudo_label
 
     label, conf = pseudo_label(out["sem_masks"])
@@ -636,3 +638,121 @@ def test_cutmix_of_a_single_image_keeps_its_regions():
     assert len(mixed["regions"]) == 1 and mixed["regions"][0]["labels"].tolist() == t["regions"][0]["labels"].tolist()
     assert torch.equal(mixed["regions"][0]["masks"], t["regions"][0]["masks"])
 
+
+
+def test_hungarian_accepts_a_cost_that_requires_grad():
+    from rc2l.losses.matcher import hungarian_padded
+
+    cost = torch.tensor([[0.0, 1.0], [1.0, 0.0]], requires_grad=True)
+    pi, ti = hungarian(cost)
+    assert pi.tolist() == [0, 1] and ti.tolist() == [0, 1]
+    (p, t), = hungarian_padded(cost[None] * 1.0, [2])
+    assert p.tolist() == [0, 1]
+
+
+def test_point_sampled_mask_loss_by_hand():
+    """num_points > 0, no importance sampling: the points are the second uniform draw of
+    ``sample_points``; BCE and dice are means over the sampled points that are not ignored."""
+    from rc2l.config import LossConfig
+    from rc2l.losses.criterion import SetCriterion, point_sample
+
+    out, labels = _criterion_case()
+    cfg = LossConfig(deep_supervision=False, num_points=16, oversample_ratio=1.0, importance_sample_ratio=0.0)
+    torch.manual_seed(0)
+    got = SetCriterion(2, cfg)(out, labels)
+    torch.manual_seed(0)
+    torch.rand(2, 16, 2)  # the oversampled candidates (none kept: importance 0)
+    coords = torch.rand(2, 16, 2)
+    src = out["pred_masks"][0, :2].float()[:, None]  # queries 0, 1 ↔ classes 0, 1
+    tgt = torch.stack([(labels[0] == 0).float(), (labels[0] == 1).float()])[:, None]
+    valid = (labels[0] != 255).float()[None, None].expand(2, 1, 4, 4)
+    s_ = point_sample(src, coords).squeeze(1)
+    t = point_sample(tgt, coords, mode="nearest").squeeze(1)
+    w = point_sample(valid, coords, mode="nearest").squeeze(1)
+    assert 0 < w.sum() < 32  # some sampled points are ignored
+    bce = Fn.binary_cross_entropy_with_logits(s_, t, reduction="none")
+    mask = ((bce * w).sum(-1) / w.sum(-1)).sum() / 2
+    p = s_.sigmoid() * w
+    dice_l = (1 - (2 * (p * t * w).sum(-1) + 1) / (p.sum(-1) + (t * w).sum(-1) + 1)).sum() / 2
+    assert got["loss_mask"].item() == pytest.approx(5 * mask.item(), rel=1e-5)
+    assert got["loss_dice"].item() == pytest.approx(5 * dice_l.item(), rel=1e-5)
+
+
+def test_rfc_by_its_formula_on_random_inputs():
+    """Cosines over the feature axis (D), not over the queries: an unsymmetric case."""
+    from rc2l.losses.region import rfc_loss
+
+    g = torch.Generator().manual_seed(2)
+    pm = torch.randn(2, 3, 4, 4, generator=g)
+    F = torch.randn(2, 5, 4, 4, generator=g)
+    regions = [{"labels": torch.tensor([0, 1]), "features": torch.randn(2, 5, generator=g)},
+               {"labels": torch.tensor([2]), "features": torch.randn(1, 5, generator=g)}]
+    idx = [(torch.tensor([2, 0]), torch.tensor([0, 1])), (torch.tensor([1]), torch.tensor([0]))]
+    m = pm.sigmoid()
+    r_s = torch.einsum("bnhw,bchw->bnc", m, F) / (m.sum((-2, -1))[..., None] + 1e-6)
+    z_s = r_s / r_s.norm(dim=-1, keepdim=True)
+    r_t = torch.cat([r["features"] for r in regions])
+    z_t = r_t / r_t.norm(dim=-1, keepdim=True)
+    logits = z_t @ z_s.flatten(0, 1).T / 0.2
+    want = Fn.cross_entropy(logits, torch.tensor([2, 0, 3 + 1]))
+    assert rfc_loss(pm, F, regions, idx, None, 0.2).item() == pytest.approx(want.item(), rel=1e-5)
+    per_image = torch.stack([torch.einsum("d,nd->n", z_t[i], z_s[b]) for i, b in enumerate([0, 0, 1])]) / 0.2
+    want = Fn.cross_entropy(per_image, torch.tensor([2, 0, 1]))
+    assert rfc_loss(pm, F, regions, idx, None, 0.2, "image").item() == pytest.approx(want.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("only", ["rmc", "rfc", "rcc"])
+def test_region_losses_match_when_a_single_region_term_is_on(only):
+    from rc2l.config import SemiConfig
+    from rc2l.losses.region import RegionLosses, rcc_loss, rfc_loss, rmc_loss
+    from test_region_losses import C, H, W, scene
+
+    student, regions, idx = scene(B=2)
+    targets = {"regions": regions, "label": torch.zeros(2, H, W, dtype=torch.int64),
+               "valid": torch.ones(2, H, W, dtype=torch.bool)}
+    weights = {"rmc": 0.0, "rfc": 0.0, "rcc": 0.0, "smc": 0.0, only: 0.5}
+    rl = RegionLosses(SemiConfig(**weights), C)
+    got = rl(student, targets)[only]
+    want = {"rmc": lambda: rmc_loss(student["pred_masks"], regions, idx),
+            "rfc": lambda: rfc_loss(student["pred_masks"], student["pixel_feats"], regions, idx, rl.rfc_head),
+            "rcc": lambda: rcc_loss(student["pred_logits"], regions, idx)}[only]()
+    assert got.item() == pytest.approx(0.5 * want.item(), rel=1e-5) and got.item() != 0.0
+
+
+# ----------------------------------------------------------------------------- engine/methods/base.py, supervised.py
+def test_supervised_method_is_the_criterion_on_the_labeled_batch():
+    from rc2l.config import load_config
+    from rc2l.engine.methods import Supervised
+    from rc2l.losses.pixel import PixelCriterion
+    from test_unimatch import TinyPerPixel, batches
+
+    cfg = load_config(None, ["model.arch=deeplabv3plus"])
+    torch.manual_seed(0)
+    m = Supervised(cfg, TinyPerPixel(), torch.device("cpu"), 3)
+    lab, unl = batches()
+    terms = m.step(lab, unl, 0)
+    assert len(m.model.calls) == 1  # the unlabeled batch is not looked at
+    want = PixelCriterion()(m.model(lab["image"]), lab["mask"])
+    assert set(terms) == {"loss", "loss_ce"} and terms["loss"].item() == pytest.approx(want["loss"].item(), rel=1e-6)
+    assert m.models_to_evaluate() == {"student": m.model} and m.teacher is None and len(m.heads) == 0
+    m.after_step(0)  # nothing to update
+
+
+def test_methods_say_whether_they_draw_unlabeled_images():
+    from rc2l.engine.methods import METHODS
+
+    assert {k: v.uses_unlabeled for k, v in METHODS.items()} == {
+        "supervised": False, "fixmatch": True, "rc2l": True, "unimatch": True}
+
+
+def test_fixmatch_ignores_the_default_ignore_index():
+    from rc2l.engine.methods import FixMatch
+    from rc2l.losses.pixel import PixelCriterion
+    from test_unimatch import batches, method
+
+    m, _ = method(FixMatch)
+    lab, unl = batches()
+    lab["mask"][1, 4:, 4:] = 255
+    terms = m.step(lab, unl, 0)
+    want = PixelCriterion(255)(m.model.calls[0]["out"], lab["mask"])["loss"]
+    assert terms["loss_sup"].item() == pytest.approx(want.item(), rel=1e-6)

@@ -3,6 +3,7 @@ in it (docs/reliability.md, "Mutation score"): the skipped Inf-gradient step, th
 the EMA teacher after a good step, and the head-gradient average on two real gloo ranks."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -89,3 +90,50 @@ def test_head_gradients_are_averaged_over_two_gloo_ranks():
         for p in procs:
             p.join(30)
     assert got == [(0, [[1.5, 1.5]], [2.0]), (1, [[1.5, 1.5]], [2.0])]
+
+
+def test_clip_grad_zero_means_no_clipping(tmp_path):
+    from rc2l.engine.train import Trainer
+    from reliability_helpers import TorchSettings, tiny_config
+
+    with TorchSettings():
+        tr = Trainer(tiny_config(tmp_path, "train.iters=2", "train.clip_grad=0"))
+        seen = {}
+        tr.optimizer.register_step_pre_hook(lambda *_: seen.update(
+            norm=float(torch.stack([p.grad.norm() for p in tr.model.parameters() if p.grad is not None]).norm())))
+        logs = tr.train_step(tr._iterators())
+    assert logs is not None and seen["norm"] > 0
+    assert seen["norm"] == pytest.approx(logs["grad_norm"], rel=1e-4)  # the logged norm, nothing clipped away
+
+
+def _first_step(tmp_path, *extra):
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from rc2l.engine.train import Trainer
+    from reliability_helpers import TorchSettings, tiny_config
+
+    with TorchSettings():
+        tr = Trainer(tiny_config(tmp_path, "loss.no_object_weight=1.0", "train.iters=10", "train.clip_grad=0", *extra))
+        tr.model.train()
+        for m in tr.model.modules():
+            if isinstance(m, _BatchNorm):
+                m.eval()
+        grads = {}
+        tr.optimizer.register_step_pre_hook(lambda *_: grads.update(
+            {k: p.grad.detach().clone() for k, p in tr.model.named_parameters() if p.grad is not None}))
+        logs = tr.train_step(tr._iterators())
+    return grads, logs
+
+
+def test_accumulation_without_clipping_has_the_gradient_and_logs_of_the_big_batch(tmp_path):
+    """As tests/test_scale.py::test_accumulation_2x2_equals_batch_4, with train.clip_grad=0: clipping
+    to norm 1 would hide a wrongly scaled accumulated gradient (and AdamW is scale-invariant)."""
+    big, logs_big = _first_step(tmp_path / "a", "data.batch_size=4")
+    acc, logs_acc = _first_step(tmp_path / "b", "data.batch_size=2", "train.accum_steps=2")
+    worst = max(float((big[k] - acc[k]).abs().max() / big[k].abs().max().clamp_min(1e-12)) for k in big)
+    num = sum(((big[k] - acc[k]).double() ** 2).sum() for k in big)
+    den = sum((big[k].double() ** 2).sum() for k in big)
+    assert float((num / den).sqrt()) < 1e-5, worst
+    for k in ("loss", "loss_mask", "loss_dice", "loss_ce"):  # logged: the mean over the micro-batches
+        assert logs_acc[k] == pytest.approx(logs_big[k], rel=1e-5), k
+    assert logs_acc["grad_norm"] == pytest.approx(logs_big["grad_norm"], rel=1e-5)

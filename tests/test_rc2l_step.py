@@ -115,13 +115,6 @@ def test_lambda_u_ramp_values():
     assert [lambda_u(t, cfg.semi) for t in range(4)] == [0.0, 0.0, 0.8, 0.8]
 
 
-def test_methods_say_whether_they_draw_unlabeled_images():
-    from rc2l.engine.methods import METHODS
-
-    assert {k: v.uses_unlabeled for k, v in METHODS.items()} == {
-        "supervised": False, "fixmatch": True, "rc2l": True, "unimatch": True}
-
-
 @pytest.mark.parametrize("step,lam", [(3, 0.4), (9, 0.8)])  # in the ramp (λ_u < λ), after it
 @pytest.mark.parametrize("pixel_contrast", [0.0, 0.25])
 def test_step_is_sup_plus_lambda_times_the_region_terms(step, lam, pixel_contrast):
