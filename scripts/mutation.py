@@ -258,6 +258,8 @@ EQUIVALENT: dict[str, str] = {
         'the finiteness check of the loss: `isfinite` returns a boolean, detached or not',
     'rc2l/engine/train.py::Trainer.train_step: v.detach() → v':
         'a logged value turned into a Python float: the same number',
+    'rc2l/engine/train.py::Trainer.train_step: 1 → 0':
+        "`accum_steps > 1` → `> 0`: with one micro-batch in one process the all-reduced normaliser equals the batch's own target count, which the criterion uses when it gets None; or `accum_steps - 1` → `- 0` in which micro-batch synchronises: DDP-only code: a no-op in one process; under 2 ranks it is checked by tests/test_distributed.py::test_rc2l_two_ranks_equal_one_process_with_accumulation (with `_sync_head_grads` switched off by hand the heads differ by 1.2e-3 after 2 steps), which runs ranks in subprocesses that import the unmutated code, so this runner cannot see it",
 }
 
 
@@ -635,7 +637,26 @@ def report(mutants: list[Mutant], seconds: float, jobs: int, before: dict | None
            f"`make mutation` (`scripts/mutation.py`) at commit `{git_commit()}`: {how}. A mutant is *killed* when a mapped "
            "test fails (or the mutant times out, 4 × the clean run); the operators, the file → tests map and "
            "what is not mutated are in the script's docstring. *Equivalent*: a survivor explained below "
-           "(no test can tell it from the original, or it only changes logging).", "",
+           "(no test can tell it from the original, or it only changes logging); a survivor marked NOT equivalent "
+           "is explained but counts as alive.", "",
+           "The runner is `ast`-based (mutmut 3 runs the tests from a copied `mutants/` tree where the "
+           "repository-relative paths and the editable install point back at the original code): one parent "
+           "imports torch, scipy and pytest once, forks a child per mutant, and the child serves the mutated "
+           "module through an import hook and runs the mapped in-process test files with `pytest -x`. "
+           "Operators, one mutant per site:",
+           "",
+           "- arithmetic `+`↔`-`, `*`↔`/`, `//`→`/`, `%`→`//`, `**`→`*`, `&`↔`|` (also in `x op= y`);",
+           "- comparison `<`→`<=`, `<=`→`<`, `>`→`>=`, `>=`→`>`, `==`↔`!=`, `is`↔`is not`, `in`↔`not in`;",
+           "- boolean `and`↔`or`, `not x`→`x`, `if x:`→`if not x:`; unary `-x`→`x`, `~x`→`x`;",
+           "- constants `True`↔`False`, `0`→`1`, `1`→`0`, any other number ×2 (`1e-6`→`2e-6`, `0.5`→`1.0`);",
+           "- calls: `x.detach()`→`x`, `min`↔`max` (builtins and tensor methods), `clamp_min`↔`clamp_max`, "
+           "`x.sum()`→`x.mean()`;",
+           "- statements: a call statement, an augmented assignment, or an assignment that rebinds a name from "
+           "itself (`a, b = a * w, b * w`) or writes into a subscript/attribute → `pass`; `return x`→`return None`.",
+           "",
+           "Not mutated: docstrings and strings, annotations, decorators, `raise` statements, logging calls, and "
+           "in `rc2l/engine/train.py` everything but `train_step`, `_sync_head_grads`, `_mask_norm` and "
+           "`_restore_buffers`.", "",
            "| file | mutants | killed | of which timeout | survived | explained equivalent | score (killed / total) | "
            "killed + equivalent |" + (" score before the mutant-killing tests |" if before else ""),
            "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if before else "")]

@@ -92,7 +92,7 @@ def test_head_gradients_are_averaged_over_two_gloo_ranks():
     assert got == [(0, [[1.5, 1.5]], [2.0]), (1, [[1.5, 1.5]], [2.0])]
 
 
-def test_clip_grad_zero_means_no_clipping(tmp_path):
+def test_clip_grad_zero_means_no_clipping_and_one_clips_to_norm_one(tmp_path):
     from rc2l.engine.train import Trainer
     from reliability_helpers import TorchSettings, tiny_config
 
@@ -104,6 +104,12 @@ def test_clip_grad_zero_means_no_clipping(tmp_path):
         logs = tr.train_step(tr._iterators())
     assert logs is not None and seen["norm"] > 0
     assert seen["norm"] == pytest.approx(logs["grad_norm"], rel=1e-4)  # the logged norm, nothing clipped away
+    with TorchSettings():  # the default train.clip_grad=1: the applied gradient has norm 1, the logged one is larger
+        tr = Trainer(tiny_config(tmp_path / "clip", "train.iters=2"))
+        tr.optimizer.register_step_pre_hook(lambda *_: seen.update(
+            norm=float(torch.stack([p.grad.norm() for p in tr.model.parameters() if p.grad is not None]).norm())))
+        logs = tr.train_step(tr._iterators())
+    assert logs["grad_norm"] > 1.5 and seen["norm"] == pytest.approx(1.0, rel=1e-4)
 
 
 def _first_step(tmp_path, *extra):
@@ -137,3 +143,6 @@ def test_accumulation_without_clipping_has_the_gradient_and_logs_of_the_big_batc
     for k in ("loss", "loss_mask", "loss_dice", "loss_ce"):  # logged: the mean over the micro-batches
         assert logs_acc[k] == pytest.approx(logs_big[k], rel=1e-5), k
     assert logs_acc["grad_norm"] == pytest.approx(logs_big["grad_norm"], rel=1e-5)
+    for logs in (logs_big, logs_acc):  # the logged total is the sum of its logged parts, all positive
+        assert logs["loss"] == pytest.approx(logs["loss_ce"] + logs["loss_mask"] + logs["loss_dice"], rel=1e-5)
+        assert min(logs["loss_ce"], logs["loss_mask"], logs["loss_dice"]) > 0
