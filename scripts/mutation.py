@@ -5,10 +5,10 @@
     python scripts/mutation.py --files rc2l/losses/region.py --no-doc   # one file, report only
     python scripts/mutation.py --list          # the mutants, without running anything
 
-A small runner of its own (``ast``), not mutmut/cosmic-ray: mutmut 3 runs the tests from a
-copied ``mutants/`` tree, where the tests' repository-relative paths (configs, splits) and the
-editable install point back at the original code; cosmic-ray needs a session database and one
-interpreter start (torch import, ~5 s) per mutant. Here one parent process imports the heavy
+A small runner of its own (``ast``). mutmut and cosmic-ray were not tried, by judgement: mutmut 3
+runs the tests from a copied ``mutants/`` tree, while these tests find configs/splits relative to
+the repository and rc2l may be an editable install of another checkout; cosmic-ray starts one
+interpreter per mutant (torch import, ~5 s each: over an hour for ~1000 mutants on 2 cores). Here one parent process imports the heavy
 third-party modules (torch, scipy, pytest, hypothesis) once and forks a child per mutant; the
 child installs an import hook that compiles the *mutated* AST for the one target module (every
 other module is the repository's own), runs the mapped test files with ``pytest -x`` in the
@@ -639,8 +639,7 @@ def report(mutants: list[Mutant], seconds: float, jobs: int, before: dict | None
            "what is not mutated are in the script's docstring. *Equivalent*: a survivor explained below "
            "(no test can tell it from the original, or it only changes logging); a survivor marked NOT equivalent "
            "is explained but counts as alive.", "",
-           "The runner is `ast`-based (mutmut 3 runs the tests from a copied `mutants/` tree where the "
-           "repository-relative paths and the editable install point back at the original code): one parent "
+           "The runner is `ast`-based (mutmut and cosmic-ray were not tried; why: the script's docstring): one parent "
            "imports torch, scipy and pytest once, forks a child per mutant, and the child serves the mutated "
            "module through an import hook and runs the mapped in-process test files with `pytest -x`. "
            "Operators, one mutant per site:",
