@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install chromium clean
+.PHONY: demo test install chromium clean mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout 900 tests
+
+# Mutation testing of the losses, methods, teacher and the trainer's step (not part of `make test`):
+# rewrites the "Mutation score" section of docs/reliability.md. MUTATION_JOBS=1 on a busy machine.
+mutation: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/mutation.py
 
 # Headless Chromium for tests/test_report.py (the report page is rendered and every image checked).
 # Idempotent: installs only when /usr/bin/chromium is missing; sudo only when not root.
