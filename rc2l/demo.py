@@ -34,7 +34,7 @@ def run(args) -> int:
         res = train(cfg)
         results[name] = {"result": res, "minutes": (time.time() - t0) / 60, "cfg": cfg}
     print_table(results)
-    picture = write_picture(out, results["rc2l"]["cfg"])
+    picture = write_picture(out, results)
     reports = [write_report(out / name) for name in results]
     print(f"\npicture: {picture}")
     for r in reports:
@@ -78,9 +78,10 @@ def val_examples(cfg, n: int) -> list[tuple]:
     return [generate(s.seed, "val", i, s.size) for i in idx]
 
 
-def write_picture(out: Path, cfg) -> Path:
+def write_picture(out: Path, results: dict) -> Path:
     """out/demo.png: one row per val image, columns input / ground truth / supervised / rc2l,
-    each run predicted with its best weights through the Python API (``rc2l.load``)."""
+    each run predicted with its best weights (best.safetensors) through the Python API
+    (``rc2l.load``); the column titles give each run's best val mIoU and which model it is."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,8 +94,9 @@ def write_picture(out: Path, cfg) -> Path:
 
     models = {name: rc2l.load(out / name, device="cpu") for name in ROWS}
     palette = models["rc2l"].palette
-    examples = val_examples(cfg, PICTURE_IMAGES)
-    cols = ["input", "ground truth", *models]
+    examples = val_examples(results["rc2l"]["cfg"], PICTURE_IMAGES)
+    best = {name: results[name]["result"]["best"] for name in models}
+    cols = ["input", "ground truth", *(f"{n}\n{best[n]['miou']:.1f} mIoU ({best[n]['model']})" for n in models)]
     fig, axes = plt.subplots(len(examples), len(cols), figsize=(2.2 * len(cols), 2.2 * len(examples)),
                              squeeze=False)
     for row, (image, mask) in enumerate(examples):
