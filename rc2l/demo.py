@@ -74,7 +74,7 @@ def val_examples(cfg, n: int) -> list[tuple]:
     from rc2l.data.synthetic import generate
 
     s = cfg.data.synthetic
-    idx = sorted({int(round(i)) for i in np.linspace(0, s.num_val - 1, min(n, s.num_val))})
+    idx = sorted({int(i) for i in np.linspace(0, s.num_val - 1, min(n, s.num_val)).round()})
     return [generate(s.seed, "val", i, s.size) for i in idx]
 
 

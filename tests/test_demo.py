@@ -32,7 +32,8 @@ def test_demo_at_a_tiny_size_prints_the_table(demo_run):
     lines = stdout.splitlines()
     head = lines.index("| method | labeled | val mIoU (best) | model, step | final student | final teacher | minutes |")
     assert lines[head + 1] == "|---|---|---:|---|---:|---:|---:|"
-    row = re.compile(r"\| (\w+) \| 1_4 \| (\d+\.\d\d) \| (student|teacher), (\d+) \| (\d+\.\d\d) \| (\d+\.\d\d|–) \| \d+\.\d \|")
+    row = re.compile(r"\| (\w+) \| 1_4 \| (\d+\.\d\d) \| (student|teacher), (\d+) \| (\d+\.\d\d) \| "
+                     r"(\d+\.\d\d|–) \| \d+\.\d \|")
     rows = [row.fullmatch(ln) for ln in lines[head + 2:head + 4]]
     assert all(rows), lines[head + 2:head + 4]
     assert [r.group(1) for r in rows] == ["supervised", "rc2l"]
