@@ -32,6 +32,9 @@ def run(args) -> int:
               f"synthetic images", flush=True)
         t0 = time.time()
         res = train(cfg)
+        if res.get("interrupted"):
+            print(f"{name} stopped at step {res['step']}; its state is in {out / name} (resume=auto)")
+            return 130
         results[name] = {"result": res, "minutes": (time.time() - t0) / 60, "cfg": cfg}
     print_table(results)
     picture = write_picture(out, results)
