@@ -203,3 +203,72 @@ def test_a_teacher_with_no_region_gives_zero_region_terms_still_connected():
     assert all(terms[k].item() == 0.0 for k in TERMS)
     assert torch.equal(terms["loss"], terms["loss_sup"] + 0.8 * terms["loss_unsup"])
     terms["loss"].backward()  # the zeros are connected: backward works
+
+
+class _ConstantRegionLosses(nn.Module):
+    """Region losses stubbed to constants (rmc 1, rfc 2, rcc 3, smc 4), recording what they get."""
+
+    def __init__(self):
+        super().__init__()
+        self.rfc_head = None
+        self.calls = []
+
+    def forward(self, student, targets, return_stats=False):
+        self.calls.append((student, targets))
+        terms = {k: torch.tensor(float(i + 1)) for i, k in enumerate(TERMS)}
+        return terms, {"num_matched": 3, "num_regions": 2}
+
+
+@pytest.mark.parametrize("views,fp", [(2, True), (2, False), (1, True)])
+def test_perturbed_step_weights_each_branch_like_unimatch(views, fp):
+    """RC²L fed by UniMatch's perturbations: views share 1 − w_fp, FP gets w_fp = 0.5 (with FP);
+    each view is mixed with its own box; FP is trained against the un-mixed targets."""
+    m, cfg = make(f"semi.region_views={views}", f"semi.region_fp={str(fp).lower()}", "semi.region_fp_dropout=0.5")
+    m.region_losses = stub = _ConstantRegionLosses()
+    m.model.forward = _with_fp(m.model)
+    lab, unl = batches()
+    unl["image_s2"] = torch.rand(B, 3, S, S, generator=torch.Generator().manual_seed(5))
+    terms = m.step(lab, unl, step=6)
+    w_fp = 0.5 if fp else 0.0
+    w_view = (1 - w_fp) / views
+    for i, k in enumerate(TERMS):
+        assert terms[k].item() == pytest.approx(views * w_view * (i + 1))
+        if fp:
+            assert terms[f"{k}_fp"].item() == pytest.approx(w_fp * (i + 1))
+        else:
+            assert f"{k}_fp" not in terms
+    assert len(stub.calls) == views + fp
+    assert terms["regions_matched"].item() == 3 * (views + fp)
+    assert terms["regions_per_image"].item() >= 0
+    if views == 2:  # two different boxes: the two mixed targets differ
+        assert not torch.equal(stub.calls[0][1]["label"], stub.calls[1][1]["label"]) or not torch.equal(
+            stub.calls[0][1]["real"], stub.calls[1][1]["real"])
+    if fp:  # the FP branch sees the un-mixed targets (no box applied: "real" is the padding mask itself)
+        fp_targets = stub.calls[-1][1]
+        h = S // 4
+        real = ~Fn.interpolate((~unl["valid"])[:, None].float(), size=(h, h), mode="nearest")[:, 0].bool()
+        assert torch.equal(fp_targets["real"], real)
+    unsup = sum(v for k, v in terms.items() if k in TERMS or k.removesuffix("_fp") in TERMS)
+    lam = lambda_u(6, cfg.semi)
+    assert terms["loss"].item() == pytest.approx((terms["loss_sup"] + lam * unsup).item())
+
+
+def _with_fp(model):
+    """The fake model's forward with UniMatch's fp_dropout option (FP branch = a perturbed copy)."""
+    plain = model.forward
+
+    def forward(x, fp_dropout=0.0):
+        out = plain(x)
+        if fp_dropout > 0:
+            out["fp"] = plain(Fn.dropout2d(x, fp_dropout, training=True))
+        return out
+
+    return forward
+
+
+def test_the_plain_step_does_not_take_the_perturbed_path():
+    m, _ = make()
+    m.region_losses = stub = _ConstantRegionLosses()
+    lab, unl = batches()
+    terms = m.step(lab, unl, step=6)
+    assert len(stub.calls) == 1 and "rmc_fp" not in terms
