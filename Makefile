@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install chromium clean mutation
+.PHONY: demo test install chromium clean mutation format
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m rc2l demo
 
+# Lint and format check first (ruff; settings in pyproject.toml), then the suite, which also checks
+# the import layers and function length (tests/test_layers.py). `make format` fixes what ruff can.
+LINTED := rc2l tests scripts benchmarks
 test: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/python -m pytest -q --timeout 900 tests
 
 # Mutation testing of the losses, methods, teacher and the trainer's step (not part of `make test`):
 # rewrites the "Mutation score" section of docs/reliability.md. MUTATION_JOBS=1 on a busy machine.
+MUTATION_JOBS ?= 2
 mutation: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python scripts/mutation.py
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/mutation.py --jobs $(MUTATION_JOBS)
 
 # Headless Chromium for tests/test_report.py (the report page is rendered and every image checked).
 # Idempotent: installs only when /usr/bin/chromium is missing; sudo only when not root.
@@ -34,6 +40,10 @@ chromium:
 	@if [ -x /usr/bin/chromium ]; then echo "chromium: /usr/bin/chromium present"; else \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; fi
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
 
 clean:
 	rm -rf $(VENV) runs

@@ -2,6 +2,7 @@
 labels, train supervised-only and RC²L with the same budget, evaluate both, print a table,
 then write a picture (input / ground truth / supervised / rc2l on a few val images) and both
 runs' report.html."""
+
 from __future__ import annotations
 
 import time
@@ -28,8 +29,11 @@ def run(args) -> int:
     results = {}
     for name, ov in ROWS.items():
         cfg = load_config(CONFIG, [*ov, f"out_dir={out / name}", *args.overrides])
-        print(f"== {name}: {cfg.train.iters} steps, labels {cfg.data.split} of {cfg.data.synthetic.num_train} "
-              f"synthetic images", flush=True)
+        print(
+            f"== {name}: {cfg.train.iters} steps, labels {cfg.data.split} of {cfg.data.synthetic.num_train} "
+            f"synthetic images",
+            flush=True,
+        )
         t0 = time.time()
         res = train(cfg)
         if res.get("interrupted"):
@@ -59,15 +63,19 @@ def print_table(results: dict) -> None:
     for name, r in results.items():
         best, final = r["result"]["best"], final_scores(r["result"])
         teacher = f"{final['teacher']:.2f}" if "teacher" in final else "–"
-        print(f"| {name} | {r['cfg'].data.split} | {best['miou']:.2f} | {best['model']}, {best['step']} | "
-              f"{final.get('student', float('nan')):.2f} | {teacher} | {r['minutes']:.1f} |")
+        print(
+            f"| {name} | {r['cfg'].data.split} | {best['miou']:.2f} | {best['model']}, {best['step']} | "
+            f"{final.get('student', float('nan')):.2f} | {teacher} | {r['minutes']:.1f} |"
+        )
     sup, rc2l = results["supervised"]["result"], results["rc2l"]["result"]
     gain = rc2l["best"]["miou"] - sup["best"]["miou"]
     student_gain = final_scores(rc2l).get("student", float("nan")) - final_scores(sup).get("student", float("nan"))
     mode = results["rc2l"]["cfg"].eval.mode
-    print(f"\nRC²L vs supervised-only with the same labels and budget: {gain:+.2f} mIoU "
-          f"(best of run; final student vs final student {student_gain:+.2f}; synthetic val, {mode} eval). "
-          f"Read it against the 3-seed table in README.md.")
+    print(
+        f"\nRC²L vs supervised-only with the same labels and budget: {gain:+.2f} mIoU "
+        f"(best of run; final student vs final student {student_gain:+.2f}; synthetic val, {mode} eval). "
+        f"Read it against the 3-seed table in README.md."
+    )
 
 
 def val_examples(cfg, n: int) -> list[tuple]:
@@ -100,8 +108,7 @@ def write_picture(out: Path, results: dict) -> Path:
     examples = val_examples(results["rc2l"]["cfg"], PICTURE_IMAGES)
     best = {name: results[name]["result"]["best"] for name in models}
     cols = ["input", "ground truth", *(f"{n}\n{best[n]['miou']:.1f} mIoU ({best[n]['model']})" for n in models)]
-    fig, axes = plt.subplots(len(examples), len(cols), figsize=(2.2 * len(cols), 2.2 * len(examples)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(examples), len(cols), figsize=(2.2 * len(cols), 2.2 * len(examples)), squeeze=False)
     for row, (image, mask) in enumerate(examples):
         panels = [image, colourise(mask, palette)]
         panels += [colourise(m.predict(image), palette) for m in models.values()]

@@ -1,5 +1,6 @@
 """`rc2l demo` at a tiny size: both runs finish, the table is printed, the picture and both
 reports are written and their paths printed."""
+
 from __future__ import annotations
 
 import re
@@ -9,10 +10,22 @@ import pytest
 from helpers import tiny_model_overrides
 from infer_helpers import TorchSettings, cli
 
-TINY_DEMO = [*tiny_model_overrides("resnet18"), "train.iters=2", "train.eval_every=2", "train.save_every=2",
-             "train.warmup_iters=1", "train.threads=1", "train.progress=false", "data.split=1_4",
-             "data.synthetic.num_train=8", "data.synthetic.num_val=2", "data.batch_size=2",
-             "data.unlabeled_batch_size=2", "semi.start_iter=0", "semi.rampup_iters=1"]
+TINY_DEMO = [
+    *tiny_model_overrides("resnet18"),
+    "train.iters=2",
+    "train.eval_every=2",
+    "train.save_every=2",
+    "train.warmup_iters=1",
+    "train.threads=1",
+    "train.progress=false",
+    "data.split=1_4",
+    "data.synthetic.num_train=8",
+    "data.synthetic.num_val=2",
+    "data.batch_size=2",
+    "data.unlabeled_batch_size=2",
+    "semi.start_iter=0",
+    "semi.rampup_iters=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +45,12 @@ def test_demo_at_a_tiny_size_prints_the_table(demo_run):
     lines = stdout.splitlines()
     head = lines.index("| method | labeled | val mIoU (best) | model, step | final student | final teacher | minutes |")
     assert lines[head + 1] == "|---|---|---:|---|---:|---:|---:|"
-    row = re.compile(r"\| (\w+) \| 1_4 \| (\d+\.\d\d) \| (student|teacher), (\d+) \| (\d+\.\d\d) \| "
-                     r"(\d+\.\d\d|–) \| \d+\.\d \|")
-    rows = [row.fullmatch(ln) for ln in lines[head + 2:head + 4]]
-    assert all(rows), lines[head + 2:head + 4]
+    row = re.compile(
+        r"\| (\w+) \| 1_4 \| (\d+\.\d\d) \| (student|teacher), (\d+) \| (\d+\.\d\d) \| "
+        r"(\d+\.\d\d|–) \| \d+\.\d \|"
+    )
+    rows = [row.fullmatch(ln) for ln in lines[head + 2 : head + 4]]
+    assert all(rows), lines[head + 2 : head + 4]
     assert [r.group(1) for r in rows] == ["supervised", "rc2l"]
     miou = {r.group(1): float(r.group(2)) for r in rows}
     assert all(0 <= v <= 100 for v in miou.values())

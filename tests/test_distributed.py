@@ -14,6 +14,7 @@ forward pass in both runs. SyncBatchNorm would allow 2 × 2 vs 1 × 4, but PyTor
 kernel for it (tested below: refused with a clear error). BatchNorm *running* statistics
 differ by design (DDP keeps rank 0's, accumulation updates twice a step), so parameters are
 compared, not buffers."""
+
 from __future__ import annotations
 
 import signal
@@ -28,8 +29,20 @@ from rc2l.data.sampler import ResumableSampler
 from rc2l.engine import distributed as D
 from rc2l.engine.checkpoint import load_state
 from rc2l.errors import RC2LError, TrainingError
-from reliability_helpers import (REPO, TorchSettings, cli_env, free_port, last_line, tiny_config, tiny_overrides,
-                                 train_inprocess, train_records, wait_for, weights)
+
+from reliability_helpers import (
+    REPO,
+    TorchSettings,
+    cli_env,
+    free_port,
+    last_line,
+    tiny_config,
+    tiny_overrides,
+    train_inprocess,
+    train_records,
+    wait_for,
+    weights,
+)
 
 ITERS = 6
 RUN = [f"train.iters={ITERS}", "train.eval_every=3", "train.save_every=100", "data.batch_size=1"]
@@ -45,12 +58,20 @@ def launch_ranks(run, extra, world=2, prelude=None, **env):
     else:
         program = [sys.executable, "-c", prelude + "\nimport runpy\nrunpy.run_module('rc2l', run_name='__main__')"]
     for r in range(world):
-        e = cli_env(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
-                    MASTER_PORT=port, **env)
+        e = cli_env(
+            RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **env
+        )
         log = open(run.parent / f"{run.name}.rank{r}.log", "w")
-        procs.append(subprocess.Popen([*program, "train", "configs/synthetic.yaml",
-                                       *tiny_overrides(run, *extra)], cwd=REPO, env=e, stdout=log,
-                                      stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [*program, "train", "configs/synthetic.yaml", *tiny_overrides(run, *extra)],
+                cwd=REPO,
+                env=e,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -89,9 +110,26 @@ def test_two_ranks_equal_one_process_and_sigterm_resume(tmp_path):
     assert len(st["rng_ranks"]) == 2 and not torch.equal(st["rng_ranks"][0]["torch"], st["rng_ranks"][1]["torch"])
 
     # 2) resume with torchrun (env-var init, rendezvous on a free port)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "rc2l", "train", "configs/synthetic.yaml", *tiny_overrides(run, *RUN, "resume=auto")],
-                       cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "rc2l",
+            "train",
+            "configs/synthetic.yaml",
+            *tiny_overrides(run, *RUN, "resume=auto"),
+        ],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from {run}/state.pt at step {stopped}" in r.stderr
 
@@ -106,7 +144,9 @@ def test_two_ranks_equal_one_process_and_sigterm_resume(tmp_path):
     for x, y in zip(recs_d, recs_1):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4), (x, y)
     # the all-reduced confusion counts each of the 3 val images once (no padding repeats)
-    ev = lambda p: [x for x in map(__import__("json").loads, (p / "metrics.jsonl").read_text().splitlines()) if "miou" in x]
+    ev = lambda p: [
+        x for x in map(__import__("json").loads, (p / "metrics.jsonl").read_text().splitlines()) if "miou" in x
+    ]
     for x, y in zip(ev(run), ev(ref)):
         assert sum(map(sum, x["confusion"])) == sum(map(sum, y["confusion"])) > 0
     assert len(list((run / "tb").iterdir())) == 2  # one event file per run (stop + resume), rank 0 only
@@ -116,8 +156,11 @@ def test_two_ranks_equal_one_process_and_sigterm_resume(tmp_path):
 @pytest.mark.slow
 def test_a_killed_rank_makes_the_survivor_exit_with_an_error(tmp_path):
     run = tmp_path / "run"
-    procs = launch_ranks(run, ["train.iters=1000", "data.batch_size=1", "train.eval_every=1000",
-                               "train.save_every=1000"], RC2L_DIST_TIMEOUT="30")
+    procs = launch_ranks(
+        run,
+        ["train.iters=1000", "data.batch_size=1", "train.eval_every=1000", "train.save_every=1000"],
+        RC2L_DIST_TIMEOUT="30",
+    )
     try:
         assert wait_for(lambda: len(train_records(run)) >= 1, 120, procs[0]), _log(run, 0)
         procs[1].kill()  # e.g. the OOM killer
@@ -132,8 +175,10 @@ def test_a_killed_rank_makes_the_survivor_exit_with_an_error(tmp_path):
     assert line.startswith("error: rank 0: lost contact with another process"), line
 
 
-GLOO_TIMEOUT = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out "
-                "waiting 8000ms for recv operation to complete")
+GLOO_TIMEOUT = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out "
+    "waiting 8000ms for recv operation to complete"
+)
 
 
 def test_a_hung_rank_times_out_with_one_error_line(monkeypatch, tmp_path):
@@ -154,8 +199,13 @@ def test_a_hung_rank_times_out_with_one_error_line(monkeypatch, tmp_path):
     with pytest.raises(TrainingError) as e:
         train_mod.train(None)
     msg = str(e.value)
-    assert msg.startswith("rank 1: lost contact with another process (it died, was killed or stopped responding "
-                          "for RC2L_DIST_TIMEOUT=8 s)") and "Timed out waiting 8000ms" in msg
+    assert (
+        msg.startswith(
+            "rank 1: lost contact with another process (it died, was killed or stopped responding "
+            "for RC2L_DIST_TIMEOUT=8 s)"
+        )
+        and "Timed out waiting 8000ms" in msg
+    )
     assert "\n" not in msg
     # an ordinary RuntimeError (a bug) is not disguised as a lost rank
     monkeypatch.setattr(train_mod.Trainer, "fit", lambda self: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
@@ -166,11 +216,15 @@ def test_a_hung_rank_times_out_with_one_error_line(monkeypatch, tmp_path):
 def test_rendezvous_timeout_is_one_clear_error(monkeypatch):
     """Rank 0 of 2 whose partner never starts: a clear error after RC2L_DIST_TIMEOUT, not a hang."""
     port = free_port()
-    for k, v in dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                     RC2L_DIST_TIMEOUT="1").items():
+    for k, v in dict(
+        RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RC2L_DIST_TIMEOUT="1"
+    ).items():
         monkeypatch.setenv(k, v)
-    with pytest.raises(RC2LError, match=rf"rank 0 of 2 could not join the gloo process group at 127\.0\.0\.1:{port} "
-                                        r"within 1 s \(RC2L_DIST_TIMEOUT\)"):
+    with pytest.raises(
+        RC2LError,
+        match=rf"rank 0 of 2 could not join the gloo process group at 127\.0\.0\.1:{port} "
+        r"within 1 s \(RC2L_DIST_TIMEOUT\)",
+    ):
         D.init_distributed("cpu")
     assert not D.is_dist()
 
@@ -232,9 +286,18 @@ def test_sampler_resumes_mid_epoch():
 # stream too (with one image CutMix mixes an image with itself, so the boxes change nothing,
 # in both runs alike). Regions are kept generously (τ_cls 0.3, τ_pix 0) so the tiny untrained
 # model has matched regions and every region loss, the RFC head g included, gets gradients.
-RC2L_RUN = ["method=rc2l", "data.split=1_4", "data.batch_size=1", "data.unlabeled_batch_size=1",
-            "train.eval_every=100", "train.save_every=100", "semi.rfc=1", "semi.rampup_iters=2",
-            "semi.tau_cls=0.3", "semi.tau_pix=0.0"]
+RC2L_RUN = [
+    "method=rc2l",
+    "data.split=1_4",
+    "data.batch_size=1",
+    "data.unlabeled_batch_size=1",
+    "train.eval_every=100",
+    "train.save_every=100",
+    "semi.rfc=1",
+    "semi.rampup_iters=2",
+    "semi.tau_cls=0.3",
+    "semi.tau_pix=0.0",
+]
 
 # BatchNorm momentum 0: the running statistics never move (training-mode outputs use the batch
 # statistics as before). Used by both runs of the comparison below, in every process.
@@ -320,9 +383,12 @@ def test_rc2l_two_ranks_equal_one_process_with_accumulation(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="by design: DDP keeps rank 0's BatchNorm running statistics, accumulation "
-                                       "updates them with every micro-batch; the EMA teacher (eval mode) inherits them, "
-                                       "so its pseudo-regions, and from the second step the student, differ")
+@pytest.mark.xfail(
+    strict=True,
+    reason="by design: DDP keeps rank 0's BatchNorm running statistics, accumulation "
+    "updates them with every micro-batch; the EMA teacher (eval mode) inherits them, "
+    "so its pseudo-regions, and from the second step the student, differ",
+)
 def test_rc2l_two_ranks_with_moving_batchnorm_statistics_differ(tmp_path):
     """The same comparison with BatchNorm as it trains (no freezing), 2 steps: step 1 uses the
     initial teacher in both runs and agrees, step 2 a teacher whose running statistics differ

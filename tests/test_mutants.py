@@ -1,6 +1,7 @@
 """Tests written to kill the mutants ``scripts/mutation.py`` found alive (docs/reliability.md,
 "Mutation score"): each asserts a documented behaviour on a small hand-made case, grouped by
 the file whose mutants it kills."""
+
 from __future__ import annotations
 
 import math
@@ -112,8 +113,9 @@ def test_match_cost_is_the_documented_weighted_sum():
     tc = torch.tensor([2, 0])
     tm = (torch.rand(2, 5, generator=g) > 0.5).float()
     prob = logits.softmax(-1)
-    bce = torch.stack([torch.stack([Fn.binary_cross_entropy_with_logits(masks[i], tm[j]) for j in range(2)])
-                       for i in range(3)])
+    bce = torch.stack(
+        [torch.stack([Fn.binary_cross_entropy_with_logits(masks[i], tm[j]) for j in range(2)]) for i in range(3)]
+    )
     s = masks.sigmoid()
     dic = 1 - (2 * s @ tm.T + 1) / (s.sum(-1)[:, None] + tm.sum(-1)[None] + 1)
     want = 2.0 * -prob[:, tc] + 5.0 * bce + 5.0 * dic
@@ -179,7 +181,9 @@ def _by_hand(out, labels, num_masks, focal=False):
     logp = out["pred_logits"][0].log_softmax(-1)
     w = torch.tensor([1.0, 1.0, 0.1])
     ce = -(w * logp[[0, 1, 2], [0, 1, 2]]).sum() / w.sum()
-    s = Fn.interpolate(out["pred_masks"][:, :2].float(), size=(4, 4), mode="bilinear", align_corners=False)[0].flatten(1)
+    s = Fn.interpolate(out["pred_masks"][:, :2].float(), size=(4, 4), mode="bilinear", align_corners=False)[0].flatten(
+        1
+    )
     t = torch.stack([(labels[0] == 0).float(), (labels[0] == 1).float()]).flatten(1)
     valid = (labels[0] != 255).float().flatten()
     p = s.sigmoid()
@@ -190,8 +194,7 @@ def _by_hand(out, labels, num_masks, focal=False):
     mask = ((bce * valid).sum(-1) / valid.sum()).sum() / num_masks
     ps, ts = p * valid, t * valid
     dice_l = (1 - (2 * (ps * ts).sum(-1) + 1) / (ps.sum(-1) + ts.sum(-1) + 1)).sum() / num_masks
-    return {"loss_ce": 2 * ce, "loss_mask": 5 * mask, "loss_dice": 5 * dice_l,
-            "loss": 2 * ce + 5 * mask + 5 * dice_l}
+    return {"loss_ce": 2 * ce, "loss_mask": 5 * mask, "loss_dice": 5 * dice_l, "loss": 2 * ce + 5 * mask + 5 * dice_l}
 
 
 @pytest.mark.parametrize("mask_loss", ["bce", "focal"])
@@ -246,7 +249,9 @@ def test_per_layer_terms_are_logged_by_decoder_layer():
     crit = SetCriterion(2, LossConfig())
     got = crit({**final, "aux_outputs": [aux]}, labels)
     f, a = crit(final, labels), crit(aux, labels)  # each layer alone (no aux outputs)
-    assert sorted(k for k in got if k[-1].isdigit()) == [f"loss_{t}_{l}" for t in ("ce", "dice", "mask") for l in (0, 1)]
+    assert sorted(k for k in got if k[-1].isdigit()) == [
+        f"loss_{t}_{l}" for t in ("ce", "dice", "mask") for l in (0, 1)
+    ]
     for t in ("ce", "mask", "dice"):
         assert got[f"loss_{t}_1"].item() == pytest.approx(f[f"loss_{t}"].item(), rel=1e-6)  # the final output
         assert got[f"loss_{t}_0"].item() == pytest.approx(a[f"loss_{t}"].item(), rel=1e-6)  # the first layer
@@ -298,8 +303,10 @@ def test_supcon_by_hand_with_unequal_classes_default_tau_and_chunks():
 def test_supcon_without_any_positive_is_a_connected_zero():
     from rc2l.losses.pixel import supcon_loss
 
-    for z, y in ((torch.randn(1, 3, requires_grad=True), torch.tensor([0])),
-                 (torch.randn(3, 3, requires_grad=True), torch.tensor([0, 1, 2]))):
+    for z, y in (
+        (torch.randn(1, 3, requires_grad=True), torch.tensor([0])),
+        (torch.randn(3, 3, requires_grad=True), torch.tensor([0, 1, 2])),
+    ):
         loss = supcon_loss(z, y)
         assert loss.item() == 0.0 and loss.requires_grad
         loss.backward()
@@ -318,7 +325,8 @@ def test_pixel_contrast_defaults_sampling_and_normalisation():
     assert pixel_contrast_loss(feats, label, valid, mode="exact").item() == pytest.approx(want.item(), rel=1e-5)
     # "exact" uses every pixel whatever num_samples says
     assert pixel_contrast_loss(feats, label, valid, mode="exact", num_samples=4).item() == pytest.approx(
-        want.item(), rel=1e-5)
+        want.item(), rel=1e-5
+    )
     # three valid pixels are enough for a loss
     few = torch.zeros_like(valid)
     few[0, 0, :3] = True
@@ -374,18 +382,20 @@ def test_pixel_criterion_by_hand_default_ignore_and_all_ignored():
 
 # ----------------------------------------------------------------------------- losses/region.py
 def test_region_loss_defaults_are_the_documented_ones():
-    from test_region_losses import scene
-
     from rc2l.losses.region import RFCHead, rcc_loss, rfc_loss, rmc_loss
+
+    from test_region_losses import scene
 
     student, regions, idx = scene(B=2)
     pm, pf = student["pred_masks"], student["pixel_feats"]
     assert rmc_loss(pm, regions, idx).item() == pytest.approx(rmc_loss(pm, regions, idx, 0.1).item(), rel=1e-6)
     assert rmc_loss(pm, regions, idx, 0.2).item() != pytest.approx(rmc_loss(pm, regions, idx, 0.1).item(), rel=1e-3)
-    assert rfc_loss(pm, pf, regions, idx).item() == pytest.approx(rfc_loss(pm, pf, regions, idx, None, 0.1).item(),
-                                                                  rel=1e-6)
+    assert rfc_loss(pm, pf, regions, idx).item() == pytest.approx(
+        rfc_loss(pm, pf, regions, idx, None, 0.1).item(), rel=1e-6
+    )
     assert rfc_loss(pm, pf, regions, idx, None, 0.2).item() != pytest.approx(
-        rfc_loss(pm, pf, regions, idx, None, 0.1).item(), rel=1e-3)
+        rfc_loss(pm, pf, regions, idx, None, 0.1).item(), rel=1e-3
+    )
     head = RFCHead(8)
     assert [type(m) for m in head.net] == [nn.Linear, nn.ReLU, nn.Linear]
     assert (head.net[0].in_features, head.net[0].out_features, head.net[2].out_features) == (8, 8, 128)
@@ -401,10 +411,10 @@ def test_region_loss_defaults_are_the_documented_ones():
 
 
 def test_region_losses_forward_is_each_weighted_term():
-    from test_region_losses import C, H, W, blocks, scene
-
     from rc2l.config import SemiConfig
     from rc2l.losses.region import RegionLosses, rcc_loss, rfc_loss, rmc_loss, smc_loss
+
+    from test_region_losses import C, H, W, blocks, scene
 
     student, regions, idx = scene(B=2)
     m, labels = blocks()
@@ -417,10 +427,12 @@ def test_region_losses_forward_is_each_weighted_term():
     rl = RegionLosses(semi, C)
     terms, stats = rl(student, targets, return_stats=True)  # matched here (recovers query j ↔ region j)
     head = rl.rfc_head
-    want = {"rmc": 0.5 * rmc_loss(student["pred_masks"], regions, idx, 0.2),
-            "rfc": 0.3 * rfc_loss(student["pred_masks"], student["pixel_feats"], regions, idx, head, 0.3),
-            "rcc": 0.7 * rcc_loss(student["pred_logits"], regions, idx, 0.1),
-            "smc": 0.9 * smc_loss(student["sem_masks"], label, valid)}
+    want = {
+        "rmc": 0.5 * rmc_loss(student["pred_masks"], regions, idx, 0.2),
+        "rfc": 0.3 * rfc_loss(student["pred_masks"], student["pixel_feats"], regions, idx, head, 0.3),
+        "rcc": 0.7 * rcc_loss(student["pred_logits"], regions, idx, 0.1),
+        "smc": 0.9 * smc_loss(student["sem_masks"], label, valid),
+    }
     for k, v in want.items():
         assert v.item() != 0.0 and terms[k].item() == pytest.approx(v.item(), rel=1e-5), k
     assert stats == {"num_regions": 8, "num_matched": 8, "valid_frac": pytest.approx(15 / 16)}
@@ -510,11 +522,11 @@ def test_default_momentum_and_tau_cls():
         teacher_targets,
     )
 
-    assert ema_momentum(10 ** 6) == 0.999 and ema_momentum(4) == pytest.approx(0.8)
+    assert ema_momentum(10**6) == 0.999 and ema_momentum(4) == pytest.approx(0.8)
     s, t = nn.Linear(2, 1), nn.Linear(2, 1)
     with torch.no_grad():
         s.weight.fill_(1.0), t.weight.fill_(0.0)
-    assert ema_update(t, s, 10 ** 6) == 0.999
+    assert ema_update(t, s, 10**6) == 0.999
     assert t.weight.flatten().tolist() == pytest.approx([0.001, 0.001])
     out = _teacher_out()
     out["pred_masks"][:, 0, 0, 0] = 0.0  # σ = 0.5 exactly: not in the binary mask (σ > 0.5)
@@ -620,14 +632,13 @@ def test_cutmix_of_a_single_image_keeps_its_regions():
     assert torch.equal(mixed["regions"][0]["masks"], t["regions"][0]["masks"])
 
 
-
 def test_hungarian_accepts_a_cost_that_requires_grad():
     from rc2l.losses.matcher import hungarian_padded
 
     cost = torch.tensor([[0.0, 1.0], [1.0, 0.0]], requires_grad=True)
     pi, ti = hungarian(cost)
     assert pi.tolist() == [0, 1] and ti.tolist() == [0, 1]
-    (p, t), = hungarian_padded(cost[None] * 1.0, [2])
+    ((p, t),) = hungarian_padded(cost[None] * 1.0, [2])
     assert p.tolist() == [0, 1]
 
 
@@ -666,8 +677,10 @@ def test_rfc_by_its_formula_on_random_inputs():
     g = torch.Generator().manual_seed(2)
     pm = torch.randn(2, 3, 4, 4, generator=g)
     F = torch.randn(2, 5, 4, 4, generator=g)
-    regions = [{"labels": torch.tensor([0, 1]), "features": torch.randn(2, 5, generator=g)},
-               {"labels": torch.tensor([2]), "features": torch.randn(1, 5, generator=g)}]
+    regions = [
+        {"labels": torch.tensor([0, 1]), "features": torch.randn(2, 5, generator=g)},
+        {"labels": torch.tensor([2]), "features": torch.randn(1, 5, generator=g)},
+    ]
     idx = [(torch.tensor([2, 0]), torch.tensor([0, 1])), (torch.tensor([1]), torch.tensor([0]))]
     m = pm.sigmoid()
     r_s = torch.einsum("bnhw,bchw->bnc", m, F) / (m.sum((-2, -1))[..., None] + 1e-6)
@@ -686,26 +699,33 @@ def test_rfc_by_its_formula_on_random_inputs():
 def test_region_losses_match_when_a_single_region_term_is_on(only):
     from rc2l.config import SemiConfig
     from rc2l.losses.region import RegionLosses, rcc_loss, rfc_loss, rmc_loss
+
     from test_region_losses import C, H, W, scene
 
     student, regions, idx = scene(B=2)
-    targets = {"regions": regions, "label": torch.zeros(2, H, W, dtype=torch.int64),
-               "valid": torch.ones(2, H, W, dtype=torch.bool)}
+    targets = {
+        "regions": regions,
+        "label": torch.zeros(2, H, W, dtype=torch.int64),
+        "valid": torch.ones(2, H, W, dtype=torch.bool),
+    }
     weights = {"rmc": 0.0, "rfc": 0.0, "rcc": 0.0, "smc": 0.0, only: 0.5}
     rl = RegionLosses(SemiConfig(**weights), C)
     got = rl(student, targets)[only]
-    want = {"rmc": lambda: rmc_loss(student["pred_masks"], regions, idx),
-            "rfc": lambda: rfc_loss(student["pred_masks"], student["pixel_feats"], regions, idx, rl.rfc_head),
-            "rcc": lambda: rcc_loss(student["pred_logits"], regions, idx)}[only]()
+    want = {
+        "rmc": lambda: rmc_loss(student["pred_masks"], regions, idx),
+        "rfc": lambda: rfc_loss(student["pred_masks"], student["pixel_feats"], regions, idx, rl.rfc_head),
+        "rcc": lambda: rcc_loss(student["pred_logits"], regions, idx),
+    }[only]()
     assert got.item() == pytest.approx(0.5 * want.item(), rel=1e-5) and got.item() != 0.0
 
 
 # ----------------------------------------------------------------------------- engine/methods/base.py, supervised.py
 def test_supervised_method_is_the_criterion_on_the_labeled_batch():
+    from test_unimatch import TinyPerPixel, batches
+
     from rc2l.config import load_config
     from rc2l.engine.methods import Supervised
     from rc2l.losses.pixel import PixelCriterion
-    from test_unimatch import TinyPerPixel, batches
 
     cfg = load_config(None, ["model.arch=deeplabv3plus"])
     torch.manual_seed(0)
@@ -723,13 +743,18 @@ def test_methods_say_whether_they_draw_unlabeled_images():
     from rc2l.engine.methods import METHODS
 
     assert {k: v.uses_unlabeled for k, v in METHODS.items()} == {
-        "supervised": False, "fixmatch": True, "rc2l": True, "unimatch": True}
+        "supervised": False,
+        "fixmatch": True,
+        "rc2l": True,
+        "unimatch": True,
+    }
 
 
 def test_fixmatch_ignores_the_default_ignore_index():
+    from test_unimatch import batches, method
+
     from rc2l.engine.methods import FixMatch
     from rc2l.losses.pixel import PixelCriterion
-    from test_unimatch import batches, method
 
     m, _ = method(FixMatch)
     lab, unl = batches()

@@ -1,6 +1,7 @@
 """Tests of ``Trainer.train_step`` written to kill the mutants ``scripts/mutation.py`` found alive
 in it (docs/reliability.md, "Mutation score"): the skipped Inf-gradient step, the schedule and
 the EMA teacher after a good step, and the head-gradient average on two real gloo ranks."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,9 +10,9 @@ from torch import nn
 
 
 def test_an_infinite_gradient_with_a_finite_loss_is_skipped_cleanly(tmp_path):
-    from reliability_helpers import TorchSettings, tiny_config
-
     from rc2l.engine.train import Trainer
+
+    from reliability_helpers import TorchSettings, tiny_config
 
     with TorchSettings():
         tr = Trainer(tiny_config(tmp_path, "train.iters=3"))
@@ -30,13 +31,22 @@ def test_an_infinite_gradient_with_a_finite_loss_is_skipped_cleanly(tmp_path):
 
 
 def test_a_good_step_advances_the_schedule_and_the_ema_teacher(tmp_path):
-    from reliability_helpers import TorchSettings, tiny_config
-
     from rc2l.engine.train import Trainer
 
+    from reliability_helpers import TorchSettings, tiny_config
+
     with TorchSettings():
-        tr = Trainer(tiny_config(tmp_path, "method=rc2l", "data.split=1_4", "data.unlabeled_batch_size=2",
-                                 "train.iters=4", "semi.rampup_iters=2", "semi.ema_momentum=0.5"))
+        tr = Trainer(
+            tiny_config(
+                tmp_path,
+                "method=rc2l",
+                "data.split=1_4",
+                "data.unlabeled_batch_size=2",
+                "train.iters=4",
+                "semi.rampup_iters=2",
+                "semi.ema_momentum=0.5",
+            )
+        )
         its = tr._iterators()
         lr0 = tr.optimizer.param_groups[0]["lr"]
         assert tr.train_step(its) is not None
@@ -94,20 +104,27 @@ def test_head_gradients_are_averaged_over_two_gloo_ranks():
 
 def test_clip_grad_zero_means_no_clipping_and_one_clips_to_norm_one(tmp_path):
     from rc2l.engine.train import Trainer
+
     from reliability_helpers import TorchSettings, tiny_config
 
     with TorchSettings():
         tr = Trainer(tiny_config(tmp_path, "train.iters=2", "train.clip_grad=0"))
         seen = {}
-        tr.optimizer.register_step_pre_hook(lambda *_: seen.update(
-            norm=float(torch.stack([p.grad.norm() for p in tr.model.parameters() if p.grad is not None]).norm())))
+        tr.optimizer.register_step_pre_hook(
+            lambda *_: seen.update(
+                norm=float(torch.stack([p.grad.norm() for p in tr.model.parameters() if p.grad is not None]).norm())
+            )
+        )
         logs = tr.train_step(tr._iterators())
     assert logs is not None and seen["norm"] > 0
     assert seen["norm"] == pytest.approx(logs["grad_norm"], rel=1e-4)  # the logged norm, nothing clipped away
     with TorchSettings():  # the default train.clip_grad=1: the applied gradient has norm 1, the logged one is larger
         tr = Trainer(tiny_config(tmp_path / "clip", "train.iters=2"))
-        tr.optimizer.register_step_pre_hook(lambda *_: seen.update(
-            norm=float(torch.stack([p.grad.norm() for p in tr.model.parameters() if p.grad is not None]).norm())))
+        tr.optimizer.register_step_pre_hook(
+            lambda *_: seen.update(
+                norm=float(torch.stack([p.grad.norm() for p in tr.model.parameters() if p.grad is not None]).norm())
+            )
+        )
         logs = tr.train_step(tr._iterators())
     assert logs["grad_norm"] > 1.5 and seen["norm"] == pytest.approx(1.0, rel=1e-4)
 
@@ -116,6 +133,7 @@ def _first_step(tmp_path, *extra):
     from torch.nn.modules.batchnorm import _BatchNorm
 
     from rc2l.engine.train import Trainer
+
     from reliability_helpers import TorchSettings, tiny_config
 
     with TorchSettings():
@@ -125,8 +143,11 @@ def _first_step(tmp_path, *extra):
             if isinstance(m, _BatchNorm):
                 m.eval()
         grads = {}
-        tr.optimizer.register_step_pre_hook(lambda *_: grads.update(
-            {k: p.grad.detach().clone() for k, p in tr.model.named_parameters() if p.grad is not None}))
+        tr.optimizer.register_step_pre_hook(
+            lambda *_: grads.update(
+                {k: p.grad.detach().clone() for k, p in tr.model.named_parameters() if p.grad is not None}
+            )
+        )
         logs = tr.train_step(tr._iterators())
     return grads, logs
 

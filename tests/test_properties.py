@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis) where hand-made cases are thin: the batched Hungarian
 matcher against brute force, CutMix against the stride-4 downsampling, and mIoU from the
 confusion matrix against a direct per-class count."""
+
 from __future__ import annotations
 
 import itertools
@@ -17,6 +18,7 @@ from hypothesis.extra.numpy import arrays
 from rc2l.engine.evaluate import confusion_matrix, iou_from_confusion
 from rc2l.engine.teacher import mix_with_partner, stride_boxes
 from rc2l.losses.matcher import hungarian_padded
+
 from helpers import downsample_box
 
 PROPS = settings(max_examples=50, deadline=None)
@@ -102,8 +104,14 @@ def test_grid_box_blown_up_then_area_downsampled_is_the_grid_box(small):
 
 
 @PROPS
-@given(st.integers(1, 4), st.integers(1, 6), st.integers(1, 6), st.floats(0, 1), st.integers(0, 2**31 - 1),
-       st.integers(0, 10_000))
+@given(
+    st.integers(1, 4),
+    st.integers(1, 6),
+    st.integers(1, 6),
+    st.floats(0, 1),
+    st.integers(0, 2**31 - 1),
+    st.integers(0, 10_000),
+)
 def test_stride_boxes_downsample_to_their_grid_box(b, h, w, p, seed, step):
     """stride_boxes' image-resolution box, area-downsampled to the feature grid, is its grid box."""
     small, big = stride_boxes(b, (S * h, S * w), (h, w), p, seed=seed, step=step, device="cpu")

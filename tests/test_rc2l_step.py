@@ -8,6 +8,7 @@ records every forward call: no BatchNorm or dropout, so a second forward pass on
 gives the same output and the expected terms can be recomputed from the documented pipeline
 (teacher_targets → stride_boxes → cutmix_targets → student on the mixed strong view →
 RegionLosses) independently of ``RC2L.step``."""
+
 from __future__ import annotations
 
 import pytest
@@ -62,8 +63,11 @@ def batches(seed=0):
     valid[1, :, 12:] = False  # crop padding on the second image
     lab = {"image": torch.rand(B, 3, S, S, generator=g), "mask": torch.randint(0, K, (B, S, S), generator=g)}
     lab["mask"][0, :3, :3] = 255  # ignored pixels (the default ignore index)
-    unl = {"image_w": torch.rand(B, 3, S, S, generator=g), "image_s": torch.rand(B, 3, S, S, generator=g),
-           "valid": valid}
+    unl = {
+        "image_w": torch.rand(B, 3, S, S, generator=g),
+        "image_s": torch.rand(B, 3, S, S, generator=g),
+        "valid": valid,
+    }
     return lab, unl
 
 
@@ -71,9 +75,23 @@ RAMP = ["semi.lambda_u=0.8", "semi.rampup_iters=4", "semi.start_iter=2"]
 
 
 def make(*overrides):
-    cfg = load_config(None, [f"model.mask_dim={C}", "semi.cutmix_p=1.0", "semi.tau_cls=0.0", "semi.tau_pix=0.0",
-                             "semi.rfc_proj_dim=4", "semi.rmc=0.5", "semi.rfc=0.3", "semi.rcc=0.7", "semi.smc=0.9",
-                             "loss.deep_supervision=false", *RAMP, *overrides])
+    cfg = load_config(
+        None,
+        [
+            f"model.mask_dim={C}",
+            "semi.cutmix_p=1.0",
+            "semi.tau_cls=0.0",
+            "semi.tau_pix=0.0",
+            "semi.rfc_proj_dim=4",
+            "semi.rmc=0.5",
+            "semi.rfc=0.3",
+            "semi.rcc=0.7",
+            "semi.smc=0.9",
+            "loss.deep_supervision=false",
+            *RAMP,
+            *overrides,
+        ],
+    )
     torch.manual_seed(0)
     m = RC2L(cfg, TinyMaskFormer(), torch.device("cpu"), K)
     with torch.no_grad():  # a teacher unlike the student (as after some EMA steps)
@@ -89,22 +107,32 @@ def expected(m, cfg, lab, unl, step):
     t_out = m.teacher(unl["image_w"])
     h, w = t_out["pred_masks"].shape[-2:]
     ignore = Fn.interpolate((~unl["valid"])[:, None].float(), size=(h, w), mode="nearest")[:, 0].bool()
-    targets = teacher_targets(t_out, s.regions, s.tau_cls, s.tau_pix, s.soft_masks, ignore,
-                              confident=s.region_pixels == "confident")
+    targets = teacher_targets(
+        t_out, s.regions, s.tau_cls, s.tau_pix, s.soft_masks, ignore, confident=s.region_pixels == "confident"
+    )
     per_image = sum(len(r["labels"]) for r in targets["regions"]) / B
     small, big = stride_boxes(B, (S, S), (h, w), s.cutmix_p, cfg.seed, step, "cpu")
     targets = cutmix_targets(targets, small)
     targets["real"] = real = mix_with_partner(~ignore, small)
-    stats = {"regions_per_image": per_image,
-             "conf_frac": float(((targets["conf"] >= s.tau_pix) & real).sum() / real.sum())}
+    stats = {
+        "regions_per_image": per_image,
+        "conf_frac": float(((targets["conf"] >= s.tau_pix) & real).sum() / real.sum()),
+    }
     mixed = apply_cutmix(unl["image_s"], big)
     s_out = m.model(mixed)
     unsup = m.region_losses(s_out, targets)
     if s.pixel_contrast > 0:
         g = torch.Generator().manual_seed(mix_seed(cfg.seed, step, 13))
         unsup["pixel_contrast"] = s.pixel_contrast * pixel_contrast_loss(
-            s_out["pixel_feats"], targets["label"], targets["valid"], s.pixel_contrast_tau, s.pixel_contrast_mode,
-            s.pixel_contrast_samples, chunk=4096, generator=g)
+            s_out["pixel_feats"],
+            targets["label"],
+            targets["valid"],
+            s.pixel_contrast_tau,
+            s.pixel_contrast_mode,
+            s.pixel_contrast_samples,
+            chunk=4096,
+            generator=g,
+        )
     return sup, unsup, mixed, targets, stats
 
 
@@ -239,10 +267,12 @@ def test_perturbed_step_weights_each_branch_like_unimatch(views, fp):
             assert f"{k}_fp" not in terms
     assert len(stub.calls) == views + fp
     assert terms["regions_matched"].item() == 3 * (views + fp)
-    assert terms["regions_per_image"].item() >= 0
+    plain, _ = m.weak_targets(unl)
+    assert terms["regions_per_image"].item() == pytest.approx(sum(len(r["labels"]) for r in plain["regions"]) / B)
     if views == 2:  # two different boxes: the two mixed targets differ
         assert not torch.equal(stub.calls[0][1]["label"], stub.calls[1][1]["label"]) or not torch.equal(
-            stub.calls[0][1]["real"], stub.calls[1][1]["real"])
+            stub.calls[0][1]["real"], stub.calls[1][1]["real"]
+        )
     if fp:  # the FP branch sees the un-mixed targets (no box applied: "real" is the padding mask itself)
         fp_targets = stub.calls[-1][1]
         h = S // 4
@@ -272,3 +302,12 @@ def test_the_plain_step_does_not_take_the_perturbed_path():
     lab, unl = batches()
     terms = m.step(lab, unl, step=6)
     assert len(stub.calls) == 1 and "rmc_fp" not in terms
+
+
+def test_after_step_moves_the_teacher_towards_the_student_by_the_ema():
+    m, cfg = make("semi.ema_momentum=0.9", "semi.start_iter=0")
+    before = {k: v.clone() for k, v in m.teacher.state_dict().items()}
+    student = m.model.state_dict()
+    m.after_step(20)  # m_t = min(1 − 1/21, 0.9) = 0.9
+    for k, v in m.teacher.state_dict().items():
+        assert torch.allclose(v, 0.9 * before[k] + 0.1 * student[k], atol=1e-6), k

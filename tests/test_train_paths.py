@@ -2,6 +2,7 @@
 AMP really changes the compute dtype, the resume branches (no state yet, not an rc2l state, a
 supervised state resumed by a semi-supervised run), the best checkpoint when the teacher wins,
 and what a skipped non-finite step leaves untouched (docs/reliability.md)."""
+
 from __future__ import annotations
 
 import copy
@@ -15,9 +16,17 @@ from torch import nn
 
 from rc2l.cli import main
 from rc2l.engine.checkpoint import read_meta
-from rc2l.errors import TrainingError
-from reliability_helpers import (CONFIG, TorchSettings, assert_equal_tensors, last_line, tiny_config, tiny_overrides,
-                                 train_inprocess, weights)
+
+from reliability_helpers import (
+    CONFIG,
+    TorchSettings,
+    assert_equal_tensors,
+    last_line,
+    tiny_config,
+    tiny_overrides,
+    train_inprocess,
+    weights,
+)
 
 ONE_STEP = ["train.iters=1", "train.eval_every=1", "train.save_every=1"]
 
@@ -57,10 +66,14 @@ def test_resume_auto_without_a_state_starts_from_scratch(tmp_path, caplog):
     out = train_inprocess(tmp_path / "auto", *ONE_STEP, "resume=auto")
     assert out["step"] == 1
     assert f"resume=auto: no {tmp_path / 'auto' / 'state.pt'} yet, starting from scratch" in caplog.text
-    starts = [json.loads(x) for x in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines() if '"type": "start"' in x]
+    starts = [
+        json.loads(x) for x in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines() if '"type": "start"' in x
+    ]
     assert [r["step"] for r in starts] == [0]
     train_inprocess(tmp_path / "plain", *ONE_STEP)  # the same as a run without resume
-    assert_equal_tensors(weights(tmp_path / "auto" / "last.safetensors"), weights(tmp_path / "plain" / "last.safetensors"))
+    assert_equal_tensors(
+        weights(tmp_path / "auto" / "last.safetensors"), weights(tmp_path / "plain" / "last.safetensors")
+    )
 
 
 def test_resume_from_a_file_that_is_not_an_rc2l_state(tmp_path, capsys):
@@ -77,8 +90,16 @@ def test_supervised_state_resumed_as_rc2l_has_no_teacher(tmp_path, capsys):
     """A supervised warm-up run continued as method=rc2l: its state has no EMA teacher."""
     sup = tmp_path / "sup"
     train_inprocess(sup, "data.split=1_4", *ONE_STEP)
-    rc, line = run_cli(capsys, ["train", CONFIG, *tiny_overrides(tmp_path / "semi", "method=rc2l", "data.split=1_4",
-                                                                  f"resume={sup / 'state.pt'}", "train.iters=2")])
+    rc, line = run_cli(
+        capsys,
+        [
+            "train",
+            CONFIG,
+            *tiny_overrides(
+                tmp_path / "semi", "method=rc2l", "data.split=1_4", f"resume={sup / 'state.pt'}", "train.iters=2"
+            ),
+        ],
+    )
     assert rc == 2
     assert line == f"error: {sup / 'state.pt'}: state has no EMA teacher (saved by a supervised run?)", line
 
@@ -99,8 +120,14 @@ def test_best_checkpoint_is_the_teacher_when_the_teacher_wins(tmp_path, monkeypa
         which = "teacher" if model is tr.teacher else "student"
         assert which == "teacher" or model is tr.model
         s = scores[which]
-        return {"miou": s, "per_class": [s] * num_classes, "mode": mode, "crop": list(crop), "pixels": 1,
-                "confusion": [[0] * num_classes] * num_classes}
+        return {
+            "miou": s,
+            "per_class": [s] * num_classes,
+            "mode": mode,
+            "crop": list(crop),
+            "pixels": 1,
+            "confusion": [[0] * num_classes] * num_classes,
+        }
 
     monkeypatch.setattr(train_mod, "evaluate", fake_evaluate)
     best = tmp_path / "best.safetensors"
@@ -113,7 +140,9 @@ def test_best_checkpoint_is_the_teacher_when_the_teacher_wins(tmp_path, monkeypa
     saved = load_file(str(best))
     teacher = {k: v.detach() for k, v in tr.teacher.state_dict().items()}
     assert_equal_tensors(saved, teacher, "best.safetensors = teacher")
-    assert not torch.equal(saved["backbone.body.conv_stem.weight"], tr.model.state_dict()["backbone.body.conv_stem.weight"])
+    assert not torch.equal(
+        saved["backbone.body.conv_stem.weight"], tr.model.state_dict()["backbone.body.conv_stem.weight"]
+    )
 
     tr.step = 2  # the student improves, but not past the best: best.safetensors stays the teacher
     scores.update(student=55.0, teacher=50.0)
@@ -157,9 +186,12 @@ def _one_good_then_one_skipped(tmp_path, monkeypatch, where):
         tr = Trainer(tiny_config(tmp_path, "train.iters=3", "train.max_bad_steps=3"))
         its = tr._iterators()
         assert tr.train_step(its) is not None
-        before = {"params": {k: p.detach().clone() for k, p in tr.model.named_parameters()},
-                  "buffers": {k: b.clone() for k, b in tr.model.named_buffers()},
-                  "opt": copy.deepcopy(tr.optimizer.state_dict()), "sched": tr.scheduler.state_dict()}
+        before = {
+            "params": {k: p.detach().clone() for k, p in tr.model.named_parameters()},
+            "buffers": {k: b.clone() for k, b in tr.model.named_buffers()},
+            "opt": copy.deepcopy(tr.optimizer.state_dict()),
+            "sched": tr.scheduler.state_dict(),
+        }
         assert tr.train_step(its) is None  # skipped
     return tr, before
 
@@ -183,7 +215,10 @@ def test_a_skipped_nan_step_leaves_batchnorm_statistics_untouched(tmp_path, monk
 
 def test_a_nan_from_the_forward_pass_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
     calls = _nan_on_second_call(monkeypatch, "input")
-    out = train_inprocess(tmp_path, "train.iters=3", "train.max_bad_steps=3", "train.eval_every=3",
-                          "train.save_every=3")
+    out = train_inprocess(
+        tmp_path, "train.iters=3", "train.max_bad_steps=3", "train.eval_every=3", "train.save_every=3"
+    )
     assert out["step"] == 3 and calls == [0, 1, 1, 2]
-    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "last.safetensors").values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in weights(tmp_path / "last.safetensors").values() if v.is_floating_point()
+    )
