@@ -7,15 +7,10 @@ import pytest
 from rc2l.cli import main
 from rc2l.engine.compare import STUDY_ROWS, mean_std, parse_rows, table
 
+from helpers import tiny_model_overrides
+
 TINY = [
-    "model.pretrained=none",
-    "model.backbone=resnet18",
-    "model.hidden_dim=32",
-    "model.mask_dim=32",
-    "model.num_queries=8",
-    "model.dec_layers=2",
-    "model.nheads=4",
-    "model.dim_feedforward=64",
+    *tiny_model_overrides("resnet18"),
     "data.workers=0",
     "data.batch_size=2",
     "data.unlabeled_batch_size=2",

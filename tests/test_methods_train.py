@@ -12,16 +12,12 @@ import torch
 from rc2l.config import load_config
 from rc2l.engine.train import Trainer
 
+from helpers import tiny_model_overrides
+
 REPO = Path(__file__).resolve().parents[1]
+
 TINY = [
-    "model.pretrained=none",
-    "model.backbone=resnet18",
-    "model.hidden_dim=32",
-    "model.mask_dim=32",
-    "model.num_queries=8",
-    "model.dec_layers=2",
-    "model.nheads=4",
-    "model.dim_feedforward=64",
+    *tiny_model_overrides("resnet18"),
     "model.aspp_dim=32",
     "model.decoder_dim=32",
     "data.workers=0",

@@ -6,16 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import tiny_model_overrides
+
 REPO = Path(__file__).resolve().parents[1]
+
 TINY = [
-    "model.pretrained=none",
-    "model.backbone=resnet18",
-    "model.hidden_dim=32",
-    "model.mask_dim=32",
-    "model.num_queries=8",
-    "model.dec_layers=2",
-    "model.nheads=4",
-    "model.dim_feedforward=64",
+    *tiny_model_overrides("resnet18"),
     "data.workers=0",
     "data.batch_size=2",
     "data.split=full",

@@ -13,15 +13,10 @@ from rc2l.engine.evaluate import cpu_has_bf16, evaluate, resolve_amp
 from rc2l.engine.train import Trainer, channels_last_collate
 from rc2l.models.segmenter import build_model
 
+from helpers import tiny_model_overrides
+
 TINY = [
-    "model.pretrained=none",
-    "model.backbone=resnet18",
-    "model.hidden_dim=32",
-    "model.mask_dim=32",
-    "model.num_queries=8",
-    "model.dec_layers=2",
-    "model.nheads=4",
-    "model.dim_feedforward=64",
+    *tiny_model_overrides("resnet18"),
     "data.workers=0",
     "data.batch_size=2",
     "data.unlabeled_batch_size=2",
