@@ -121,23 +121,29 @@ def read_evals(run_dir: Path) -> list[dict]:
     return [r for r in read_records(path)[0] if "miou" in r] if path.exists() else []
 
 
+def best_and_final(evals: list[dict]) -> dict:
+    """A run's evaluation records (non-empty) → its best evaluation (mIoU, model, step, eval
+    mode, split) and every model's mIoU at the last evaluated step ("final", "final_step")."""
+    best = max(evals, key=lambda r: r["miou"])
+    last_step = max(r["step"] for r in evals)
+    final = {r["model"]: r["miou"] for r in evals if r["step"] == last_step}
+    return {
+        "best_miou": best["miou"],
+        "best_model": best["model"],
+        "best_step": best["step"],
+        "final": final,
+        "final_step": last_step,
+        "mode": best["mode"],
+        "split": best["split"],
+        "labels": best.get("labels"),
+    }
+
+
 def summarize(name: str, run_dir: Path, info: dict) -> dict:
     evals = read_evals(run_dir)
     row = {"row": name, **info, "run_dir": str(run_dir)}
     if evals:
-        best = max(evals, key=lambda r: r["miou"])
-        last_step = max(r["step"] for r in evals)
-        final = {r["model"]: r["miou"] for r in evals if r["step"] == last_step}
-        row.update(
-            {
-                "best_miou": best["miou"],
-                "best_model": best["model"],
-                "best_step": best["step"],
-                "final": final,
-                "mode": best["mode"],
-                "split": best["split"],
-            }
-        )
+        row.update(best_and_final(evals))
     return row
 
 

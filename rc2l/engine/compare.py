@@ -14,7 +14,7 @@ import shlex
 import statistics
 from pathlib import Path
 
-from rc2l.engine.ablate import check_row_folder, read_evals, resumed_at, run_row, save_miou_figure
+from rc2l.engine.ablate import best_and_final, check_row_folder, resumed_at, run_row, save_miou_figure
 from rc2l.engine.metrics_log import read_records
 
 ARCH_PIXEL = ["model.arch=deeplabv3plus"]
@@ -51,31 +51,23 @@ def parse_rows(preset: str | None, extra: list[str]) -> dict[str, list[str]]:
 
 def run_summary(run_dir: Path) -> dict:
     """One finished run: final-step and best mIoU (and which model), its curve, steps/s."""
-    evals = read_evals(run_dir)
+    path = run_dir / "metrics.jsonl"
+    records = read_records(path)[0] if path.exists() else []
+    evals = [r for r in records if "miou" in r]
     if not evals:
         return {}
-    last = max(e["step"] for e in evals)
-    final = {e["model"]: e["miou"] for e in evals if e["step"] == last}
-    final_model = max(final, key=final.get)
-    best = max(evals, key=lambda e: e["miou"])
+    row = best_and_final(evals)
+    final_model = max(row["final"], key=row["final"].get)
     curve: dict[int, float] = {}
     for e in evals:
         curve[e["step"]] = max(curve.get(e["step"], -1.0), e["miou"])
-    train = [r for r in read_records(run_dir / "metrics.jsonl")[0] if r.get("type") == "train" and "it_s" in r]
-    its = sorted(r["it_s"] for r in train)
+    its = sorted(r["it_s"] for r in records if r.get("type") == "train" and "it_s" in r)
     return {
-        "final_miou": final[final_model],
+        **row,
+        "final_miou": row["final"][final_model],
         "final_model": final_model,
-        "final": final,
-        "final_step": last,
-        "best_miou": best["miou"],
-        "best_model": best["model"],
-        "best_step": best["step"],
         "curve": {str(k): v for k, v in sorted(curve.items())},
         "it_s_median": its[len(its) // 2] if its else None,
-        "mode": best.get("mode"),
-        "labels": best.get("labels"),
-        "split": best.get("split"),
     }
 
 

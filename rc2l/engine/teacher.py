@@ -186,6 +186,13 @@ def apply_cutmix(images: Tensor, box: Tensor) -> Tensor:
     return mix_with_partner(images, box)
 
 
+def real_pixels(valid: Tensor, size: tuple[int, int]) -> Tensor:
+    """valid (B, H, W) bool at image resolution (False on crop padding) → (B, h, w) bool on the
+    target grid: the pixels of an image, not padding (nearest sampling)."""
+    pad = (~valid.bool())[:, None].float()
+    return ~Fn.interpolate(pad, size=tuple(size), mode="nearest")[:, 0].bool()
+
+
 def stride_boxes(
     batch: int,
     size_img: tuple[int, int],

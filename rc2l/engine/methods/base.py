@@ -21,6 +21,7 @@ from rc2l.engine.teacher import (
     ema_update,
     make_teacher,
     mix_with_partner,
+    real_pixels,
     stride_boxes,
     teacher_targets,
 )
@@ -42,6 +43,11 @@ def lambda_u(step: int, semi: SemiConfig) -> float:
         return 0.0
     r = semi.rampup_iters
     return semi.lambda_u * (min(1.0, (t + 1) / r) if r > 0 else 1.0)
+
+
+def regions_per_image(targets: dict) -> float:
+    """Teacher regions kept per image (the log's ``regions_per_image``)."""
+    return sum(len(r["labels"]) for r in targets["regions"]) / max(len(targets["regions"]), 1)
 
 
 def build_criterion(cfg: Config, num_classes: int, ignore_index: int) -> nn.Module:
@@ -114,7 +120,7 @@ class SemiMethod(Method):
         mixed_t, mixed = self.mix(targets, strong, step)
         real = mixed_t["real"]
         stats = {
-            "regions_per_image": sum(len(r["labels"]) for r in targets["regions"]) / max(len(targets["regions"]), 1),
+            "regions_per_image": regions_per_image(targets),
             "conf_frac": float(((mixed_t["conf"] >= threshold) & real).sum() / real.sum().clamp(min=1)),
         }
         return mixed_t, mixed, stats
@@ -124,11 +130,9 @@ class SemiMethod(Method):
         and the weak images (B, 3, H, W)."""
         c = self.cfg
         weak = batch_u["image_w"].to(self.device, non_blocking=True)
-        pad = ~batch_u["valid"].to(self.device)
         with torch.no_grad():
             t_out = self.teacher(weak)
-        h, w = t_out["pred_masks"].shape[-2:]
-        ignore = nn.functional.interpolate(pad[:, None].float(), size=(h, w), mode="nearest")[:, 0].bool()
+        ignore = ~real_pixels(batch_u["valid"].to(self.device), t_out["pred_masks"].shape[-2:])
         targets = teacher_targets(
             t_out,
             c.semi.regions,

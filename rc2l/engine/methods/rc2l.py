@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from rc2l.config import Config
-from rc2l.engine.methods.base import SemiMethod, combine, warmup_terms
+from rc2l.engine.methods.base import SemiMethod, combine, regions_per_image, warmup_terms
 from rc2l.engine.methods.unimatch import BOX_STREAMS
 from rc2l.losses.region import RegionLosses
 
@@ -71,9 +71,7 @@ class RC2L(SemiMethod):
         targets, weak = self.weak_targets(unlabeled)
         w_fp = 0.5 if s.region_fp else 0.0
         w_view = (1.0 - w_fp) / s.region_views
-        stats = {
-            "regions_per_image": sum(len(r["labels"]) for r in targets["regions"]) / max(len(targets["regions"]), 1)
-        }
+        stats = {"regions_per_image": regions_per_image(targets)}
         unsup: dict[str, Tensor] = {}
         for i, key in enumerate(("image_s", "image_s2")[: s.region_views]):
             mixed_t, mixed = self.mix(targets, unlabeled[key].to(self.device, non_blocking=True), step, BOX_STREAMS[i])

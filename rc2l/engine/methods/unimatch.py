@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from rc2l.config import Config, UniMatchConfig
 from rc2l.engine.methods.base import Method, combine, lambda_u, semi_step, warmup_terms
-from rc2l.engine.teacher import apply_cutmix, ema_update, make_teacher, mix_with_partner, stride_boxes
+from rc2l.engine.teacher import apply_cutmix, ema_update, make_teacher, mix_with_partner, real_pixels, stride_boxes
 from rc2l.losses.functional import pixel_probs
 from rc2l.losses.pixel import pixel_pseudo_ce
 
@@ -100,10 +100,9 @@ class UniMatch(Method):
             return warmup_terms(sup, lam)
         weak = unlabeled["image_w"].to(self.device, non_blocking=True)
         strong = [unlabeled[k].to(self.device, non_blocking=True) for k in ("image_s", "image_s2")[: u.views]]
-        pad = ~unlabeled["valid"].to(self.device)
         label, conf, fp_out = self.weak_pass(weak)
         h, w = label.shape[-2:]
-        real = ~nn.functional.interpolate(pad[:, None].float(), size=(h, w), mode="nearest")[:, 0].bool()
+        real = real_pixels(unlabeled["valid"].to(self.device), (h, w))
         mixed, targets = [], []
         for view, stream in zip(strong, BOX_STREAMS):
             small, big = stride_boxes(
