@@ -12,21 +12,14 @@ from rc2l.data.synthetic import NUM_CLASSES, generate
 from rc2l.models.deeplabv3plus import DeepLabV3Plus
 from rc2l.models.segmenter import Segmenter, build_model
 
+from helpers import tiny_model_config
+
 
 def tiny(backbone: str = "resnet18", **kw) -> ModelConfig:
     return ModelConfig(arch="deeplabv3plus", backbone=backbone, pretrained="none", aspp_dim=32, decoder_dim=32, **kw)
 
 
-TINY_MASKFORMER = ModelConfig(
-    backbone="resnet18",
-    pretrained="none",
-    num_queries=8,
-    hidden_dim=32,
-    mask_dim=32,
-    dec_layers=2,
-    nheads=4,
-    dim_feedforward=64,
-)
+TINY_MASKFORMER = tiny_model_config()
 
 
 def _capture_inputs(module: torch.nn.Module) -> list:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import torch
 from conftest import data_config
 
-from rc2l.config import ModelConfig, load_config
+from rc2l.config import load_config
 from rc2l.data.build import build_datasets
 from rc2l.engine.evaluate import cpu_has_bf16, evaluate, resolve_amp
 from rc2l.engine.train import Trainer, channels_last_collate
 from rc2l.models.segmenter import build_model
 
-from helpers import tiny_model_overrides
+from helpers import tiny_model_config, tiny_model_overrides
 
 TINY = [
     *tiny_model_overrides("resnet18"),
@@ -62,16 +62,7 @@ def test_channels_last_model_computes_the_same_gradients():
     torch.manual_seed(0)
     model = build_model(
         5,
-        ModelConfig(
-            backbone="resnet18",
-            pretrained="none",
-            num_queries=8,
-            hidden_dim=32,
-            mask_dim=32,
-            dec_layers=2,
-            nheads=4,
-            dim_feedforward=64,
-        ),
+        tiny_model_config(),
     ).double()
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     grads = []
@@ -150,16 +141,7 @@ def _val_batches(sizes, label_scale: float = 1.0):
 
 def test_batched_evaluation_gives_the_identical_confusion_matrix():
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        backbone="resnet18",
-        pretrained="none",
-        num_queries=8,
-        hidden_dim=32,
-        mask_dim=32,
-        dec_layers=2,
-        nheads=4,
-        dim_feedforward=64,
-    )
+    cfg = tiny_model_config()
     model = build_model(5, cfg)
     loader = _val_batches([(32, 48)] * 5 + [(40, 32)] * 2 + [(32, 48)])  # sizes change mid-way
     for mode in ("original", "center_crop", "sliding_window"):
