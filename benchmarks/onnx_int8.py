@@ -44,7 +44,17 @@ def val_images(args) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[in
     )
 
 
-def build_models(args, tmp: Path, images: list[np.ndarray]):
+def calibration_set(args, images: list[np.ndarray], resize: list[int]) -> list[np.ndarray]:
+    """The first ``--calib`` CamVid training frames (as `rc2l export --int8 --calibrate` would
+    read them), or the test images themselves for the untrained ``--quick`` smoke test."""
+    from rc2l.infer.quantize import calibration_images
+
+    if args.quick:
+        return images[: args.calib]
+    return calibration_images([str(Path(args.data_root) / "images" / "train")], args.calib, resize)
+
+
+def build_models(args, tmp: Path, images: list[np.ndarray], calib: list[np.ndarray]):
     """(eager fp32 model, fp32 ONNX path, int8 ONNX path, num_classes)."""
     from rc2l.config import ModelConfig
     from rc2l.infer.export import export_onnx
@@ -74,7 +84,7 @@ def build_models(args, tmp: Path, images: list[np.ndarray]):
     model.eval()
     fp32, int8 = tmp / "m.onnx", tmp / "m.int8.onnx"
     export_onnx(model, fp32, sample_hw=tuple(images[0].shape[-2:]))
-    quantize_int8(fp32, int8, images[: args.calib], min_agreement=0.0)
+    quantize_int8(fp32, int8, calib, min_agreement=0.0)
     return model, fp32, int8, k
 
 
@@ -96,13 +106,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", help="a trained CamVid checkpoint (file or run/model folder) for the mIoU rows")
     p.add_argument("--data-root", default=str(CAMVID))
     p.add_argument("--images", type=int, default=0, help="val images used (0 = all 101)")
-    p.add_argument("--calib", type=int, default=16, help="calibration images (the first val frames; see the doc)")
+    p.add_argument("--calib", type=int, default=32, help="calibration images (the first CamVid training frames)")
     p.add_argument("--reps", type=int, default=3)
     args = cm.finish_args(p.parse_args(argv))
     threads = args.threads or torch.get_num_threads()
-    images, labels, _ = val_images(args)
+    images, labels, resize = val_images(args)
+    calib = calibration_set(args, images, resize)
     with tempfile.TemporaryDirectory() as tmp:
-        model, fp32, int8, k = build_models(args, Path(tmp), images)
+        model, fp32, int8, k = build_models(args, Path(tmp), images, calib)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         sess = {
@@ -147,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     shape = "×".join(str(s) for s in images[0].shape)
     note = (
         f"{len(images)} images of {shape}, {threads} threads, median of {args.reps} interleaved passes; "
-        f"int8 calibrated on {min(args.calib, len(images))} of them"
+        f"int8 calibrated on {len(calib)} " + ("of them" if args.quick else "CamVid training frames")
         + ("" if args.weights else "; untrained weights: speed only, no mIoU")
     )
     cm.publish(NAME, args, cm.run_meta(NAME, args, argv), rows, f"{table}\n\n{note}")
