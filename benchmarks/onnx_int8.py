@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     shape = "×".join(str(s) for s in images[0].shape)
     note = (
         f"{len(images)} images of {shape}, {threads} threads, median of {args.reps} interleaved passes; "
-        f"int8 calibrated on {len(calib)} " + ("of them" if args.quick else "CamVid training frames")
+        f"int8 calibrated on {len(calib)} "
+        + ("of them" if args.quick else "CamVid training frames")
         + ("" if args.weights else "; untrained weights: speed only, no mIoU")
     )
     cm.publish(NAME, args, cm.run_meta(NAME, args, argv), rows, f"{table}\n\n{note}")
