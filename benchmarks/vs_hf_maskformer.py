@@ -351,7 +351,7 @@ def run(args, argv) -> int:
         "params_hf": n_hf,
         "network_attempts": len(NETWORK_ATTEMPTS),
     }
-    goal = 1.5
+    goal = 1.0  # never slower than the reference implementation (issue 15)
     for (kind, aux), tm in results.items():
         o, h = cm.med(tm["ours"]), cm.med(tm["hf"])
         what = {
@@ -568,7 +568,7 @@ def render(rows, breakdown, setup, args) -> str:
                     cm.fmt_time(r["ours_s"]),
                     cm.fmt_time(r["hf_s"]),
                     f"{r['speedup']:.2f}×",
-                    "≥ 1.5×",
+                    "≥ 1.0× (never slower)",
                     "yes" if r["goal_met"] else "NO",
                 ]
             )

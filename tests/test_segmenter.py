@@ -81,3 +81,28 @@ def test_no_intermediate_heads_without_deep_supervision():
     model.decoder.aux_predictions = False  # what the trainer sets for loss.deep_supervision=false
     out = model(torch.rand(1, 3, 64, 64))
     assert out["aux_outputs"] == [] and out["pred_masks"].shape == (1, 8, 16, 16)
+
+
+def test_decoder_attention_matches_multihead_attention_and_loads_its_weights():
+    """Same parameters, names and seeded initialisation as nn.MultiheadAttention, same output
+    (with and without a mask), so checkpoints written before the swap keep loading."""
+    from rc2l.models.decoder import Attention
+
+    torch.manual_seed(3)
+    ref = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    torch.manual_seed(3)
+    ours = Attention(16, 4)
+    assert ref.state_dict().keys() == ours.state_dict().keys()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, ours.state_dict()[k]), k
+    torch.nn.init.normal_(ref.in_proj_bias)  # non-zero biases, so a swapped q/k/v bias would show
+    torch.nn.init.normal_(ref.out_proj.bias)
+    ours.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, n, 16, generator=g) for n in (5, 7, 7))
+    block = torch.rand(2 * 4, 5, 7, generator=g) < 0.4
+    block[..., 0] = False  # every query may look somewhere
+    for mask in (None, block):
+        expected = ref(q, k, v, attn_mask=mask, need_weights=False)[0]
+        assert torch.allclose(ours(q, k, v, mask), expected, atol=1e-6)
+    assert not torch.allclose(ours(q, k, v, block), ours(q, k, v))  # the mask takes effect

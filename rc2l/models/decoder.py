@@ -39,21 +39,51 @@ class MLP(nn.Module):
         return x
 
 
+class Attention(nn.Module):
+    """Multi-head attention on batch-first (B, L, C) tensors: ``nn.MultiheadAttention``'s
+    parameters, names and initialisation (checkpoints load either way), computed as three
+    projections of contiguous inputs and ``scaled_dot_product_attention``. Why not
+    ``nn.MultiheadAttention(batch_first=True)``: under CPU bf16 autocast it leaves its fast
+    path and feeds transposed bf16 inputs to its projections (docs/benchmarks.md, section 2)."""
+
+    def __init__(self, dim: int, nheads: int):
+        super().__init__()
+        self.nheads = nheads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)  # created first, as in nn.MultiheadAttention: same RNG draws
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """q: (B, N, C); k, v: (B, L, C); attn_mask: (B*heads, N, L) bool, True = not allowed → (B, N, C)."""
+        b, n, c = q.shape
+        wq, wk, wv = self.in_proj_weight.chunk(3)
+        bq, bk, bv = self.in_proj_bias.chunk(3)
+
+        def heads(x: Tensor, w: Tensor, bias: Tensor) -> Tensor:
+            return Fn.linear(x, w, bias).unflatten(-1, (self.nheads, c // self.nheads)).transpose(1, 2)
+
+        allowed = None if attn_mask is None else ~attn_mask.unflatten(0, (b, self.nheads))
+        out = Fn.scaled_dot_product_attention(heads(q, wq, bq), heads(k, wk, bk), heads(v, wv, bv), attn_mask=allowed)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
+
+
 class DecoderLayer(nn.Module):
     """Cross-attention to pixels, self-attention among queries, FFN (Mask2Former order)."""
 
     def __init__(self, dim: int, nheads: int, ffn: int):
         super().__init__()
-        self.cross = nn.MultiheadAttention(dim, nheads, batch_first=True)
-        self.self_attn = nn.MultiheadAttention(dim, nheads, batch_first=True)
+        self.cross = Attention(dim, nheads)
+        self.self_attn = Attention(dim, nheads)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.ReLU(inplace=True), nn.Linear(ffn, dim))
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
     def forward(self, q: Tensor, qpos: Tensor, mem: Tensor, mpos: Tensor, attn_mask: Tensor | None) -> Tensor:
         """q, qpos: (B, N, C); mem, mpos: (B, HW, C); attn_mask: (B*heads, N, HW) bool or None."""
-        q = self.norm1(q + self.cross(q + qpos, mem + mpos, mem, attn_mask=attn_mask, need_weights=False)[0])
+        q = self.norm1(q + self.cross(q + qpos, mem + mpos, mem, attn_mask))
         k = q + qpos
-        q = self.norm2(q + self.self_attn(k, k, q, need_weights=False)[0])
+        q = self.norm2(q + self.self_attn(k, k, q))
         return self.norm3(q + self.ffn(q))
 
 
