@@ -32,6 +32,15 @@ def run_commits(records: list[dict]) -> str | None:
     return ", resumed at ".join(seen) or None
 
 
+def run_device(records: list[dict], threads: int | None) -> str | None:
+    """Where the run says it ran (its first start record), e.g. "AMD EPYC, 2 threads (cpu)"."""
+    dev = next((r["device"] for r in records if r.get("type") == "start" and r.get("device")), None)
+    if dev is None:
+        return None
+    kind, _, name = dev.partition(": ")
+    return f"{name}, {threads} threads ({kind})" if kind == "cpu" and threads else f"{name} ({kind})"
+
+
 def labeled_count(run: Path) -> int | None:
     from rc2l.config import load_config
     from rc2l.data.build import build_datasets
@@ -193,7 +202,9 @@ def record(run: Path, command: str, note: str, a: argparse.Namespace) -> None:
         "train_it_s_median": sorted(r["it_s"] for r in train)[len(train) // 2] if train else None,
         "command": command,
         "commit": a.commit or run_commits(records) or git_commit(),
-        "machine": a.machine or f"{platform.machine()} {platform.processor() or ''} cpu".strip(),
+        "machine": a.machine
+        or run_device(records, cfg["train"].get("threads"))
+        or f"{platform.machine()} {platform.processor() or ''} cpu".strip(),
         "note": note,
     }
     out = Path(a.out)

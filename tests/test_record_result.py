@@ -112,18 +112,20 @@ def test_rows_from_another_machine_and_stopped_runs(tmp_path):
 
 
 def test_commit_comes_from_the_runs_own_start_records(tmp_path):
-    """The trainer writes a start record (with its commit) at every start and resume: the row's
-    commit is read from there, naming a resume that ran other code; --commit still overrides."""
+    """The trainer writes a start record (with its commit and device) at every start and resume:
+    the row's commit and machine are read from there, naming a resume that ran other code; --commit still overrides."""
     run, out = _run_folder(tmp_path), tmp_path / "results.json"
     starts = [
-        {"type": "start", "step": 0, "commit": "aaa1111"},
-        {"type": "start", "step": 200, "commit": "aaa1111"},
+        {"type": "start", "step": 0, "commit": "aaa1111", "device": "cpu: AMD EPYC"},
+        {"type": "start", "step": 200, "commit": "aaa1111", "device": "cpu: Intel Xeon"},
         {"type": "start", "step": 300, "commit": "bbb2222+dirty"},
     ]
     with open(run / "metrics.jsonl", "a") as f:
         f.write("\n".join(json.dumps(r) for r in starts) + "\n")
     rec = [sys.executable, str(SCRIPT), str(run), "--command", "rc2l train x", "--out", str(out)]
     subprocess.run(rec, check=True, capture_output=True)
-    assert json.loads(out.read_text())[0]["commit"] == "aaa1111, resumed at bbb2222+dirty"
+    row = json.loads(out.read_text())[0]
+    assert row["commit"] == "aaa1111, resumed at bbb2222+dirty"
+    assert row["machine"] == "AMD EPYC (cpu)"  # where the run started, as its own record says
     subprocess.run(rec + ["--commit", "ccc3333"], check=True, capture_output=True)
     assert json.loads(out.read_text())[0]["commit"] == "ccc3333"
