@@ -1,6 +1,7 @@
 """How good are a teacher's pseudo-regions, class by class, at several τ_cls?
 
     python scripts/pseudo_region_stats.py RUN_DIR [--tau 0.3 0.5 0.7 0.9] [--tau-pix 0.9] [--mask-score 0.9] [--limit N] [--json OUT]
+    python scripts/pseudo_region_stats.py RUN_DIR --pixels --student --tau 0.7 0.95   # FixMatch/UniMatch's targets
 
 Runs the teacher saved in RUN_DIR/state.pt (or the student with ``--student``) on the split's
 unlabeled images, whole images at the eval resolution (no augmentation, no CutMix), keeps the
@@ -11,7 +12,14 @@ reads it). Per class and threshold:
   precision    share of those regions' pixels whose true class is that class;
   recall       share of the class's true pixels covered by a kept region of that class.
 This is the "why" behind a semi-supervised result: a class with no confident region gets no
-RMC/RFC/RCC signal, and a class with imprecise regions gets a wrong one."""
+RMC/RFC/RCC signal, and a class with imprecise regions gets a wrong one.
+
+``--pixels`` scores per-pixel pseudo-labels instead (what FixMatch and UniMatch train on, either
+architecture): argmax of the class probabilities where their max reaches τ (``--tau``), per
+predicted class:
+  kept %       share of the known pixels kept with that label;
+  precision    share of those pixels whose true class is that class;
+  recall       share of the class's true pixels kept with the right label."""
 
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ from rc2l.data.datasets import SegDataset, make_reader
 from rc2l.data.transforms import EvalTransform
 from rc2l.engine.checkpoint import load_state
 from rc2l.engine.teacher import query_regions
-from rc2l.losses.functional import normalize_semantic
+from rc2l.losses.functional import normalize_semantic, pixel_probs
 from rc2l.models.segmenter import build_model
 from rc2l.provenance import git_commit
 
@@ -92,10 +100,47 @@ class RegionScore:
         return out
 
 
+class PixelScore:
+    """Accumulates, per τ and predicted class, the pixels kept as pseudo-labels (max probability
+    ≥ τ) and how many of them are right, and each class's true pixels."""
+
+    def __init__(self, num_classes: int, taus: list[float]):
+        self.K, self.taus = num_classes, sorted(taus)
+        self.kept, self.correct = torch.zeros(len(self.taus), num_classes), torch.zeros(len(self.taus), num_classes)
+        self.truth = torch.zeros(num_classes)
+
+    def add(self, out: dict, gt: Tensor) -> None:
+        """out: the segmenter's dict for ONE image (either architecture); gt: (h, w) int64 on the
+        output's grid, 255 = unknown."""
+        known = gt != 255
+        self.truth += torch.bincount(gt[known], minlength=self.K)[: self.K].float()
+        conf, pred = pixel_probs(out)[0].max(0)
+        for t, tau in enumerate(self.taus):
+            keep = known & (conf >= tau)
+            self.kept[t] += torch.bincount(pred[keep], minlength=self.K)[: self.K].float()
+            self.correct[t] += torch.bincount(pred[keep & (pred == gt)], minlength=self.K)[: self.K].float()
+
+    def table(self) -> dict[int, dict[float, dict[str, float]]]:
+        """{class: {τ: {"kept" %, "precision" %, "recall" %}}}; NaN where undefined."""
+        nan, total = float("nan"), float(self.truth.sum())
+        out = {}
+        for c in range(self.K):
+            out[c] = {}
+            for t, tau in enumerate(self.taus):
+                kept = float(self.kept[t, c])
+                out[c][tau] = {
+                    "kept": 100 * kept / total if total else nan,
+                    "precision": 100 * float(self.correct[t, c]) / kept if kept else nan,
+                    "recall": 100 * float(self.correct[t, c] / self.truth[c]) if self.truth[c] else nan,
+                }
+        return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
-    ap.add_argument("--tau", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9], help="τ_cls values")
+    ap.add_argument("--tau", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9], help="τ_cls values (τ with --pixels)")
+    ap.add_argument("--pixels", action="store_true", help="score per-pixel pseudo-labels (FixMatch/UniMatch's)")
     ap.add_argument("--tau-pix", type=float, default=0.0, help="cut regions to pixels with max S̄ ≥ this")
     ap.add_argument("--mask-score", type=float, default=0.0, help="drop regions whose mean σ(p) in the mask is lower")
     ap.add_argument("--student", action="store_true", help="score the student instead of the EMA teacher")
@@ -120,15 +165,26 @@ def main(argv: list[str] | None = None) -> int:
     reader = make_reader(cfg.data.name, cfg.data.root)
     items = reader.items_from_file(splits_dir(cfg) / cfg.data.split / "unlabeled.txt", need_mask=True)
     ds = SegDataset(reader, items[: args.limit] if args.limit else items, EvalTransform(cfg.data.resize))
-    score = RegionScore(len(names), args.tau, args.tau_pix, args.mask_score)
+    if not args.pixels and cfg.model.arch != "maskformer":
+        raise SystemExit(f"{args.run}: a {cfg.model.arch} model has no regions to score; use --pixels")
+    score = (
+        PixelScore(len(names), args.tau)
+        if args.pixels
+        else RegionScore(len(names), args.tau, args.tau_pix, args.mask_score)
+    )
     with torch.no_grad():
         for i in range(len(ds)):
             s = ds[i]
             out = model(s["image"][None])
-            gt = Fn.interpolate(s["mask"][None, None].float(), size=out["pred_masks"].shape[-2:], mode="nearest")
+            size = (out["sem_logits"] if "sem_logits" in out else out["pred_masks"]).shape[-2:]
+            gt = Fn.interpolate(s["mask"][None, None].float(), size=size, mode="nearest")
             score.add(out, gt[0, 0].long())
 
     who = "student" if args.student else "teacher"
+    if args.pixels:
+        return print_pixels(
+            score, names, f"{who} of {args.run} (step {state['step']}), {len(ds)} unlabeled images", args, argv, state
+        )
     cut = f", regions cut to max S̄ ≥ {args.tau_pix}" if args.tau_pix > 0 else ""
     cut += f", regions with mask score ≥ {args.mask_score}" if args.mask_score > 0 else ""
     print(
@@ -170,6 +226,32 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 indent=1,
             )
+        )
+    return 0
+
+
+def print_pixels(score: PixelScore, names: list[str], title: str, args, argv, state) -> int:
+    print(f"{title}, per-pixel pseudo-labels")
+    print("| class | " + " | ".join(f"τ {tau}: kept %, precision, recall" for tau in score.taus) + " |")
+    print("|---|" + "---|" * len(score.taus))
+    table = score.table()
+    for c, row in table.items():
+        print(
+            f"| {names[c]} | "
+            + " | ".join(f"{v['kept']:.1f}, {v['precision']:.0f}, {v['recall']:.0f}" for v in row.values())
+            + " |"
+        )
+    if args.json:
+        command = "python scripts/pseudo_region_stats.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        rows = {names[c]: {str(tau): v for tau, v in row.items()} for c, row in table.items()}
+        doc = {
+            "command": command,
+            "commit": git_commit(),
+            "run": str(args.run),
+            "model": "student" if args.student else "teacher",
+        }
+        args.json.write_text(
+            json.dumps({**doc, "step": state["step"], "pixels": True, "class_names": names, "classes": rows}, indent=1)
         )
     return 0
 

@@ -80,3 +80,32 @@ def test_confusion_and_mask_score():
     strict.add(out, gt)
     t = strict.table()
     assert t[1][0.5]["regions_per_image"] == 0 and t[0][0.5]["regions_per_image"] == 1.0
+
+
+def test_pixel_pseudo_labels_kept_precision_recall():
+    """Per-pixel mode on a per-pixel model's logits: row 0 unknown; column 1 is class 0 but
+    predicted class 1 with p ≈ 0.82 (kept at τ 0.7, dropped at τ 0.9); the rest is right with p ≈ 0.98."""
+    gt = torch.tensor([[0, 0, 1, 1]] * 4)
+    gt[0] = 255
+    logits = torch.zeros(1, 2, 4, 4)
+    logits[0, 0, :, 0] = 4.0  # class 0, p ≈ 0.98
+    logits[0, 1, :, 1] = 1.5  # class 1, p ≈ 0.82: wrong
+    logits[0, 1, :, 2:] = 4.0  # class 1, right
+    score = prs.PixelScore(2, [0.9, 0.7])
+    score.add({"sem_logits": logits}, gt)
+    t = score.table()
+    # 12 known pixels; τ 0.7 keeps all: class 1 has 9 (6 right), class 0 has 3 (all right, 3 of its 6 true pixels)
+    assert t[1][0.7]["kept"] == pytest.approx(75.0) and t[1][0.7]["precision"] == pytest.approx(100 * 6 / 9)
+    assert t[0][0.7]["recall"] == pytest.approx(50.0) and t[1][0.7]["recall"] == 100.0
+    # τ 0.9 drops the wrong column
+    assert t[1][0.9]["kept"] == pytest.approx(50.0) and t[1][0.9]["precision"] == 100.0
+
+
+def test_pixel_mode_reads_mask_classification_outputs():
+    out, gt = _image()
+    score = prs.PixelScore(2, [0.9])
+    score.add(out, gt)
+    t = score.table()
+    # S̄ is 0.5/0.5 on column 1 (dropped), one-hot elsewhere: both classes exact on the rest
+    assert t[0][0.9]["precision"] == 100.0 and t[0][0.9]["recall"] == pytest.approx(50.0)
+    assert t[1][0.9]["kept"] == pytest.approx(50.0) and t[1][0.9]["recall"] == 100.0
