@@ -1,6 +1,7 @@
 """`rc2l compare`: rows × seeds, mean ± std of final and best mIoU, paired differences."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +9,8 @@ from rc2l.cli import main
 from rc2l.engine.compare import STUDY_ROWS, mean_std, parse_rows, table
 
 from helpers import tiny_model_overrides
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = [
     *tiny_model_overrides("resnet18"),
@@ -59,6 +62,14 @@ def test_table_means_stds_and_paired_differences():
     assert "| 2.00 ± 1.41 |" in rc2l  # paired: +3 on seed 0, +1 on seed 1
     assert "teacher" in rc2l and "| 2.0 |" in rc2l and "0.250" in rc2l
     assert mean_std([]) == "–" and mean_std([3.0]) == "3.00 ± 0.00"
+
+
+def test_every_study_row_is_a_valid_config():
+    from rc2l.config import load_config
+
+    cfgs = {name: load_config(REPO / "configs" / "camvid.yaml", ov) for name, ov in STUDY_ROWS.items()}
+    assert cfgs["unimatch τ0.7"].semi.unimatch.threshold == 0.7 and cfgs["unimatch"].semi.unimatch.threshold == 0.95
+    assert cfgs["fixmatch τ0.7"].semi.fixmatch_threshold == 0.7
 
 
 def test_study_rows_and_parse():
