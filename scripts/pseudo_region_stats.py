@@ -182,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
 
     who = "student" if args.student else "teacher"
     if args.pixels:
-        return print_pixels(
-            score, names, f"{who} of {args.run} (step {state['step']}), {len(ds)} unlabeled images", args, argv, state
-        )
+        command = "python scripts/pseudo_region_stats.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        meta = {"command": command, "commit": git_commit(), "run": str(args.run), "model": who, "step": state["step"]}
+        print(f"{who} of {args.run} (step {state['step']}), {len(ds)} unlabeled images, per-pixel pseudo-labels")
+        return print_pixels(score, names, meta, args.json)
     cut = f", regions cut to max S̄ ≥ {args.tau_pix}" if args.tau_pix > 0 else ""
     cut += f", regions with mask score ≥ {args.mask_score}" if args.mask_score > 0 else ""
     print(
@@ -230,29 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_pixels(score: PixelScore, names: list[str], title: str, args, argv, state) -> int:
-    print(f"{title}, per-pixel pseudo-labels")
+def print_pixels(score: PixelScore, names: list[str], meta: dict, json_path: Path | None) -> int:
     print("| class | " + " | ".join(f"τ {tau}: kept %, precision, recall" for tau in score.taus) + " |")
     print("|---|" + "---|" * len(score.taus))
     table = score.table()
     for c, row in table.items():
-        print(
-            f"| {names[c]} | "
-            + " | ".join(f"{v['kept']:.1f}, {v['precision']:.0f}, {v['recall']:.0f}" for v in row.values())
-            + " |"
-        )
-    if args.json:
-        command = "python scripts/pseudo_region_stats.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        cells = " | ".join(f"{v['kept']:.1f}, {v['precision']:.0f}, {v['recall']:.0f}" for v in row.values())
+        print(f"| {names[c]} | {cells} |")
+    if json_path:
         rows = {names[c]: {str(tau): v for tau, v in row.items()} for c, row in table.items()}
-        doc = {
-            "command": command,
-            "commit": git_commit(),
-            "run": str(args.run),
-            "model": "student" if args.student else "teacher",
-        }
-        args.json.write_text(
-            json.dumps({**doc, "step": state["step"], "pixels": True, "class_names": names, "classes": rows}, indent=1)
-        )
+        json_path.write_text(json.dumps({**meta, "pixels": True, "class_names": names, "classes": rows}, indent=1))
     return 0
 
 
