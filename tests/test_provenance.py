@@ -37,3 +37,12 @@ def test_run_record_names_step_code_and_device(monkeypatch):
     rec = run_record(7, torch.device("cpu"))
     assert (rec["type"], rec["step"], rec["commit"], rec["torch"]) == ("start", 7, "abc1234", torch.__version__)
     assert rec["device"].startswith("cpu: ")
+
+
+def test_cpu_model_names_the_generation_a_vm_hides():
+    from rc2l.provenance import cpu_model
+
+    info = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n\nprocessor\t: 1\nmodel name\t: other\n"
+    assert cpu_model(info) == "AMD EPYC (family 26, model 2)"
+    assert cpu_model("model name\t: Apple M2\n") == "Apple M2"  # no family/model fields: the name alone
+    assert cpu_model("") != ""  # no cpuinfo at all: the platform's own name
