@@ -112,3 +112,41 @@ def test_compare_runs_rows_times_seeds_and_continues(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert capsys.readouterr().out.count("finished before, kept") == 4
+
+
+def test_jobs_run_side_by_side_with_a_share_of_the_cores_and_the_folder_keeps_other_runs(tmp_path, monkeypatch):
+    """--jobs 2 starts two runs before either ends (a barrier both must reach), gives each half the
+    cores, records the job count; a later command on the same --out keeps the runs it did not plan."""
+    import os
+    import threading
+
+    import rc2l.engine.compare as compare
+
+    barrier, seen = threading.Barrier(2, timeout=20), []
+
+    def fake_run_row(config, overrides, out_dir, log_path):
+        seen.append(overrides)
+        barrier.wait()  # raises BrokenBarrierError if the two runs were not in flight at once
+        seed = int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])
+        rec = {"step": 2, "split": "val", "mode": "original", "model": "student", "miou": 50.0 + seed}
+        (out_dir / "metrics.jsonl").write_text(json.dumps(rec) + "\n")
+        (out_dir / "last.safetensors").write_bytes(b"")
+        return {"wall_s": 1.0, "peak_rss_mib": 1.0, "returncode": 0, "command": "train"}
+
+    monkeypatch.setattr(compare, "run_row", fake_run_row)
+    monkeypatch.setattr(compare, "check_row_folder", lambda *a: None)
+    out = str(tmp_path / "out")
+    base = ["compare", "configs/synthetic.yaml", "--out", out, "--row", "a: method=supervised"]
+    assert main([*base, "--seeds", "0", "1", "--jobs", "2"]) == 0
+    share = f"train.threads={max(1, (os.cpu_count() or 1) // 2)}"
+    assert len(seen) == 2 and all(share in o for o in seen)
+    runs = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert [(r["row"], r["seed"], r["jobs"]) for r in runs] == [("a", 0, 2), ("a", 1, 2)]  # plan order
+    barrier = threading.Barrier(1)
+    assert main([*base, "--seeds", "2", "--row", "b: method=fixmatch", "--only", "b"]) == 0
+    assert "train.threads=" not in " ".join(seen[-1])  # one job: the config's own threads
+    runs = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert [(r["row"], r["seed"]) for r in runs] == [("a", 0), ("a", 1), ("b", 2)]
+    assert "| a | 0,1 |" in (tmp_path / "out" / "compare.md").read_text()
+    with pytest.raises(SystemExit, match="--jobs 0"):
+        main([*base, "--jobs", "0"])

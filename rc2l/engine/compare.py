@@ -5,13 +5,18 @@ the per-seed paired difference to the baseline row, wall time and steps/s, and a
 mIoU against step with a band over seeds.
 
 Running the same command again continues: finished runs are kept, a cut-off run resumes from
-its checkpoint, a folder holding a run of another config is refused (as `rc2l ablate`)."""
+its checkpoint, a folder holding a run of another config is refused (as `rc2l ablate`).
+``--jobs N`` runs N of them at once (a GPU or a many-core machine fits several small rows), each
+with an equal share of the CPU's threads; every run records how many ran beside it."""
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import statistics
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rc2l.engine.ablate import best_and_final, check_row_folder, resumed_at, run_row, save_miou_figure
@@ -144,6 +149,12 @@ def add_parser(sub) -> None:
     p.add_argument("--row", action="append", default=[], help="row 'NAME: key=value ...' (repeatable)")
     p.add_argument("--only", help="comma-separated subset of the rows")
     p.add_argument("--baseline", default="supervised", help="row the paired differences are taken to")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once (default 1); each gets train.threads = CPU cores / jobs unless an override sets it",
+    )
     p.set_defaults(func=run)
 
 
@@ -169,40 +180,59 @@ def _plan(args) -> list[tuple[str, list[str], int, Path]]:
     return plan
 
 
+def _thread_share(overrides: list[str], jobs: int) -> list[str]:
+    """With several runs at once, each gets its share of the cores (torch's default would give
+    every run all of them: N runs × all cores oversubscribe the machine several times over)."""
+    if jobs <= 1 or any(o.startswith("train.threads=") for o in overrides):
+        return []
+    return [f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}"]
+
+
 def run(args) -> int:
+    if args.jobs < 1:
+        raise SystemExit(f"error: --jobs {args.jobs}: must be 1 or more")
     out = Path(args.out)
     plan = _plan(args)
     out.mkdir(parents=True, exist_ok=True)
     previous = {}
     if (out / "compare.json").exists():
         previous = {(r["row"], r["seed"]): r for r in json.loads((out / "compare.json").read_text())}
-    runs = []
-    for i, (name, full, seed, run_dir) in enumerate(plan):
+    planned = {(name, seed) for name, _, seed, _ in plan}
+    # runs of this folder that another command (other --only/--seeds) made stay in its table
+    others = [r for k, r in previous.items() if k not in planned and (Path(r["run_dir"]) / "last.safetensors").exists()]
+    done: dict[int, dict] = {}
+    lock = threading.Lock()
+
+    def one(i: int, name: str, full: list[str], seed: int, run_dir: Path) -> None:
         tag = f"[{i + 1}/{len(plan)}] {name}, seed {seed}"
-        if (run_dir / "last.safetensors").exists() and (name, seed) in previous:
-            print(f"{tag}: finished before, kept", flush=True)
-            runs.append(previous[(name, seed)])
-            continue
-        print(f"{tag}: {' '.join(full)}" + (" (continuing)" if (run_dir / "state.pt").exists() else ""), flush=True)
+        continuing = " (continuing)" if (run_dir / "state.pt").exists() else ""
+        print(f"{tag}: {' '.join(full)}{continuing}", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        info = run_row(args.config, full, run_dir, run_dir.parent / f"seed{seed}.log")
-        runs.append(
-            {
-                "row": name,
-                "seed": seed,
-                **info,
-                "resumed_at": resumed_at(run_dir),
-                "run_dir": str(run_dir),
-                **run_summary(run_dir),
-            }
-        )
-        (out / "compare.json").write_text(json.dumps(runs, indent=1))
-        r = runs[-1]
+        info = run_row(args.config, full + _thread_share(full, args.jobs), run_dir, run_dir.parent / f"seed{seed}.log")
+        r = {"row": name, "seed": seed, **info, "jobs": args.jobs, "resumed_at": resumed_at(run_dir)}
+        r.update(run_dir=str(run_dir), **run_summary(run_dir))
+        with lock:
+            done[i] = r
+            (out / "compare.json").write_text(json.dumps(others + [done[k] for k in sorted(done)], indent=1))
         print(
-            f"    final {r.get('final_miou', float('nan')):.2f} ({r.get('final_model', '-')}), best "
+            f"{tag}: final {r.get('final_miou', float('nan')):.2f} ({r.get('final_model', '-')}), best "
             f"{r.get('best_miou', float('nan')):.2f}, {info['wall_s'] / 60:.1f} min, exit {info['returncode']}",
             flush=True,
         )
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = []
+        for i, (name, full, seed, run_dir) in enumerate(plan):
+            if (run_dir / "last.safetensors").exists() and (name, seed) in previous:
+                print(f"[{i + 1}/{len(plan)}] {name}, seed {seed}: finished before, kept", flush=True)
+                with lock:
+                    done[i] = previous[(name, seed)]
+                continue
+            futures.append(pool.submit(one, i, name, full, seed, run_dir))
+        for f in futures:
+            f.result()
+    runs = others + [done[k] for k in sorted(done)]
+    (out / "compare.json").write_text(json.dumps(runs, indent=1))
     text = table(runs, args.baseline, f"Compare: {args.config} {' '.join(args.overrides)}".strip())
     (out / "compare.md").write_text(text)
     plot(runs, out / "compare.png")
