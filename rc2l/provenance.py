@@ -31,15 +31,20 @@ def git_commit(repo: Path = SOURCE) -> str:
         return "unknown"
 
 
+def read_cpuinfo() -> str:
+    """/proc/cpuinfo's text, "" where there is none (macOS, Windows, a sandbox)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def cpu_model(cpuinfo: str | None = None) -> str:
     """The CPU's model name, with its x86 family and model numbers: a VM often reports only
     "AMD EPYC", which hides a generation that changes training speed about twofold."""
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                cpuinfo = f.read()
-        except OSError:
-            cpuinfo = ""
+        cpuinfo = read_cpuinfo()
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
         if not line.strip():

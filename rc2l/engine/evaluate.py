@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from rc2l.data.datasets import collate
 from rc2l.engine import distributed as D
 from rc2l.engine.distributed import all_reduce_sum
+from rc2l.provenance import read_cpuinfo
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -22,14 +23,8 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX flags in /proc/cpuinfo): only
     then is CPU bf16 autocast faster than fp32 rather than emulated. False where unreadable."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
     flags = set()
-    for line in cpuinfo.splitlines():
+    for line in (read_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
         if line.startswith("flags"):
             flags.update(line.partition(":")[2].split())
     return any(f in flags for f in BF16_CPU_FLAGS)
