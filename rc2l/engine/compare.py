@@ -203,6 +203,9 @@ def run(args) -> int:
     done: dict[int, dict] = {}
     lock = threading.Lock()
 
+    def listing() -> list[dict]:
+        return others + [done[k] for k in sorted(done)]
+
     def one(i: int, name: str, full: list[str], seed: int, run_dir: Path) -> None:
         tag = f"[{i + 1}/{len(plan)}] {name}, seed {seed}"
         continuing = " (continuing)" if (run_dir / "state.pt").exists() else ""
@@ -213,7 +216,7 @@ def run(args) -> int:
         r.update(run_dir=str(run_dir), **run_summary(run_dir))
         with lock:
             done[i] = r
-            (out / "compare.json").write_text(json.dumps(others + [done[k] for k in sorted(done)], indent=1))
+            (out / "compare.json").write_text(json.dumps(listing(), indent=1))
         print(
             f"{tag}: final {r.get('final_miou', float('nan')):.2f} ({r.get('final_model', '-')}), best "
             f"{r.get('best_miou', float('nan')):.2f}, {info['wall_s'] / 60:.1f} min, exit {info['returncode']}",
@@ -231,7 +234,7 @@ def run(args) -> int:
             futures.append(pool.submit(one, i, name, full, seed, run_dir))
         for f in futures:
             f.result()
-    runs = others + [done[k] for k in sorted(done)]
+    runs = listing()
     (out / "compare.json").write_text(json.dumps(runs, indent=1))
     text = table(runs, args.baseline, f"Compare: {args.config} {' '.join(args.overrides)}".strip())
     (out / "compare.md").write_text(text)
