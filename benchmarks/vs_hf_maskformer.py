@@ -249,6 +249,7 @@ def run(args, argv) -> int:
 
     def train_ours(aux):
         def f():
+            ours.decoder.aux_predictions = aux  # as the trainer sets it from loss.deep_supervision
             opt_ours.zero_grad(set_to_none=True)
             with amp():
                 out = ours(x)
@@ -448,6 +449,7 @@ def profile_parts(ours, hf, crits, data, infer_ours, infer_hf, opt_ours, opt_hf,
                         cm.sync(dev)
                         t = time.perf_counter()
                         if side == "ours":
+                            ours.decoder.aux_predictions = True
                             loss = crits[True](ours(x), labels)["loss"]
                         else:
                             hf.config.use_auxiliary_loss = True
