@@ -4,6 +4,7 @@
     python scripts/record_result.py --table camvid:1_8 [--where H100] [--iters 1500] [--per-class | --curves]  # markdown for docs/results.md
     python scripts/record_result.py RUN_DIR --command ... --machine "H100 (cuda)" --commit abc1234  # made elsewhere
     python scripts/record_result.py --compare OUT_DIR  # every finished run of an `rc2l compare` folder
+    python scripts/record_result.py --seeds camvid:1_8 --iters 2000 [--plot FIG.png]  # compare's table over every recorded seed
 
 The row is read from the run itself (config.yaml, metrics.jsonl), never typed by hand: the
 best evaluation (student or teacher), its step, its per-class IoU, every evaluation's mIoU, the dataset,
@@ -126,6 +127,38 @@ def curves_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def compare_runs(rows: list[dict], labels: str | None = None) -> list[dict]:
+    """The rows recorded from `rc2l compare` folders (``--compare``), in the shape its table and
+    plot read: the seeds of one study row come from different folders and sessions, and
+    docs/results.json is where they all are. A (row, seed) recorded twice keeps its last record."""
+    runs: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        name = r.get("compare_row") or (r.get("note") or "").partition("compare row '")[2].rpartition("'")[0]
+        if not name or (labels and r.get("eval_labels") != labels):
+            continue
+        final_model = max(r["final"], key=r["final"].get)
+        curve: dict[str, float] = {}
+        for history in r["history"].values():
+            for step, v in history.items():
+                curve[step] = max(curve.get(step, -1.0), v)
+        runs[(name, r["seed"])] = {
+            "row": name,
+            "seed": r["seed"],
+            "final_miou": r["final"][final_model],
+            "final_model": final_model,
+            "best_miou": r["miou"],
+            "best_model": r["model_evaluated"],
+            "wall_s": r.get("wall_s"),
+            "it_s_median": r.get("train_it_s_median"),
+            "curve": dict(sorted(curve.items(), key=lambda kv: int(kv[0]))),
+        }
+    from rc2l.engine.compare import STUDY_ROWS
+
+    names = list(dict.fromkeys(name for name, _ in runs))
+    order = [n for n in STUDY_ROWS if n in names] + [n for n in names if n not in STUDY_ROWS]
+    return [runs[k] for k in sorted(runs, key=lambda k: (order.index(k[0]), k[1]))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir", nargs="?")
@@ -142,7 +175,22 @@ def main() -> None:
     ap.add_argument(
         "--curves", action="store_true", help="with --table: val mIoU at every evaluation, one line per row"
     )
+    ap.add_argument("--seeds", metavar="DATASET:SPLIT", help="the compare table (mean ± std over seeds) of recorded rows")
+    ap.add_argument("--labels", choices=["native", "resized"], help="with --seeds: only rows evaluated at these labels")
+    ap.add_argument("--plot", metavar="PNG", help="with --seeds: val mIoU against step, band over seeds")
+    ap.add_argument("--baseline", default="supervised", help="with --seeds: the row paired differences are taken to")
     a = ap.parse_args()
+    if a.seeds:
+        from rc2l.engine import compare
+
+        dataset, _, split = a.seeds.partition(":")
+        runs = compare_runs(select(json.loads(Path(a.out).read_text()), dataset, split, a.where, a.iters), a.labels)
+        if not runs:
+            raise SystemExit(f"error: {a.out}: no recorded compare row of {a.seeds}")
+        print(compare.table(runs, a.baseline, f"Recorded compare rows: {a.seeds}, {a.iters or 'any'} steps, {a.labels or 'any'} labels"))
+        if a.plot:
+            compare.plot(runs, Path(a.plot))
+        return
     if a.table:
         dataset, _, split = a.table.partition(":")
         render = per_class_table if a.per_class else curves_table if a.curves else table
@@ -156,6 +204,7 @@ def main() -> None:
                     "rc2l " + r["command"].removeprefix("-m rc2l "),
                     f"{a.note} compare row '{r['row']}'".strip(),
                     a,
+                    {"compare_row": r["row"], "wall_s": round(r["wall_s"], 1), "jobs": r.get("jobs", 1)},
                 )
         return
     if not a.run_dir or not a.command:
@@ -163,7 +212,7 @@ def main() -> None:
     record(Path(a.run_dir), a.command, a.note, a)
 
 
-def record(run: Path, command: str, note: str, a: argparse.Namespace) -> None:
+def record(run: Path, command: str, note: str, a: argparse.Namespace, extra: dict | None = None) -> None:
     """Append (or replace: same command and machine) the row of one finished run."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     records, warns = read_records(run / "metrics.jsonl")
@@ -206,6 +255,7 @@ def record(run: Path, command: str, note: str, a: argparse.Namespace) -> None:
         or run_device(records, cfg["train"].get("threads"))
         or f"{platform.machine()} {platform.processor() or ''} cpu".strip(),
         "note": note,
+        **(extra or {}),
     }
     out = Path(a.out)
     rows = json.loads(out.read_text()) if out.exists() else []

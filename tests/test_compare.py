@@ -61,7 +61,7 @@ def test_table_means_stds_and_paired_differences():
     assert "51.00 ± 1.41" in sup and "52.00 ± 1.41" in sup  # final and best over the two seeds
     assert "| 2.00 ± 1.41 |" in rc2l  # paired: +3 on seed 0, +1 on seed 1
     assert "teacher" in rc2l and "| 2.0 |" in rc2l and "0.250" in rc2l
-    assert mean_std([]) == "–" and mean_std([3.0]) == "3.00 ± 0.00"
+    assert mean_std([]) == "–" and mean_std([3.0]) == "3.00"
 
 
 def test_every_study_row_is_a_valid_config():

@@ -129,3 +129,45 @@ def test_commit_comes_from_the_runs_own_start_records(tmp_path):
     assert row["machine"] == "AMD EPYC (cpu)"  # where the run started, as its own record says
     subprocess.run(rec + ["--commit", "ccc3333"], check=True, capture_output=True)
     assert json.loads(out.read_text())[0]["commit"] == "ccc3333"
+
+
+def test_seeds_table_over_recorded_compare_rows(tmp_path):
+    """--seeds builds compare's table from docs/results.json, where the seeds of one study row
+    land from different folders and sessions: mean ± std, paired differences, one record per
+    (row, seed) (the later wins), only the asked labels, and the band plot."""
+
+    def row(name, seed, final, best, labels="native", **extra):
+        return {
+            "dataset": "camvid",
+            "split": "1_8",
+            "iters": 2000,
+            "machine": "cpu",
+            "seed": seed,
+            "miou": best,
+            "model_evaluated": "teacher",
+            "final": {"student": final - 1, "teacher": final},
+            "history": {"student": {"250": 40.0, "2000": final - 1}, "teacher": {"250": 41.0, "2000": final}},
+            "eval_labels": labels,
+            "note": f"compare row '{name}'",
+            **extra,
+        }
+
+    rows = [
+        row("rc2l", 0, 60.0, 61.0),  # replaced below by the later record of the same seed
+        row("supervised", 0, 55.0, 56.0, wall_s=600.0),
+        row("supervised", 1, 57.0, 58.0, wall_s=1200.0),
+        row("rc2l", 0, 62.0, 62.5),
+        row("rc2l", 1, 62.0, 62.5),
+        row("rc2l", 2, 99.0, 99.0, labels="resized"),
+    ]
+    out, fig = tmp_path / "results.json", tmp_path / "seeds.png"
+    out.write_text(json.dumps(rows))
+    cmd = [sys.executable, str(SCRIPT), "--seeds", "camvid:1_8", "--labels", "native", "--out", str(out)]
+    md = subprocess.run(cmd + ["--plot", str(fig)], check=True, capture_output=True, text=True).stdout
+    lines = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ") and "seeds" not in ln}
+    assert list(lines) == ["supervised", "rc2l"]  # the study's row order
+    assert "| 0,1 | 56.00 ± 1.41 | teacher | 57.00 ± 1.41 | teacher | – | 15.0 |" in lines["supervised"]
+    assert "| 0,1 | 62.00 ± 0.00 |" in lines["rc2l"] and "| 6.00 ± 1.41 | – |" in lines["rc2l"]  # +7 and +5
+    assert fig.stat().st_size > 0
+    empty = subprocess.run(cmd[:3] + ["camvid:1_4", "--out", str(out)], capture_output=True, text=True)
+    assert empty.returncode != 0 and "no recorded compare row of camvid:1_4" in empty.stderr

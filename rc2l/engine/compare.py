@@ -79,10 +79,12 @@ def run_summary(run_dir: Path) -> dict:
 
 
 def mean_std(values: list[float]) -> str:
+    """Mean ± sample std; one value has no spread to show."""
     if not values:
         return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def _models(runs: list[dict], key: str) -> str:
@@ -110,10 +112,12 @@ def table(runs: list[dict], baseline: str, title: str) -> str:
         diffs = [r["final_miou"] - base[r["seed"]] for r in done if r["seed"] in base and name != baseline]
         its = [r["it_s_median"] for r in done if r.get("it_s_median")]
         speed = f"{statistics.mean(its):.3f}" if its else "–"
+        walls = [r["wall_s"] for r in done if r.get("wall_s")]  # rows recorded before wall time was kept have none
+        wall = f"{statistics.mean(walls) / 60:.1f}" if walls else "–"
         lines.append(
             f"| {name} | {','.join(str(r['seed']) for r in done)} | {mean_std([r['final_miou'] for r in done])} | "
             f"{_models(done, 'final_model')} | {mean_std([r['best_miou'] for r in done])} | {_models(done, 'best_model')} | "
-            f"{mean_std(diffs) if diffs else '–'} | {statistics.mean(r['wall_s'] for r in done) / 60:.1f} | {speed} |"
+            f"{mean_std(diffs) if diffs else '–'} | {wall} | {speed} |"
         )
     return "\n".join(lines) + "\n"
 
