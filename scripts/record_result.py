@@ -175,7 +175,9 @@ def main() -> None:
     ap.add_argument(
         "--curves", action="store_true", help="with --table: val mIoU at every evaluation, one line per row"
     )
-    ap.add_argument("--seeds", metavar="DATASET:SPLIT", help="the compare table (mean ± std over seeds) of recorded rows")
+    ap.add_argument(
+        "--seeds", metavar="DATASET:SPLIT", help="the compare table (mean ± std over seeds) of recorded rows"
+    )
     ap.add_argument("--labels", choices=["native", "resized"], help="with --seeds: only rows evaluated at these labels")
     ap.add_argument("--plot", metavar="PNG", help="with --seeds: val mIoU against step, band over seeds")
     ap.add_argument("--baseline", default="supervised", help="with --seeds: the row paired differences are taken to")
@@ -187,7 +189,13 @@ def main() -> None:
         runs = compare_runs(select(json.loads(Path(a.out).read_text()), dataset, split, a.where, a.iters), a.labels)
         if not runs:
             raise SystemExit(f"error: {a.out}: no recorded compare row of {a.seeds}")
-        print(compare.table(runs, a.baseline, f"Recorded compare rows: {a.seeds}, {a.iters or 'any'} steps, {a.labels or 'any'} labels"))
+        print(
+            compare.table(
+                runs,
+                a.baseline,
+                f"Recorded compare rows: {a.seeds}, {a.iters or 'any'} steps, {a.labels or 'any'} labels",
+            )
+        )
         if a.plot:
             compare.plot(runs, Path(a.plot))
         return
