@@ -131,16 +131,15 @@ def compare_runs(rows: list[dict], labels: str | None = None) -> list[dict]:
     """The rows recorded from `rc2l compare` folders (``--compare``), in the shape its table and
     plot read: the seeds of one study row come from different folders and sessions, and
     docs/results.json is where they all are. A (row, seed) recorded twice keeps its last record."""
+    from rc2l.engine.compare import STUDY_ROWS, better_model_curve
+
     runs: dict[tuple[str, int], dict] = {}
     for r in rows:
         name = r.get("compare_row") or (r.get("note") or "").partition("compare row '")[2].rpartition("'")[0]
         if not name or (labels and r.get("eval_labels") != labels):
             continue
         final_model = max(r["final"], key=r["final"].get)
-        curve: dict[str, float] = {}
-        for history in r["history"].values():
-            for step, v in history.items():
-                curve[step] = max(curve.get(step, -1.0), v)
+        curve = better_model_curve((int(step), v) for h in r["history"].values() for step, v in h.items())
         runs[(name, r["seed"])] = {
             "row": name,
             "seed": r["seed"],
@@ -150,10 +149,8 @@ def compare_runs(rows: list[dict], labels: str | None = None) -> list[dict]:
             "best_model": r["model_evaluated"],
             "wall_s": r.get("wall_s"),
             "it_s_median": r.get("train_it_s_median"),
-            "curve": dict(sorted(curve.items(), key=lambda kv: int(kv[0]))),
+            "curve": curve,
         }
-    from rc2l.engine.compare import STUDY_ROWS
-
     names = list(dict.fromkeys(name for name, _ in runs))
     order = [n for n in STUDY_ROWS if n in names] + [n for n in names if n not in STUDY_ROWS]
     return [runs[k] for k in sorted(runs, key=lambda k: (order.index(k[0]), k[1]))]

@@ -16,6 +16,7 @@ import os
 import shlex
 import statistics
 import threading
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -56,6 +57,15 @@ def parse_rows(preset: str | None, extra: list[str]) -> dict[str, list[str]]:
     return rows
 
 
+def better_model_curve(points: Iterable[tuple[int, float]]) -> dict[str, float]:
+    """(step, mIoU) of every evaluated model (student, teacher) → {"step": the better mIoU there},
+    in step order: the curve a row is plotted with."""
+    curve: dict[int, float] = {}
+    for step, miou in points:
+        curve[step] = max(curve.get(step, -1.0), miou)
+    return {str(k): v for k, v in sorted(curve.items())}
+
+
 def run_summary(run_dir: Path) -> dict:
     """One finished run: final-step and best mIoU (and which model), its curve, steps/s."""
     path = run_dir / "metrics.jsonl"
@@ -65,15 +75,12 @@ def run_summary(run_dir: Path) -> dict:
         return {}
     row = best_and_final(evals)
     final_model = max(row["final"], key=row["final"].get)
-    curve: dict[int, float] = {}
-    for e in evals:
-        curve[e["step"]] = max(curve.get(e["step"], -1.0), e["miou"])
     its = sorted(r["it_s"] for r in records if r.get("type") == "train" and "it_s" in r)
     return {
         **row,
         "final_miou": row["final"][final_model],
         "final_model": final_model,
-        "curve": {str(k): v for k, v in sorted(curve.items())},
+        "curve": better_model_curve((e["step"], e["miou"]) for e in evals),
         "it_s_median": its[len(its) // 2] if its else None,
     }
 
