@@ -124,7 +124,7 @@ def test_jobs_run_side_by_side_with_a_share_of_the_cores_and_the_folder_keeps_ot
 
     barrier, seen = threading.Barrier(2, timeout=20), []
 
-    def fake_run_row(config, overrides, out_dir, log_path):
+    def fake_run_row(config, overrides, out_dir, log_path, on_start=None):
         seen.append(overrides)
         barrier.wait()  # raises BrokenBarrierError if the two runs were not in flight at once
         seed = int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])

@@ -534,6 +534,9 @@ class SegDataset(Dataset):
             raise ValueError(f"bad_samples must be 'error' or 'skip', got {bad_samples!r}")
         self.reader, self.items, self.transform, self.bad_samples = reader, list(items), transform, bad_samples
         self.needs_mask = getattr(transform, "needs_mask", True)
+        # a copy whose images were resized to data.resize ahead of time (scripts/resized_copy.py) keeps
+        # its labels at their own size: the transform's resize is then a no-op on the image
+        self.resized = tuple(getattr(transform, "resize", None) or ())
         if self.needs_mask:
             missing = next((it for it in self.items if it.mask is None), None)
             if missing is not None:
@@ -551,7 +554,7 @@ class SegDataset(Dataset):
         mask = None
         if self.needs_mask:
             raw = read_mask(item.mask)
-            if raw.shape != image.shape[:2]:
+            if raw.shape != image.shape[:2] and image.shape[:2] != self.resized:
                 raise DataError(
                     f"mask {item.mask} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image "
                     f"{item.image} is {image.shape[1]}x{image.shape[0]}"

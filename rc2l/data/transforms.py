@@ -27,12 +27,12 @@ def _uniform(lo: float, hi: float) -> float:
 
 
 def resize_pair(image: torch.Tensor, mask: torch.Tensor | None, size: Sequence[int]):
-    """Resize image (bilinear, antialiased) and mask (nearest) to ``size = [h, w]``."""
+    """Resize image (bilinear, antialiased) and mask (nearest) to ``size = [h, w]``; each one
+    already of that size is left as it is (an image stored at data.resize beside a native label)."""
     size = [int(size[0]), int(size[1])]
-    if list(image.shape[-2:]) == size:
-        return image, mask
-    image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-    if mask is not None:
+    if list(image.shape[-2:]) != size:
+        image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    if mask is not None and list(mask.shape[-2:]) != size:
         mask = TF.resize(mask, size, interpolation=InterpolationMode.NEAREST)
     return image, mask
 

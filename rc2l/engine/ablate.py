@@ -89,9 +89,10 @@ def resumed_at(run_dir: Path) -> int | None:
     return (starts[-1]["step"] or None) if starts else None
 
 
-def run_row(config: str, overrides: list[str], out_dir: Path, log_path: Path) -> dict:
+def run_row(config: str, overrides: list[str], out_dir: Path, log_path: Path, on_start=None) -> dict:
     """One training in a child process (continuing the folder's run if it holds a checkpoint);
-    returns wall time, peak RSS (MiB) and exit status."""
+    returns wall time, peak RSS (MiB) and exit status. ``on_start(proc)`` gets the child, e.g. to
+    stop it (SIGTERM: it checkpoints and exits)."""
     cmd = [
         sys.executable,
         "-m",
@@ -106,6 +107,8 @@ def run_row(config: str, overrides: list[str], out_dir: Path, log_path: Path) ->
     t0 = time.time()
     with open(log_path, "a") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        if on_start is not None:
+            on_start(proc)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     return {

