@@ -150,3 +150,72 @@ def test_jobs_run_side_by_side_with_a_share_of_the_cores_and_the_folder_keeps_ot
     assert "| a | 0,1 |" in (tmp_path / "out" / "compare.md").read_text()
     with pytest.raises(SystemExit, match="--jobs 0"):
         main([*base, "--jobs", "0"])
+
+
+def _log_steps(run_dir: Path, step: int) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"type": "train", "step": step, "loss": 1.0}) + "\n")
+
+
+def test_budget_admits_a_run_only_while_every_run_is_projected_to_finish(tmp_path, monkeypatch):
+    """Rates come from the runs' own logged steps; one more run slows each by n/(n+1)."""
+    import rc2l.engine.compare as compare
+
+    clock = [1000.0]
+    monkeypatch.setattr(compare.time, "time", lambda: clock[0])
+    budget = compare.Budget(600, first_wave=2)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert budget.admits({}, 1000)  # nothing runs: start one
+    assert budget.admits({a: 1000}, 1000)  # the first wave starts before any rate is known
+    _log_steps(a, 25)
+    _log_steps(b, 25)
+    assert not budget.admits({a: 1000, b: 1000}, 100)  # first sight of each run: no rate yet
+    clock[0] += 30
+    _log_steps(a, 175)  # 5 steps/s
+    _log_steps(b, 85)  # 2 steps/s; 570 s left, 10 % kept spare: 513 s
+    assert not budget.admits({a: 1000, b: 1000}, 100)  # b: 915 left / (2 × 2/3) = 686 s
+    assert budget.admits({a: 1000, b: 300}, 400)  # a: 247 s, b: 161 s, new: 400 / 1.33 + 45 = 345 s
+    assert not budget.admits({a: 1000, b: 300}, 1000)  # the new one, at the slowest rate: 795 s
+    clock[0] += 530
+    assert not budget.admits({}, 10)  # 40 s left: less than a run's start-up
+
+
+def test_budget_end_stops_running_runs_and_lists_them_apart(tmp_path, monkeypatch, capsys):
+    """At the deadline a running run gets SIGTERM, is kept out of the table and of 'finished'; a run
+    never started is named; the next command continues the stopped one."""
+    import signal
+    import threading
+
+    import rc2l.engine.compare as compare
+
+    def fake_run_row(config, overrides, out_dir, log_path, on_start=None):
+        stop = threading.Event()
+
+        class Proc:
+            def poll(self):
+                return 0 if stop.is_set() else None
+
+            def send_signal(self, sig):
+                assert sig == signal.SIGTERM
+                stop.set()
+
+        on_start(Proc())
+        rec = {"step": 1, "split": "val", "mode": "original", "model": "student", "miou": 40.0}
+        (out_dir / "metrics.jsonl").write_text(json.dumps(rec) + "\n")
+        (out_dir / "last.safetensors").write_bytes(b"")
+        assert stop.wait(30)
+        return {"wall_s": 1.0, "peak_rss_mib": 1.0, "returncode": 0, "command": "train"}
+
+    monkeypatch.setattr(compare, "run_row", fake_run_row)
+    monkeypatch.setattr(compare, "check_row_folder", lambda *a: None)
+    monkeypatch.setattr(compare.Budget, "STARTUP_S", 0.0)
+    out = tmp_path / "out"
+    args = ["compare", "configs/synthetic.yaml", "train.iters=4", "--out", str(out), "--row", "a: method=supervised"]
+    assert main([*args, "--run", "a:3", "--run", "a:1", "--budget", "2"]) == 1
+    text = capsys.readouterr().out
+    assert "not started: a:1" in text and "a, seed 3: stopped at step 0 (--budget)" in text
+    runs = json.loads((out / "compare.json").read_text())
+    assert [(r["row"], r["seed"], r["stopped_at"]) for r in runs] == [("a", 3, 0)] and "final_miou" not in runs[0]
+    assert "| a |" not in (out / "compare.md").read_text()
+    with pytest.raises(SystemExit, match="ROW:SEED"):
+        main([*args, "--run", "b:1"])

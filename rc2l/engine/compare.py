@@ -257,8 +257,8 @@ class Budget:
         t0, s0 = self.seen.setdefault(run_dir, (now, step))
         return (step - s0) / (now - t0) if now - t0 >= self.MIN_SPAN_S and step > s0 else None
 
-    def admits(self, running: dict[Path, int]) -> bool:
-        """``running``: run folder → its total steps. True if one more run may start now."""
+    def admits(self, running: dict[Path, int], new_iters: int) -> bool:
+        """``running``: run folder → its total steps. True if a run of ``new_iters`` steps may start now."""
         if not running or (len(running) < self.first_wave and not self.seen):
             return self.left() > self.STARTUP_S
         rates = {d: self.rate(d) for d in running}
@@ -268,7 +268,7 @@ class Budget:
         spare = 0.9 * self.left()
         if any((running[d] - self.step(d)) / (rates[d] * slow) > spare for d in running):
             return False
-        return max(running.values()) / (min(rates.values()) * slow) + self.STARTUP_S <= spare
+        return new_iters / (min(rates.values()) * slow) + self.STARTUP_S <= spare
 
 
 def run(args) -> int:
@@ -371,7 +371,7 @@ def _schedule(waiting: list, one, args, budget: Budget | None, procs: dict, stop
                     stopped.add(d)
                     procs[d].send_signal(signal.SIGTERM)
         while waiting and len(threads) < args.jobs:
-            if budget is not None and not budget.admits({d: iters[d] for d in threads}):
+            if budget is not None and not budget.admits({d: iters[d] for d in threads}, iters[waiting[0][4]]):
                 break
             item = waiting.pop(0)
             threads[item[4]] = threading.Thread(target=guarded, args=item)
