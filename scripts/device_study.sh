@@ -29,9 +29,9 @@ else
   echo "MPS: not available" | tee -a "$OUT/device.txt"
 fi
 
-COMMON=(configs/camvid.yaml data.root=.dev/camvid train.threads=1 --preset study)
+COMMON=(configs/camvid.yaml data.root=.dev/camvid train.threads=1)
 ALL_LABELS="supervised (all labels): method=supervised data.split=full"
-python3 -m rc2l compare "${COMMON[@]}" data.split=1_8 --out "$RUNS/camvid_1_8" --jobs 12 --budget "$BUDGET" --row "$ALL_LABELS" \
+python3 -m rc2l compare "${COMMON[@]}" data.split=1_8 --preset study --out "$RUNS/camvid_1_8" --jobs 12 --budget "$BUDGET" --row "$ALL_LABELS" \
   --run 'unimatch:1' --run 'unimatch:2' \
   --run 'supervised (deeplabv3plus):0' --run 'unimatch (deeplabv3plus):0' \
   --run 'supervised (deeplabv3plus):1' --run 'unimatch (deeplabv3plus):1' \
@@ -41,7 +41,7 @@ python3 -m rc2l compare "${COMMON[@]}" data.split=1_8 --out "$RUNS/camvid_1_8" -
   --run 'rc2l region terms only:1' --run 'rc2l region terms only:2' >"$RUNS/compare_1_8.log" 2>&1 &
 A=$!
 sleep 20 # the 1/8 rows take the first places
-python3 -m rc2l compare "${COMMON[@]}" data.split=1_4 --out "$RUNS/camvid_1_4" --jobs 4 --budget $((BUDGET - 20)) \
+python3 -m rc2l compare "${COMMON[@]}" data.split=1_4 --preset study --out "$RUNS/camvid_1_4" --jobs 4 --budget $((BUDGET - 20)) \
   --run 'supervised:0' --run 'rc2l:0' --run 'unimatch:0' \
   --run 'supervised (deeplabv3plus):0' --run 'unimatch (deeplabv3plus):0' >"$RUNS/compare_1_4.log" 2>&1 &
 B=$!
