@@ -301,6 +301,9 @@ def run(args) -> int:
         full_run = full + _thread_share(full, args.jobs)
         info = run_row(args.config, full_run, run_dir, run_dir.parent / f"seed{seed}.log", register)
         r = {"row": name, "seed": seed, **info, "jobs": args.jobs, "resumed_at": resumed_at(run_dir)}
+        earlier = previous.get((name, seed), {})
+        if "stopped_at" in earlier:  # this command continued a run --budget stopped: count both parts
+            r["wall_s"] += earlier["wall_s"]
         r.update(run_dir=str(run_dir), **run_summary(run_dir))
         cut = r.get("final_step") != _iters(args.config, full)
         if run_dir in stopped and cut:  # its numbers are those of a cut-off run: kept apart from the table
