@@ -150,6 +150,7 @@ def compare_runs(rows: list[dict], labels: str | None = None) -> list[dict]:
             "wall_s": r.get("wall_s"),
             "it_s_median": r.get("train_it_s_median"),
             "curve": curve,
+            "machine": r.get("machine"),
         }
     names = list(dict.fromkeys(name for name, _ in runs))
     order = [n for n in STUDY_ROWS if n in names] + [n for n in names if n not in STUDY_ROWS]

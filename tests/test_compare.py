@@ -62,6 +62,10 @@ def test_table_means_stds_and_paired_differences():
     assert "| 2.00 ± 1.41 |" in rc2l  # paired: +3 on seed 0, +1 on seed 1
     assert "teacher" in rc2l and "| 2.0 |" in rc2l and "0.250" in rc2l
     assert mean_std([]) == "–" and mean_std([3.0]) == "3.00"
+    runs[2]["machine"], runs[3]["machine"] = "Intel Xeon, 2 threads (cpu)", "NVIDIA H200 (cuda)"
+    runs[3].update(wall_s=30, it_s_median=4.0)
+    rc2l = next(line for line in table(runs, "supervised", "t").splitlines() if line.startswith("| rc2l"))
+    assert "| CPU 2.0; GPU 0.5 | CPU 0.250; GPU 4.000 |" in rc2l  # never one mean over both devices
 
 
 def test_every_study_row_is_a_valid_config():

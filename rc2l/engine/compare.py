@@ -122,16 +122,32 @@ def table(runs: list[dict], baseline: str, title: str) -> str:
             lines.append(f"| {name} | – | not finished | | | | | | |")
             continue
         diffs = [r["final_miou"] - base[r["seed"]] for r in done if r["seed"] in base and name != baseline]
-        its = [r["it_s_median"] for r in done if r.get("it_s_median")]
-        speed = f"{statistics.mean(its):.3f}" if its else "–"
-        walls = [r["wall_s"] for r in done if r.get("wall_s")]  # rows recorded before wall time was kept have none
-        wall = f"{statistics.mean(walls) / 60:.1f}" if walls else "–"
+        speed = _per_device(done, "it_s_median", "{:.3f}")
+        wall = _per_device(done, "wall_s", "{:.1f}", scale=1 / 60)  # rows recorded before wall time was kept have none
         lines.append(
             f"| {name} | {','.join(str(r['seed']) for r in done)} | {mean_std([r['final_miou'] for r in done])} | "
             f"{_models(done, 'final_model')} | {mean_std([r['best_miou'] for r in done])} | {_models(done, 'best_model')} | "
             f"{mean_std(diffs) if diffs else '–'} | {wall} | {speed} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _device(run: dict) -> str:
+    """ "GPU"/"CPU" from a recorded row's machine ("… (cuda)…" / "… (cpu)"); "" when unknown."""
+    machine = run.get("machine") or ""
+    return "GPU" if "(cuda" in machine else "CPU" if "(cpu" in machine else ""
+
+
+def _per_device(done: list[dict], key: str, fmt: str, scale: float = 1.0) -> str:
+    """Mean of ``key`` over a row's runs; a row whose seeds ran on a CPU and a GPU gets one mean
+    each ("CPU 57.3; GPU 9.5"): their average would describe no machine."""
+    groups: dict[str, list[float]] = {}
+    for r in done:
+        if r.get(key):
+            groups.setdefault(_device(r), []).append(r[key] * scale)
+    if len({_device(r) for r in done}) <= 1:
+        return fmt.format(statistics.mean(next(iter(groups.values())))) if groups else "–"
+    return "; ".join(f"{dev or '?'} {fmt.format(statistics.mean(v))}" for dev, v in sorted(groups.items()))
 
 
 def plot(runs: list[dict], path: Path) -> None:
