@@ -133,7 +133,7 @@ def table(runs: list[dict], baseline: str, title: str) -> str:
 
 
 def _device(run: dict) -> str:
-    """ "GPU"/"CPU" from a recorded row's machine ("… (cuda)…" / "… (cpu)"); "" when unknown."""
+    """The device kind of a recorded row's machine ("… (cuda)…" → GPU, "… (cpu)" → CPU), or ""."""
     machine = run.get("machine") or ""
     return "GPU" if "(cuda" in machine else "CPU" if "(cpu" in machine else ""
 
