@@ -203,7 +203,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _plan(args) -> list[tuple[str, list[str], int, Path]]:
+def _plan(args) -> list[tuple[str, list[str], int, Path, int]]:
+    """(row, its overrides, seed, run folder, total steps) for every planned run."""
     from rc2l.config import load_config
 
     load_config(args.config, args.overrides)  # fail fast on a bad key, before any run
@@ -220,10 +221,10 @@ def _plan(args) -> list[tuple[str, list[str], int, Path]]:
     plan = []
     for name, seed in pairs:
         full = [*args.overrides, *rows[name], f"seed={seed}"]
-        load_config(args.config, full)
+        iters = load_config(args.config, full).train.iters
         run_dir = Path(args.out) / row_folder(name) / f"seed{seed}"
         check_row_folder(f"{name} seed {seed}", run_dir, args.config, full)
-        plan.append((name, full, seed, run_dir))
+        plan.append((name, full, seed, run_dir, iters))
     return plan
 
 
@@ -265,9 +266,10 @@ class Budget:
         steps = [r["step"] for r in read_records(path)[0] if r.get("type") == "train"] if path.exists() else []
         return max(steps, default=0)
 
-    def rate(self, run_dir: Path) -> float | None:
-        """Steps/s since this run's first logged step was seen; None until enough time has passed."""
-        now, step = time.time(), self.step(run_dir)
+    def rate(self, run_dir: Path, step: int) -> float | None:
+        """Steps/s since this run's first logged step was seen (``step``: its last logged one); None
+        until enough time has passed."""
+        now = time.time()
         if step == 0:
             return None
         t0, s0 = self.seen.setdefault(run_dir, (now, step))
@@ -277,12 +279,13 @@ class Budget:
         """``running``: run folder → its total steps. True if a run of ``new_iters`` steps may start now."""
         if not running or (len(running) < self.first_wave and not self.seen):
             return self.left() > self.STARTUP_S
-        rates = {d: self.rate(d) for d in running}
+        steps = {d: self.step(d) for d in running}
+        rates = {d: self.rate(d, steps[d]) for d in running}
         if any(r is None for r in rates.values()):
             return False
         slow = len(running) / (len(running) + 1)
         spare = 0.9 * self.left()
-        if any((running[d] - self.step(d)) / (rates[d] * slow) > spare for d in running):
+        if any((running[d] - steps[d]) / (rates[d] * slow) > spare for d in running):
             return False
         return new_iters / (min(rates.values()) * slow) + self.STARTUP_S <= spare
 
@@ -296,7 +299,7 @@ def run(args) -> int:
     previous = {}
     if (out / "compare.json").exists():
         previous = {(r["row"], r["seed"]): r for r in json.loads((out / "compare.json").read_text())}
-    planned = {(name, seed) for name, _, seed, _ in plan}
+    planned = {(name, seed) for name, _, seed, _, _ in plan}
     # runs of this folder that another command (other --only/--seeds) made stay in its table
     others = [r for k, r in previous.items() if k not in planned and _finished(r)]
     done: dict[int, dict] = {}
@@ -308,7 +311,7 @@ def run(args) -> int:
     def listing() -> list[dict]:
         return others + [done[k] for k in sorted(done)]
 
-    def one(i: int, name: str, full: list[str], seed: int, run_dir: Path) -> None:
+    def one(i: int, name: str, full: list[str], seed: int, run_dir: Path, iters: int) -> None:
         tag = f"[{i + 1}/{len(plan)}] {name}, seed {seed}"
         continuing = " (continuing)" if (run_dir / "state.pt").exists() else ""
         print(f"{tag}: {' '.join(full)}{continuing}", flush=True)
@@ -321,8 +324,9 @@ def run(args) -> int:
         if "stopped_at" in earlier:  # this command continued a run --budget stopped: count both parts
             r["wall_s"] += earlier["wall_s"]
         r.update(run_dir=str(run_dir), **run_summary(run_dir))
-        cut = r.get("final_step") != _iters(args.config, full)
-        if run_dir in stopped and cut:  # its numbers are those of a cut-off run: kept apart from the table
+        if (
+            run_dir in stopped and r.get("final_step") != iters
+        ):  # its numbers are those of a cut-off run: kept apart from the table
             r = {k: v for k, v in r.items() if k not in ("final_miou", "best_miou", "curve")}
             r["stopped_at"] = Budget.step(run_dir)
         with lock:
@@ -339,12 +343,12 @@ def run(args) -> int:
         print(f"{tag}: {ending}, {info['wall_s'] / 60:.1f} min, exit {info['returncode']}", flush=True)
 
     waiting = []
-    for i, (name, full, seed, run_dir) in enumerate(plan):
+    for i, (name, full, seed, run_dir, iters) in enumerate(plan):
         if (name, seed) in previous and _finished(previous[(name, seed)]):
             print(f"[{i + 1}/{len(plan)}] {name}, seed {seed}: finished before, kept", flush=True)
             done[i] = previous[(name, seed)]
         else:
-            waiting.append((i, name, full, seed, run_dir))
+            waiting.append((i, name, full, seed, run_dir, iters))
     _schedule(waiting, one, args, budget, procs, stopped)
     runs = listing()
     (out / "compare.json").write_text(json.dumps(runs, indent=1))
@@ -370,7 +374,7 @@ def _schedule(waiting: list, one, args, budget: Budget | None, procs: dict, stop
     """Start waiting runs (plan order) while fewer than --jobs run and the budget admits them;
     when the budget ends, stop the running ones and start no more."""
     threads: dict[Path, threading.Thread] = {}
-    iters = {item[4]: _iters(args.config, item[2]) for item in waiting}
+    iters = {item[4]: item[5] for item in waiting}
     errors: list[BaseException] = []
 
     def guarded(*item) -> None:
@@ -383,10 +387,10 @@ def _schedule(waiting: list, one, args, budget: Budget | None, procs: dict, stop
         threads = {d: t for d, t in threads.items() if t.is_alive()}
         if budget is not None and budget.left() <= 0:
             if waiting:
-                print(f"--budget: ended; not started: {', '.join(f'{n}:{s}' for _, n, _, s, _ in waiting)}", flush=True)
+                print(f"--budget: ended; not started: {_names(waiting)}", flush=True)
             waiting = []
             for d in threads:
-                if d in procs and procs[d].poll() is None:
+                if d not in stopped and d in procs and procs[d].poll() is None:
                     stopped.add(d)
                     procs[d].send_signal(signal.SIGTERM)
         while waiting and len(threads) < args.jobs:
@@ -397,7 +401,7 @@ def _schedule(waiting: list, one, args, budget: Budget | None, procs: dict, stop
             threads[item[4]].start()
         time.sleep(1.0 if budget is None else 5.0)
         if not threads and waiting and budget is not None and budget.left() <= Budget.STARTUP_S:
-            print(f"--budget: too little time left; not started: {', '.join(f'{n}:{s}' for _, n, _, s, _ in waiting)}")
+            print(f"--budget: too little time left; not started: {_names(waiting)}", flush=True)
             waiting = []
     for t in threads.values():
         t.join()
@@ -405,7 +409,5 @@ def _schedule(waiting: list, one, args, budget: Budget | None, procs: dict, stop
         raise errors[0]
 
 
-def _iters(config: str, overrides: list[str]) -> int:
-    from rc2l.config import load_config
-
-    return load_config(config, overrides).train.iters
+def _names(waiting: list) -> str:
+    return ", ".join(f"{item[1]}:{item[3]}" for item in waiting)
