@@ -102,6 +102,7 @@ def plan(config: Path, method: str, args) -> dict:
         "batch": f"{bl}+{bu}" if method != "supervised" else f"{bl}",
         "notes": "; ".join(notes),
         "num_points": 256 if args.quick else cfg.loss.num_points,
+        "iters": None if notes else cfg.train.iters,
     }
 
 
@@ -140,7 +141,9 @@ def step_worker(config: str, overrides: list[str], device: str, steps: int, thre
 def main(argv: list[str] | None = None) -> int:
     p = cm.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=None, help="config files (default configs/*.yaml)")
-    p.add_argument("--methods", nargs="+", default=["supervised", "rc2l"], choices=["supervised", "fixmatch", "rc2l"])
+    p.add_argument(
+        "--methods", nargs="+", default=["supervised", "rc2l"], choices=["supervised", "fixmatch", "unimatch", "rc2l"]
+    )
     p.add_argument("--steps", type=int, default=2, help="measured steps after one warm-up")
     p.add_argument("--cpu-gpu-side", type=int, default=256, help="crop side for GPU configs measured on CPU")
     p.add_argument("--cpu-gpu-batch", type=int, default=2, help="batch for GPU configs measured on CPU")
@@ -173,11 +176,13 @@ def main(argv: list[str] | None = None) -> int:
             except RuntimeError as e:
                 r, status = {}, f"failed: {e}"
             row = {k: v for k, v in pl.items() if k != "overrides"}
+            step_s = cm.med(r["times"]) if r.get("times") else None
             row.update(
                 status=status,
                 peak_mem_bytes=r.get("peak_abs"),
                 step_mem_bytes=r.get("peak_step"),
-                step_s=cm.med(r["times"]) if r.get("times") else None,
+                step_s=step_s,
+                schedule_hours=pl["iters"] * step_s / 3600 if pl["iters"] and step_s else None,
                 step_times=r.get("times"),
                 params=r.get("params"),
                 num_classes=r.get("num_classes"),
@@ -218,6 +223,7 @@ def render(rows, args) -> str:
                 cm.fmt_bytes(r["peak_mem_bytes"]) + ratio,
                 cm.fmt_bytes(r["step_mem_bytes"]),
                 cm.fmt_time(r["step_s"]),
+                f"{r['schedule_hours']:.1f} h" if r.get("schedule_hours") else "–",
                 r["notes"] or ("" if r["status"] == "ok" else r["status"]),
             ]
         )
@@ -230,13 +236,16 @@ def render(rows, args) -> str:
         mem_col,
         "increase during the step",
         "step time",
+        "train.iters × step time",
         "changed from the config",
     ]
     return "\n".join(
         [
             f"One warm-up step, then {args.steps} measured step(s) in a fresh process per row; data workers 0 (no loader "
             "processes); synthetic images; random-init model (`model.pretrained=none`); τ_cls = 0 for rc2l so a random teacher "
-            "keeps its regions (upper bound on region cost). Step time: median of the measured steps (not interleaved).",
+            "keeps its regions (upper bound on region cost). Step time: median of the measured steps (not interleaved). "
+            "train.iters × step time: the config's whole schedule at that step time on one device, without evaluation "
+            "(only where the config ran at its own crop and batch).",
             "",
             cm.markdown_table(head, table),
         ]

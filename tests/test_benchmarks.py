@@ -81,18 +81,22 @@ def test_vs_hf_maskformer_quick(bench, tmp_path):
 
 def test_memory_quick(bench, tmp_path):
     m = bench("memory")
-    assert m.main(["--quick", "--configs", str(REPO / "configs" / "cityscapes.yaml"), "--out", str(tmp_path)]) == 0
+    cityscapes = str(REPO / "configs" / "cityscapes.yaml")
+    args = ["--quick", "--configs", cityscapes, "--methods", "supervised", "rc2l", "unimatch", "--out", str(tmp_path)]
+    assert m.main(args) == 0
     data, md = read_out(tmp_path)
     rows = [r for r in data["rows"] if r["run"] == "memory/cpu"]
     assert [(r["config"], r["method"]) for r in rows] == [
         ("configs/cityscapes.yaml", "supervised"),
         ("configs/cityscapes.yaml", "rc2l"),
+        ("configs/cityscapes.yaml", "unimatch"),
     ]
     for r in rows:
         assert r["status"] == "ok" and r["peak_mem_bytes"] > 100 * MiB and r["step_s"] > 0
         assert "crop 801×801 → 256×256" in r["notes"] and r["gpu_config"] is True
+        assert r.get("schedule_hours") is None  # a reduced crop and batch say nothing of the config's schedule
     assert rows[1]["ratio_vs_reference"] > 0 and rows[1]["batch"] == "2+2"
-    assert "increase during the step" in md
+    assert "increase during the step" in md and "train.iters × step time" in md
 
 
 def test_memory_rejects_mem_off(bench, tmp_path, capsys):
