@@ -57,6 +57,9 @@ class ModelConfig:
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     aspp_dim: int = 256  # deeplabv3plus: channels of the ASPP branches and projection
     decoder_dim: int = 256  # deeplabv3plus: channels of the two 3×3 fusion convs
+    # deeplabv3plus: ASPP dilation rates at output stride 16 (DeepLab's and UniMatch's 6/12/18 are
+    # sized for ~33×33 maps; a 192×256 crop gives 12×16, where 12 and 18 reach mostly padding)
+    aspp_rates: list[int] = field(default_factory=lambda: [6, 12, 18])
 
 
 @dataclass
@@ -107,6 +110,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     iters: int = 1000
+    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9, as DeepLab and UniMatch train)
     lr: float = 1e-4
     backbone_lr_mult: float = 0.1
     weight_decay: float = 0.05
@@ -217,6 +221,7 @@ CHOICES = {
     "loss.mask_loss": ("bce", "focal"),
     "data.name": ("synthetic", "camvid", "voc", "cityscapes", "folder"),
     "data.bad_samples": ("error", "skip"),
+    "train.optimizer": ("adamw", "sgd"),
     "train.amp": ("off", "bf16", "fp16", "auto"),
     "train.device": ("auto", "cpu", "cuda"),
     "eval.mode": ("original", "center_crop", "sliding_window"),
@@ -288,6 +293,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             "eval.mode=center_crop crops image and labels alike: with data.resize set it needs eval.labels=resized"
         )
+    if not cfg.model.aspp_rates or min(cfg.model.aspp_rates) < 1:
+        raise ConfigError(f"config key 'model.aspp_rates' must be one or more rates >= 1, got {cfg.model.aspp_rates!r}")
     if cfg.train.accum_steps < 1:
         raise ConfigError("config key 'train.accum_steps' must be >= 1")
     if cfg.method == "rc2l" and cfg.model.arch != "maskformer":

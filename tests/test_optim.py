@@ -53,6 +53,29 @@ def test_backbone_multiplier_and_no_decay_split():
     ]
 
 
+def test_sgd_keeps_the_groups_and_steps_the_schedule():
+    """train.optimizer=sgd: the same groups, LRs and weight decay as AdamW, momentum 0.9, and the
+    schedule drives its LR (DeepLab's and UniMatch's optimizer, for the per-pixel model's recipe)."""
+    cfg = TrainConfig(optimizer="sgd", lr=0.01, backbone_lr_mult=0.1, weight_decay=1e-4, warmup_iters=0, iters=10)
+    opt, bb, head = _optimizer(cfg)
+    adamw, _, _ = _optimizer(TrainConfig(lr=0.01, backbone_lr_mult=0.1, weight_decay=1e-4, warmup_iters=0, iters=10))
+    assert isinstance(opt, torch.optim.SGD) and not isinstance(opt, torch.optim.AdamW)
+    assert [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups] == [
+        (g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in adamw.param_groups
+    ]
+    assert all(g["momentum"] == 0.9 for g in opt.param_groups)
+    sched = build_scheduler(opt, cfg)
+    (bb.conv.weight.sum() + head.conv.weight.sum()).backward()
+    opt.step()
+    sched.step()
+    assert _group_of(opt, head.conv.weight)["lr"] == pytest.approx(0.01 * lr_factor(1, cfg))
+    from rc2l.config import ConfigError, load_config
+
+    assert load_config(overrides=["train.optimizer=sgd"]).train.optimizer == "sgd"
+    with pytest.raises(ConfigError, match="train.optimizer"):
+        load_config(overrides=["train.optimizer=adam"])
+
+
 def test_no_decay_split_on_the_real_model():
     """On the segmenter: every norm weight and bias has weight decay 0, every matrix/conv kernel
     the configured decay, and only backbone parameters get the multiplier."""

@@ -1,4 +1,4 @@
-"""AdamW with a backbone learning-rate multiplier, linear warm-up then poly decay."""
+"""AdamW (or SGD) with a backbone learning-rate multiplier, linear warm-up then poly decay."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ def _split_decay(params: list[nn.Parameter]) -> tuple[list, list]:
     return decay, no_decay
 
 
-def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: TrainConfig) -> torch.optim.AdamW:
+SGD_MOMENTUM = 0.9  # DeepLab's and UniMatch's
+
+
+def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: TrainConfig) -> torch.optim.Optimizer:
     """groups: {"backbone": [...], "head": [...], ...}; only "backbone" gets the multiplier."""
     param_groups = []
     for name, params in groups.items():
@@ -24,6 +27,8 @@ def build_optimizer(groups: dict[str, list[nn.Parameter]], cfg: TrainConfig) -> 
         for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
             if ps:
                 param_groups.append({"params": ps, "lr": lr, "weight_decay": wd, "name": name})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=SGD_MOMENTUM, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 

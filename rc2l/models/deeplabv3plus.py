@@ -18,7 +18,6 @@ from rc2l.config import ModelConfig
 from rc2l.models.backbones import build_backbone
 
 LOW_LEVEL_DIM = 48  # the paper's reduction of the stride-4 features
-BASE_RATES = (6, 12, 18)  # ASPP dilation rates at output stride 16
 
 
 def _gn(channels: int) -> nn.GroupNorm:
@@ -95,7 +94,8 @@ class DeepLabV3Plus(nn.Module):
         self.backbone = build_backbone(cfg.backbone, cfg.pretrained, output_stride=output_stride)
         self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
-        self.rates = tuple(r * 16 // output_stride for r in BASE_RATES)  # same field of view at any stride
+        # cfg.aspp_rates are for output stride 16; the same field of view at any stride
+        self.rates = tuple(max(1, r * 16 // output_stride) for r in cfg.aspp_rates)
         ch = self.backbone.out_channels
         self.decoder = DeepLabDecoder(ch[0], ch[-1], num_classes, self.rates, cfg.aspp_dim, cfg.decoder_dim)
         for m in self.decoder.modules():
