@@ -209,3 +209,24 @@ def test_train_speed_quick(bench, tmp_path):
     evals = {r["variant"] for r in rows if r["kind"] == "eval"}
     assert evals == {"fp32_bs1", "fp32_bs8", "bf16_bs1", "bf16_bs8"}
     assert "<!-- BEGIN train_speed/cpu" in md and "speed-up vs fp32" in md and "Top ops" in md
+
+
+def test_train_speed_fresh_quick(bench, tmp_path):
+    """Each variant a real `rc2l train` process; steps/s read back from its metrics.jsonl."""
+    m = bench("train_speed_fresh")
+    args = ["--quick", "--threads", "1", "--methods", "rc2l", "--levers", "fp32", "channels_last"]
+    assert m.main([*args, "--out", str(tmp_path)]) == 0
+    data, md = read_out(tmp_path)
+    rows = [r for r in data["rows"] if r["run"] == "train_speed_fresh/cpu"]
+    assert [(r["method"], r["lever"]) for r in rows] == [("rc2l", "fp32"), ("rc2l", "channels_last")]
+    for r in rows:
+        assert r["steps_per_s"] > 0 and len(r["steps_per_s_rounds"]) == 1
+        assert r["speedup"] == pytest.approx(r["steps_per_s"] / rows[0]["steps_per_s"])
+    assert "<!-- BEGIN train_speed_fresh/cpu" in md and "fresh `rc2l train` process" in md
+
+
+def test_train_speed_fresh_names_a_run_that_fails(bench, tmp_path):
+    m = bench("train_speed_fresh")
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="exited with 2 before step 4(.|\n)*train.no_such_key"):
+        m.run_variant(["train.no_such_key=1"], out, steps=4, timeout_s=120)

@@ -1,0 +1,173 @@
+"""Training speed per lever as a user gets it: every (method, lever) is its own `rc2l train`
+process on the CamVid recipe (configs/camvid.yaml, data.split=1_8), and its steps/s are read
+from the run's metrics.jsonl, the numbers a full run logs.
+
+    python benchmarks/train_speed_fresh.py [--steps 50] [--rounds 2] [--data-root PATH] [--quick]
+
+Why beside train_speed.py: that script times all variants' steps interleaved inside one process,
+and on a 2-core Xeon (AMX) it put bf16 autocast at 1.16–1.29× while a fresh `rc2l train` with
+train.amp=bf16 on the same processor logged 0.79–0.85× of fp32's steps/s. Here the variants run
+one after the other, in rounds (A, B, C, A, B, C, …) so slow drift of the machine hits all of
+them; a run is stopped once it has logged its last step (its final evaluation is not waited
+for). The first logged interval (start-up, first batches) is dropped; the median of the others is
+a run's steps/s, and a variant's is the median over rounds. rc2l runs with semi.start_iter=0 so
+every step has its unlabeled branch. Data as train_speed.py: real CamVid when present, else
+random 480×360 images in its layout; data.cache=true (the config's) fills during the run, so the
+first epoch's decoding is in every variant's steps alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common as cm
+from benchmarks.train_speed import CONFIG, LEVERS, QUICK, data_overrides
+
+NAME = "train_speed_fresh"
+FRESH_LEVERS = ["fp32", "channels_last", "bf16", "kept_bf16"]  # teacher_inference_mode is a patch, not an option
+
+
+def logged_rates(metrics: Path) -> list[tuple[int, float]]:
+    """(step, it_s) of every "train" record written so far."""
+    if not metrics.is_file():
+        return []
+    out = []
+    for line in metrics.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:  # a line being written
+            continue
+        if r.get("type") == "train" and r.get("it_s"):
+            out.append((int(r["step"]), float(r["it_s"])))
+    return out
+
+
+def run_variant(overrides: list[str], out_dir: Path, steps: int, timeout_s: float) -> list[float]:
+    """One `rc2l train` process until it has logged step ``steps``; its intervals' steps/s."""
+    cmd = [sys.executable, "-m", "rc2l", "train", str(CONFIG), *overrides, f"out_dir={out_dir}"]
+    log = open(out_dir.parent / f"{out_dir.name}.log", "w")
+    proc = subprocess.Popen(cmd, cwd=cm.REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    metrics = out_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            rates = logged_rates(metrics)
+            if rates and rates[-1][0] >= steps:
+                return [r for _, r in rates]
+            if proc.poll() is not None:
+                tail = (out_dir.parent / f"{out_dir.name}.log").read_text()[-2000:]
+                raise RuntimeError(f"rc2l train exited with {proc.returncode} before step {steps}:\n{tail}")
+            time.sleep(0.5)
+        raise RuntimeError(f"rc2l train did not reach step {steps} in {timeout_s:.0f} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # nothing of the run is kept: no checkpoint wanted
+        proc.wait()
+        log.close()
+
+
+def parse(argv):
+    p = cm.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=50, help="steps per run (the first logged interval is dropped)")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2, help="runs per variant, alternating with the others")
+    p.add_argument("--methods", nargs="+", default=["supervised", "rc2l"], choices=["supervised", "rc2l"])
+    p.add_argument("--levers", nargs="+", default=FRESH_LEVERS, choices=FRESH_LEVERS)
+    p.add_argument("--data-root", default="", help="CamVid root (as train_speed.py)")
+    p.add_argument("--run-timeout", type=float, default=900.0, help="seconds one run may take")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.log_every, args.rounds = 4, 2, 1
+    if args.steps < 2 * args.log_every:
+        raise SystemExit("error: --steps must be at least 2 × --log-every (the first interval is dropped)")
+    args.mem = "off"
+    return cm.finish_args(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    meta = cm.run_meta(NAME, args, argv, __file__)
+    tmp = Path(tempfile.mkdtemp(prefix="rc2l_train_speed_fresh_"))
+    try:
+        data, data_desc = data_overrides(args, tmp)
+        threads = args.threads or os.cpu_count() or 1
+        base = [
+            "data.split=1_8",
+            "semi.start_iter=0",
+            "semi.rampup_iters=0",
+            "train.progress=false",
+            f"train.threads={threads}",
+            f"train.iters={args.steps + args.log_every}",
+            f"train.log_every={args.log_every}",
+            f"train.eval_every={10**9}",
+            f"train.save_every={10**9}",
+            *data,
+            *(QUICK if args.quick else []),
+        ]
+        rates: dict[tuple[str, str], list[float]] = {}
+        for rnd in range(args.rounds):
+            for method in args.methods:
+                for lever in args.levers:
+                    out = tmp / f"{method}_{lever}_{rnd}"
+                    got = run_variant(base + LEVERS[lever][0] + [f"method={method}"], out, args.steps, args.run_timeout)
+                    rates.setdefault((method, lever), []).append(cm.med(got[1:]))
+                    print(f"round {rnd}: {method} / {lever}: {rates[method, lever][-1]:.3f} steps/s", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rows = []
+    for (method, lever), per_round in rates.items():
+        sps = cm.med(per_round)
+        ref = cm.med(rates[method, "fp32"]) if (method, "fp32") in rates else None
+        rows.append(
+            {
+                "method": method,
+                "lever": lever,
+                "what": LEVERS[lever][1],
+                "steps_per_s": sps,
+                "steps_per_s_rounds": per_round,
+                "reference": "fp32" if ref else None,
+                "speedup": sps / ref if ref else None,
+                "ratio_vs_reference": ref / sps if ref else None,  # time ratio, as the other benchmarks
+            }
+        )
+    meta.update(data=data_desc, threads=threads, steps=args.steps, rounds=args.rounds)
+    cm.publish(NAME, args, meta, rows, render(rows, meta, args))
+    return 0
+
+
+def render(rows: list[dict], meta: dict, args) -> str:
+    table = [
+        [
+            r["method"],
+            r["lever"],
+            r["what"],
+            f"{r['steps_per_s']:.3f}",
+            ", ".join(f"{x:.3f}" for x in r["steps_per_s_rounds"]),
+            f"**{r['speedup']:.2f}×**" if r["speedup"] else "–",
+        ]
+        for r in rows
+    ]
+    return "\n".join(
+        [
+            f"Data: {meta['data']}. Each variant a fresh `rc2l train` process, {meta['threads']} torch thread(s), "
+            f"{args.steps} steps logged every {args.log_every} (first interval dropped), {args.rounds} round(s) "
+            "alternating the variants; semi.start_iter=0 for rc2l.",
+            "",
+            cm.markdown_table(["method", "lever", "what", "steps/s (median)", "per round", "speed-up vs fp32"], table),
+        ]
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
