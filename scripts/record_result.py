@@ -166,6 +166,11 @@ def main() -> None:
     ap.add_argument("--commit", help="the commit it ran at (default: the run's own start records, else HEAD)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results.json"))
     ap.add_argument("--compare", metavar="OUT_DIR", help="record every finished run of an `rc2l compare` folder")
+    ap.add_argument(
+        "--outside-study",
+        action="store_true",
+        help="with --compare: keep the runs out of the --seeds tables (a check that reruns a study row, e.g. for speed)",
+    )
     ap.add_argument("--table", metavar="DATASET:SPLIT", help="print the recorded rows as markdown and exit")
     ap.add_argument("--where", default="", help="with --table: only rows whose machine contains this text")
     ap.add_argument("--iters", type=int, help="with --table: only rows of this schedule (train.iters)")
@@ -205,12 +210,13 @@ def main() -> None:
     if a.compare:
         for r in json.loads((Path(a.compare) / "compare.json").read_text()):
             if r.get("returncode") == 0 and "final_miou" in r:
+                kind = "check row" if a.outside_study else "compare row"
                 record(
                     Path(r["run_dir"]),
                     "rc2l " + r["command"].removeprefix("-m rc2l "),
-                    f"{a.note} compare row '{r['row']}'".strip(),
+                    f"{a.note} {kind} '{r['row']}'".strip(),
                     a,
-                    {"compare_row": r["row"], "wall_s": round(r["wall_s"], 1), "jobs": r.get("jobs", 1)},
+                    {kind.replace(" ", "_"): r["row"], "wall_s": round(r["wall_s"], 1), "jobs": r.get("jobs", 1)},
                 )
         return
     if not a.run_dir or not a.command:

@@ -171,3 +171,25 @@ def test_seeds_table_over_recorded_compare_rows(tmp_path):
     assert fig.stat().st_size > 0
     empty = subprocess.run(cmd[:3] + ["camvid:1_4", "--out", str(out)], capture_output=True, text=True)
     assert empty.returncode != 0 and "no recorded compare row of camvid:1_4" in empty.stderr
+
+
+def test_compare_folder_recorded_inside_or_outside_the_study(tmp_path):
+    """--compare records each finished run with its wall time; --outside-study keeps a check that
+    reruns a study row (a speed pair) out of the --seeds table, where it would replace that seed."""
+    run = _run_folder(tmp_path)
+    folder = tmp_path / "cmp"
+    folder.mkdir()
+    done = {"returncode": 0, "final_miou": 52.5, "run_dir": str(run), "wall_s": 123.44, "command": "-m rc2l train x"}
+    (folder / "compare.json").write_text(json.dumps([{**done, "row": "rc2l"}, {"row": "stopped", "returncode": -15}]))
+    base = [sys.executable, str(SCRIPT), "--compare", str(folder)]
+    study, check = tmp_path / "study.json", tmp_path / "check.json"
+    subprocess.run(base + ["--out", str(study)], check=True, capture_output=True)
+    subprocess.run(base + ["--outside-study", "--out", str(check)], check=True, capture_output=True)
+    (s,), (c,) = json.loads(study.read_text()), json.loads(check.read_text())
+    assert s["compare_row"] == "rc2l" and s["wall_s"] == 123.4 and s["command"] == "rc2l train x"
+    assert c["check_row"] == "rc2l" and "compare_row" not in c and c["wall_s"] == 123.4
+    assert "compare row" not in c["note"]
+    seeds = [sys.executable, str(SCRIPT), "--seeds", "camvid:1_8"]
+    assert subprocess.run(seeds + ["--out", str(study)], capture_output=True).returncode == 0
+    missing = subprocess.run(seeds + ["--out", str(check)], capture_output=True, text=True)
+    assert missing.returncode != 0 and "no recorded compare row" in missing.stderr
