@@ -54,7 +54,7 @@ QUICK = [
 ]
 # name → (config overrides, what it is); "fp32" is the reference: today's defaults
 LEVERS = {
-    "fp32": ([], "today's default: fp32, NCHW, decode every read"),
+    "fp32": ([], "the config's defaults: fp32, NCHW (data.cache as configs/camvid.yaml sets it)"),
     "bf16": (["train.amp=bf16"], "bf16 autocast (train.amp=bf16)"),
     "channels_last": (["train.channels_last=true"], "model and batches NHWC (train.channels_last=true)"),
     "cache": (["data.cache=true"], "decoded images in RAM (data.cache=true)"),

@@ -4,12 +4,11 @@ from the run's metrics.jsonl, the numbers a full run logs.
 
     python benchmarks/train_speed_fresh.py [--steps 50] [--rounds 2] [--data-root PATH] [--quick]
 
-Why beside train_speed.py: that script times all variants' steps interleaved inside one process,
-and on a 2-core Xeon (AMX) it put bf16 autocast at 1.16–1.29× while a fresh `rc2l train` with
-train.amp=bf16 on the same processor logged 0.79–0.85× of fp32's steps/s. Here the variants run
-one after the other, in rounds (A, B, C, A, B, C, …) so slow drift of the machine hits all of
-them; a run is stopped once it has logged its last step (its final evaluation is not waited
-for). The first logged interval (start-up, first batches) is dropped; the median of the others is
+Why beside train_speed.py, which times all variants' steps interleaved inside one process:
+that is not how anyone trains, and a lever that pays there could still lose in a real run (the
+trainer loop, data loading, one model per process). Here the variants run one after the other,
+in rounds (A, B, C, A, B, C, …) so slow drift of the machine hits all of them; a run is stopped
+once it has logged its last step (its final evaluation is not waited for). The first logged interval (start-up, first batches) is dropped; the median of the others is
 a run's steps/s, and a variant's is the median over rounds. rc2l runs with semi.start_iter=0 so
 every step has its unlabeled branch. Data as train_speed.py: real CamVid when present, else
 random 480×360 images in its layout; data.cache=true (the config's) fills during the run, so the

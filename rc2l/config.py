@@ -118,9 +118,9 @@ class TrainConfig:
     poly_power: float = 0.9
     clip_grad: float = 1.0  # max grad norm, 0 = off
     accum_steps: int = 1  # gradient accumulation: global batch = batch * accum * world
-    # off | bf16 | fp16 | auto (bf16 where the hardware has it: CUDA with bf16, CPUs with
-    # AVX512-BF16 or AMX; else off). Not the default: bf16 must first match fp32's accuracy
-    # on a full run (issue 15), and auto would make one config train differently per machine.
+    # off | bf16 | fp16 | auto (bf16 where the hardware computes it fast: CUDA with bf16, CPUs
+    # with AMX; else off). Not the default: bf16 must first match fp32's accuracy on a full run
+    # (issue 15), and auto would make one config train differently per machine.
     amp: str = "off"
     channels_last: bool = False  # model weights and input batches in NHWC memory format
     device: str = "auto"  # auto | cpu | cuda

@@ -17,12 +17,14 @@ from rc2l.engine.distributed import all_reduce_sum
 from rc2l.provenance import read_cpuinfo
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# AMX only: a 2-core Xeon VM with AVX512-BF16 but no AMX ran a bf16 matmul at half the fp32 rate
+# (174 vs 327 GFLOP/s) and CamVid training at 0.8x fp32's steps/s (docs/benchmarks.md, section 4)
+BF16_CPU_FLAGS = ("amx_bf16",)
 
 
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX flags in /proc/cpuinfo): only
-    then is CPU bf16 autocast faster than fp32 rather than emulated. False where unreadable."""
+    """Whether the CPU computes bf16 faster than fp32 (AMX in /proc/cpuinfo): only then does CPU
+    bf16 autocast pay. False where unreadable."""
     flags = set()
     for line in (read_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
         if line.startswith("flags"):
@@ -32,7 +34,7 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
 
 def resolve_amp(amp: str, device: torch.device | str, cpuinfo: str | None = None) -> str:
     """train.amp with "auto" resolved: bf16 on CUDA devices that support it and on CPUs with
-    native bf16 (``cpu_has_bf16``), else "off"; other values are returned as they are."""
+    AMX (``cpu_has_bf16``), else "off"; other values are returned as they are."""
     if amp != "auto":
         return amp
     device = torch.device(device)
