@@ -287,18 +287,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(args, tmp: Path) -> tuple[list[dict], dict]:
-    data, data_desc = data_overrides(args, tmp)
-    threads = args.threads or torch.get_num_threads()
-    base = [
+def base_overrides(args, data: list[str], threads: int) -> list[str]:
+    """The recipe as every lever runs it: 1/8 split, unlabeled losses from step 0, no progress bar."""
+    return [
         "data.split=1_8",
         "semi.start_iter=0",
         "train.progress=false",
-        "data.workers=0",
         f"train.threads={threads}",
         *data,
         *(QUICK if args.quick else []),
     ]
+
+
+def run(args, tmp: Path) -> tuple[list[dict], dict]:
+    data, data_desc = data_overrides(args, tmp)
+    threads = args.threads or torch.get_num_threads()
+    base = [*base_overrides(args, data, threads), "data.workers=0"]
     rows, extra = [], {"data": data_desc, "threads": threads, "reps": args.reps}
     peak = matmul_peak(args.matmul, max(args.reps, 3))
     extra["peak_flops"] = peak

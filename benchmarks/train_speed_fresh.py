@@ -31,7 +31,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common as cm
-from benchmarks.train_speed import CONFIG, LEVERS, QUICK, data_overrides
+from benchmarks.train_speed import CONFIG, LEVERS, base_overrides, data_overrides
 
 NAME = "train_speed_fresh"
 FRESH_LEVERS = ["fp32", "channels_last", "bf16", "kept_bf16"]  # teacher_inference_mode is a patch, not an option
@@ -55,7 +55,8 @@ def logged_rates(metrics: Path) -> list[tuple[int, float]]:
 def run_variant(overrides: list[str], out_dir: Path, steps: int, timeout_s: float) -> list[float]:
     """One `rc2l train` process until it has logged step ``steps``; its intervals' steps/s."""
     cmd = [sys.executable, "-m", "rc2l", "train", str(CONFIG), *overrides, f"out_dir={out_dir}"]
-    log = open(out_dir.parent / f"{out_dir.name}.log", "w")
+    log_path = out_dir.parent / f"{out_dir.name}.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=cm.REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     metrics = out_dir / "metrics.jsonl"
     deadline = time.monotonic() + timeout_s
@@ -65,7 +66,7 @@ def run_variant(overrides: list[str], out_dir: Path, steps: int, timeout_s: floa
             if rates and rates[-1][0] >= steps:
                 return [r for _, r in rates]
             if proc.poll() is not None:
-                tail = (out_dir.parent / f"{out_dir.name}.log").read_text()[-2000:]
+                tail = log_path.read_text()[-2000:]
                 raise RuntimeError(f"rc2l train exited with {proc.returncode} before step {steps}:\n{tail}")
             time.sleep(0.5)
         raise RuntimeError(f"rc2l train did not reach step {steps} in {timeout_s:.0f} s")
@@ -102,17 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         data, data_desc = data_overrides(args, tmp)
         threads = args.threads or os.cpu_count() or 1
         base = [
-            "data.split=1_8",
-            "semi.start_iter=0",
+            *base_overrides(args, data, threads),
             "semi.rampup_iters=0",
-            "train.progress=false",
-            f"train.threads={threads}",
             f"train.iters={args.steps + args.log_every}",
             f"train.log_every={args.log_every}",
             f"train.eval_every={10**9}",
             f"train.save_every={10**9}",
-            *data,
-            *(QUICK if args.quick else []),
         ]
         rates: dict[tuple[str, str], list[float]] = {}
         for rnd in range(args.rounds):
