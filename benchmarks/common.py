@@ -385,7 +385,9 @@ def meta_block(meta: dict) -> str:
 
 
 def section_key(name: str, args) -> str:
-    return f"{name}/{args.device}" + ("+amp" if args.amp else "")
+    """``name/device[+amp]``, then ``args.block`` where a script measured a subset of its usual
+    table (so it does not overwrite the full block)."""
+    return f"{name}/{args.device}" + ("+amp" if args.amp else "") + getattr(args, "block", "")
 
 
 def publish(name: str, args, meta: dict, rows: list[dict], markdown: str) -> None:

@@ -59,10 +59,16 @@ LEVERS = {
     "channels_last": (["train.channels_last=true"], "model and batches NHWC (train.channels_last=true)"),
     "cache": (["data.cache=true"], "decoded images in RAM (data.cache=true)"),
     "teacher_inference_mode": ([], "EMA teacher forward under torch.inference_mode (benchmark-only patch)"),
+    "compile": ([], "torch.compile (inductor) of backbone + pixel decoder, student and teacher (benchmark-only patch)"),
+    "points": (["loss.num_points=12544"], "mask losses on 112² sampled points, as Mask2Former (changes the loss)"),
     "cache_workers2": (["data.cache=true", "data.workers=2"], "cache + 2 loader workers per stream"),
     "kept": (["train.channels_last=true", "data.cache=true"], "the accuracy-neutral levers together"),
     "kept_bf16": (["train.channels_last=true", "data.cache=true", "train.amp=bf16"], "kept + bf16 (not a default)"),
 }
+
+# asked for by name (--levers fp32 compile points): compile's first step compiles for minutes,
+# points changes the loss, so it would need a full run's accuracy before it could be kept
+DEFAULT_LEVERS = [lv for lv in LEVERS if lv not in ("compile", "points")]
 
 
 # ----------------------------------------------------------------------------- data
@@ -123,6 +129,8 @@ def build(method: str, lever: str, base: list[str], tmp: Path):
     tr = Trainer(load_config(CONFIG, over))
     if lever == "teacher_inference_mode":
         patch_teacher_inference_mode(tr.method.teacher)
+    if lever == "compile":
+        patch_compile(tr.model, tr.method.teacher)
     if tr.cfg.data.cache:  # steady state: every image decoded once already (before workers fork)
         for ds in tr.datasets.values():
             if ds is not None and hasattr(ds, "_read"):
@@ -151,6 +159,17 @@ def patch_teacher_inference_mode(teacher) -> None:
             return forward(*a, **k)
 
     teacher.forward = fwd
+
+
+def patch_compile(*nets) -> None:
+    """Compile the convolutional parts (backbone, pixel decoder) of each net in place, after the
+    teacher was copied from the student: a deep copy of a compiled module would call the
+    original's forward. The transformer decoder and the losses stay eager (their shapes change
+    with the matched regions). The first, untimed step pays the compilation."""
+    for net in nets:
+        if net is not None:
+            net.backbone.compile()
+            net.pixel_decoder.compile()
 
 
 def grouped_conv_backward_flop(
@@ -258,7 +277,7 @@ def parse(argv):
     p = cm.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=5, help="timed steps per variant (after one warm-up)")
     p.add_argument("--methods", nargs="+", default=["supervised", "rc2l"], choices=["supervised", "rc2l"])
-    p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
+    p.add_argument("--levers", nargs="+", default=DEFAULT_LEVERS, choices=list(LEVERS))
     p.add_argument(
         "--data-root",
         default="",
@@ -271,6 +290,10 @@ def parse(argv):
     if args.quick:
         args.reps, args.eval_images, args.matmul, args.top = 1, 2, 128, 5
     args.mem = "off"
+    if "fp32" not in args.levers:
+        p.error("--levers must include fp32, the reference")
+    # a subset of levers goes into a block of its own: train_speed/cpu:fp32-compile
+    args.block = "" if args.levers == DEFAULT_LEVERS else ":" + "-".join(args.levers)
     return cm.finish_args(args)
 
 
@@ -311,9 +334,11 @@ def run(args, tmp: Path) -> tuple[list[dict], dict]:
         trainers = {lv: build(method, lv, base, tmp) for lv in levers}
         times = cm.interleaved({lv: s for lv, (_, s) in trainers.items()}, "cpu", args.reps)
         ref = cm.med(times["fp32"])
+        # a compiled graph runs no aten ops the counter can see: it does the fp32 step's arithmetic
+        counted = {lv: step_flops(*trainers[lv]) for lv in levers if lv != "compile"}
         for lv in levers:
             tr, step = trainers[lv]
-            flops = step_flops(tr, step)
+            flops = counted.get(lv, counted["fp32"])
             t = cm.med(times[lv])
             dtype = "bf16" if tr.amp_dtype is torch.bfloat16 else "fp32"
             lo, hi = cm.iqr(times[lv])

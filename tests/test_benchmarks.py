@@ -195,7 +195,7 @@ def test_train_speed_quick(bench, tmp_path):
     assert meta["quick"] and meta["peak_flops"]["fp32"] > 0 and meta["peak_flops"]["bf16"] > 0
     rows = [r for r in data["rows"] if r["run"] == "train_speed/cpu"]
     steps = {(r["method"], r["lever"]): r for r in rows if r["kind"] == "step"}
-    expected = {(meth, lv) for meth in ("supervised", "rc2l") for lv in m.LEVERS}
+    expected = {(meth, lv) for meth in ("supervised", "rc2l") for lv in m.DEFAULT_LEVERS}
     assert set(steps) == expected - {("supervised", "teacher_inference_mode")}
     for (meth, lv), r in steps.items():
         assert r["step_s"] > 0 and r["flops_per_step"] > 0 and 0 < r["share_of_peak"]
@@ -209,6 +209,16 @@ def test_train_speed_quick(bench, tmp_path):
     evals = {r["variant"] for r in rows if r["kind"] == "eval"}
     assert evals == {"fp32_bs1", "fp32_bs8", "bf16_bs1", "bf16_bs8"}
     assert "<!-- BEGIN train_speed/cpu" in md and "speed-up vs fp32" in md and "Top ops" in md
+
+
+def test_train_speed_lever_subset_gets_its_own_block(bench):
+    """A subset of levers (compile is only run by name) must not overwrite the full table's block,
+    and the fp32 reference cannot be left out."""
+    m = bench("train_speed")
+    assert "compile" not in m.DEFAULT_LEVERS and m.parse([]).block == ""
+    assert m.parse(["--levers", "fp32", "compile"]).block == ":fp32-compile"
+    with pytest.raises(SystemExit):
+        m.parse(["--levers", "compile"])
 
 
 def test_train_speed_fresh_quick(bench, tmp_path):
