@@ -41,7 +41,7 @@ DL_RATES="supervised (deeplabv3plus, ASPP 2/4/6): method=supervised model.arch=d
 DL_SGD="supervised (deeplabv3plus, SGD): method=supervised model.arch=deeplabv3plus train.optimizer=sgd train.lr=0.01 train.backbone_lr_mult=0.1 train.weight_decay=0.0001 train.clip_grad=0"
 python3 -m rc2l compare "${COMMON[@]}" data.split=1_8 --preset study --out "$RUNS/camvid_1_8" --jobs 12 --budget "$BUDGET" \
   --row "$DL_RATES" --row "$DL_SGD" \
-  --run 'unimatch τ0.7:0' --run 'rc2l + unimatch perturbations:0' \
+  --run 'unimatch τ0.7:0' --run 'rc2l + unimatch perturbations:1' --run 'rc2l + unimatch perturbations:2' \
   --run 'supervised (deeplabv3plus, ASPP 2/4/6):0' --run 'supervised (deeplabv3plus, SGD):0' \
   --run 'unimatch (deeplabv3plus):2' \
   --run 'rc2l region terms only:1' --run 'rc2l region terms only:2' \
