@@ -49,7 +49,7 @@ python3 -m rc2l compare "${COMMON[@]}" data.split=1_8 --preset study --out "$RUN
 A=$!
 sleep 20 # the 1/8 rows take the first places
 python3 -m rc2l compare "${COMMON[@]}" data.split=1_4 --preset study --out "$RUNS/camvid_1_4" --jobs 4 --budget $((BUDGET - 20)) \
-  --run 'unimatch:0' --run 'unimatch (deeplabv3plus):0' >"$RUNS/compare_1_4.log" 2>&1 &
+  --run 'unimatch (deeplabv3plus):0' >"$RUNS/compare_1_4.log" 2>&1 &
 B=$!
 wait $A $B
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$OUT/device.txt"
