@@ -39,13 +39,17 @@ COMMON=(configs/camvid.yaml data.root=.dev/camvid train.threads=1)
 # 192×256 crop, and DeepLab's/UniMatch's SGD (head lr 0.01, backbone 0.001, no clipping).
 DL_RATES="supervised (deeplabv3plus, ASPP 2/4/6): method=supervised model.arch=deeplabv3plus model.aspp_rates=[2,4,6]"
 DL_SGD="supervised (deeplabv3plus, SGD): method=supervised model.arch=deeplabv3plus train.optimizer=sgd train.lr=0.01 train.backbone_lr_mult=0.1 train.weight_decay=0.0001 train.clip_grad=0"
+# rc2l's and unimatch's curves are still rising at step 2,000: does the order hold at 4,000?
+LONG=(--row "supervised 4k: method=supervised train.iters=4000" --row "rc2l 4k: method=rc2l train.iters=4000"
+  --row "unimatch 4k: method=unimatch train.iters=4000")
 python3 -m rc2l compare "${COMMON[@]}" data.split=1_8 --preset study --out "$RUNS/camvid_1_8" --jobs 12 --budget "$BUDGET" \
   --row "$DL_RATES" --row "$DL_SGD" \
   --run 'unimatch τ0.7:0' --run 'rc2l + unimatch perturbations:1' --run 'rc2l + unimatch perturbations:2' \
   --run 'supervised (deeplabv3plus, ASPP 2/4/6):0' --run 'supervised (deeplabv3plus, SGD):0' \
   --run 'unimatch (deeplabv3plus):2' \
   --run 'rc2l region terms only:1' --run 'rc2l region terms only:2' \
-  --run 'unimatch:0' --run 'rc2l:0' >"$RUNS/compare_1_8.log" 2>&1 &
+  --run 'unimatch:0' --run 'rc2l:0' \
+  "${LONG[@]}" --run 'supervised 4k:0' --run 'rc2l 4k:0' --run 'unimatch 4k:0' >"$RUNS/compare_1_8.log" 2>&1 &
 A=$!
 sleep 20 # the 1/8 rows take the first places
 python3 -m rc2l compare "${COMMON[@]}" data.split=1_4 --preset study --out "$RUNS/camvid_1_4" --jobs 4 --budget $((BUDGET - 20)) \
