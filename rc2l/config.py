@@ -130,6 +130,9 @@ class TrainConfig:
     deterministic: bool = False
     max_bad_steps: int = 5  # consecutive NaN/Inf losses before stopping
     threads: int = 0  # torch CPU threads, 0 = PyTorch default
+    # glibc: keep freed activations mapped instead of page-faulting them in again every step
+    # (rc2l/engine/malloc.py); the process keeps its peak memory. Numerics unchanged
+    keep_freed_memory: bool = True
     progress: bool = True
 
 

@@ -228,12 +228,15 @@ def test_train_speed_fresh_quick(bench, tmp_path):
     args = ["--quick", "--threads", "1", "--methods", "rc2l", "--levers", "fp32", "channels_last"]
     assert m.main([*args, "--out", str(tmp_path)]) == 0
     data, md = read_out(tmp_path)
-    rows = [r for r in data["rows"] if r["run"] == "train_speed_fresh/cpu"]
+    # a subset of the usual runs gets a block of its own, leaving the full table's block alone
+    block = "train_speed_fresh/cpu:rc2l-fp32-channels_last"
+    assert m.parse([]).block == "" and m.parse(args).block == block[len("train_speed_fresh/cpu") :]
+    rows = [r for r in data["rows"] if r["run"] == block]
     assert [(r["method"], r["lever"]) for r in rows] == [("rc2l", "fp32"), ("rc2l", "channels_last")]
     for r in rows:
-        assert r["steps_per_s"] > 0 and len(r["steps_per_s_rounds"]) == 1
+        assert r["steps_per_s"] > 0 and len(r["steps_per_s_rounds"]) == 1 and 0 <= r["kernel_share"] < 1
         assert r["speedup"] == pytest.approx(r["steps_per_s"] / rows[0]["steps_per_s"])
-    assert "<!-- BEGIN train_speed_fresh/cpu" in md and "fresh `rc2l train` process" in md
+    assert f"<!-- BEGIN {block}" in md and "fresh `rc2l train` process" in md
 
 
 def test_train_speed_fresh_names_a_run_that_fails(bench, tmp_path):

@@ -1,9 +1,14 @@
 """The speed options of issue 15 (train.amp=auto, train.channels_last, data.cache,
-eval.batch_size) change how fast rc2l runs, never what it computes: each test compares the
+eval.batch_size, train.keep_freed_memory) change how fast rc2l runs, never what it computes: each test compares the
 option against the plain path. How much they pay is benchmarks/train_speed.py's business."""
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+
+import pytest
 import torch
 from conftest import data_config
 
@@ -155,3 +160,40 @@ def test_batched_evaluation_gives_the_identical_confusion_matrix():
     native = _val_batches([(32, 48)] * 3, label_scale=1.5)
     ref = evaluate(model, native, 5, "original", (24, 24), 2 / 3, batch_size=1)
     assert ref["pixels"] > 3 * 32 * 48 and evaluate(model, native, 5, batch_size=3)["confusion"] == ref["confusion"]
+
+
+FAULTS = """
+import resource, sys, torch
+from rc2l.engine.malloc import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+faults = []
+for _ in range(10):  # a step's pattern: large activations allocated, freed, allocated again
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x, y = torch.ones(2**25), torch.ones(2**23)  # 128 + 32 MiB, over glibc's largest mmap threshold
+    del x, y
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sum(faults[5:]))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keep_freed_memory_stops_refaulting_freed_blocks():
+    """Once the heap has grown to the pattern's size, freed blocks come back without their
+    pages being faulted in again; by default every cycle faults all 40,960 pages anew."""
+    faults = {}
+    for mode in ("default", "keep"):
+        out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
+        faults[mode] = int(out.stdout.split()[-1])
+    assert faults["default"] > 5 * 30000 and faults["keep"] < 3000, faults
+
+
+def test_trainer_keeps_freed_memory_only_when_configured(tmp_path, monkeypatch):
+    import rc2l.engine.train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    for flag, calls_after in (("true", 1), ("false", 1)):
+        over = [f"out_dir={tmp_path}/{flag}", f"train.keep_freed_memory={flag}"]
+        Trainer(load_config("configs/synthetic.yaml", TINY + over))
+        assert len(calls) == calls_after

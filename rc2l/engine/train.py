@@ -22,6 +22,7 @@ from rc2l.data.sampler import ResumableSampler, SeededDataset, StreamPosition
 from rc2l.engine import distributed as D
 from rc2l.engine.checkpoint import load_state, model_meta, save_state, save_weights
 from rc2l.engine.evaluate import AMP_DTYPES, evaluate, resolve_amp, val_loader
+from rc2l.engine.malloc import keep_freed_memory
 from rc2l.engine.methods import METHODS
 from rc2l.engine.metrics_log import MetricsLog
 from rc2l.engine.model_dir import command_line, write_model_dir
@@ -122,6 +123,8 @@ class Trainer:
         self.device = D.init_distributed(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
+        if cfg.train.keep_freed_memory:
+            keep_freed_memory()
         if cfg.train.deterministic:
             # cuBLAS is deterministic only with a fixed workspace; TF32 rounds differently per kernel choice.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
