@@ -1,6 +1,7 @@
 """The speed options of issue 15 (train.amp=auto, train.channels_last, data.cache,
-eval.batch_size, train.keep_freed_memory) change how fast rc2l runs, never what it computes: each test compares the
-option against the plain path. How much they pay is benchmarks/train_speed.py's business."""
+eval.batch_size, train.keep_freed_memory) change how fast rc2l runs, never what it computes:
+each test compares the option against the plain path. How much they pay is the business of
+benchmarks/train_speed.py and train_speed_fresh.py."""
 
 from __future__ import annotations
 
