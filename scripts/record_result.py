@@ -216,7 +216,11 @@ def main() -> None:
                     "rc2l " + r["command"].removeprefix("-m rc2l "),
                     f"{a.note} {kind} '{r['row']}'".strip(),
                     a,
-                    {kind.replace(" ", "_"): r["row"], "wall_s": round(r["wall_s"], 1), "jobs": r.get("jobs", 1)},
+                    {
+                        kind.replace(" ", "_"): r["row"],
+                        "wall_s": round(r["wall_s"], 1) if r.get("wall_s") is not None else None,
+                        "jobs": r.get("jobs", 1),
+                    },
                 )
         return
     if not a.run_dir or not a.command:
@@ -236,6 +240,7 @@ def record(run: Path, command: str, note: str, a: argparse.Namespace, extra: dic
     best = max(evals, key=lambda r: r["miou"])
     last = max(r["step"] for r in evals)
     train = [r for r in records if r.get("type") == "train"]
+    ends = [r for r in records if r.get("type") == "end"]
     row = {
         "dataset": cfg["data"]["name"],
         "labeled": labeled_count(run),
@@ -267,6 +272,7 @@ def record(run: Path, command: str, note: str, a: argparse.Namespace, extra: dic
         or run_device(records, cfg["train"].get("threads"))
         or f"{platform.machine()} {platform.processor() or ''} cpu".strip(),
         "note": note,
+        **({"wall_s": None if ends[-1]["wall_s"] is None else round(ends[-1]["wall_s"], 1)} if ends else {}),
         **(extra or {}),
     }
     out = Path(a.out)

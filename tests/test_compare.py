@@ -223,3 +223,49 @@ def test_budget_end_stops_running_runs_and_lists_them_apart(tmp_path, monkeypatc
     assert "| a |" not in (out / "compare.md").read_text()
     with pytest.raises(SystemExit, match="ROW:SEED"):
         main([*args, "--run", "b:1"])
+
+
+def test_a_continued_run_reports_the_wall_time_of_all_its_parts_or_none(tmp_path, monkeypatch):
+    """A run stopped (SIGTERM, a lost session) and continued by a later command: the process that
+    finishes it saw one part. The row takes the trainer's own total (its 'end' record); a run
+    without one gets no wall time rather than that part's."""
+    import rc2l.engine.compare as compare
+
+    def fake_run_row(config, overrides, out_dir, log_path, on_start=None):
+        seed = int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])
+        recs = [
+            {"type": "start", "step": 0},
+            {"type": "start", "step": 5},  # continued from step 5
+            {"step": 10, "split": "val", "mode": "original", "model": "student", "miou": 50.0},
+        ]
+        if seed == 1:
+            recs.append({"type": "end", "step": 10, "wall_s": 300.0, "wall_s_this_part": 100.0})
+        (out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        (out_dir / "last.safetensors").write_bytes(b"")
+        return {"wall_s": 100.0, "peak_rss_mib": 1.0, "returncode": 0, "command": "train"}
+
+    monkeypatch.setattr(compare, "run_row", fake_run_row)
+    monkeypatch.setattr(compare, "check_row_folder", lambda *a: None)
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "compare",
+                "configs/synthetic.yaml",
+                "--out",
+                str(out),
+                "--row",
+                "a: method=supervised",
+                "--seeds",
+                "0",
+                "1",
+            ]
+        )
+        == 0
+    )
+    runs = json.loads((out / "compare.json").read_text())
+    assert [(r["seed"], r["resumed_at"], r["wall_s"], r["wall_s_this_part"]) for r in runs] == [
+        (0, 5, None, 100.0),
+        (1, 5, 300.0, 100.0),
+    ]
+    assert "| 5.0 |" in (out / "compare.md").read_text()  # the known total only: 300 s

@@ -140,10 +140,19 @@ def test_in_process_signal_stop_and_resume_semi_rc2l(tmp_path, monkeypatch):
     monkeypatch.setattr(RC2L, "step", stop_at_2)
     out = train_inprocess(tmp_path / "run", *extra)
     assert out == {"interrupted": True, "step": 2}
+    first_part = load_state(tmp_path / "run" / "state.pt")["wall_s"]
     monkeypatch.setattr(RC2L, "step", real)
-    train_inprocess(tmp_path / "run", *extra, "resume=auto")
+    out = train_inprocess(tmp_path / "run", *extra, "resume=auto")
     st = load_state(tmp_path / "run" / "state.pt")
     assert st["step"] == 4
+    # the run's wall time counts both parts, not only the process that finished it
+    (end,) = [
+        r
+        for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+        if r.get("type") == "end"
+    ]
+    assert 0 < first_part and 0 < end["wall_s_this_part"]
+    assert end["wall_s"] == pytest.approx(first_part + end["wall_s_this_part"], abs=0.5) == out["wall_s"]
     for part in ("model", "teacher", "heads"):
         assert_equal_tensors(st[part], ref[part], part)
     assert st["data"] == ref["data"] and st["data"]["unlabeled"]["position"] > 0
@@ -232,3 +241,22 @@ def test_resume_restores_the_numpy_and_python_rng(tmp_path, reference):
             assert np.random.random() == np.random.RandomState(1234).random(8)[-1]
         finally:
             np.random.set_state(np_state), random.setstate(py_state)
+
+
+def test_resume_from_a_state_without_wall_time_says_the_total_is_unknown(tmp_path, caplog):
+    """A state saved before the wall time was kept: the finished run's total is None, not this part's."""
+    import logging
+
+    from rc2l.engine.checkpoint import save_state
+
+    run = tmp_path / "run"
+    train_inprocess(run, "train.iters=2", "train.eval_every=100")
+    st = load_state(run / "state.pt")
+    del st["wall_s"]
+    save_state(st, run / "state.pt")
+    with caplog.at_level(logging.INFO, logger="rc2l"):
+        out = train_inprocess(run, "train.iters=3", "train.eval_every=100", "resume=auto")
+    assert out["wall_s"] is None
+    assert "the earlier parts' time is unknown" in caplog.text
+    ends = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("type") == "end"]
+    assert ends[-1]["wall_s"] is None and ends[-1]["wall_s_this_part"] > 0

@@ -81,12 +81,15 @@ def run_summary(run_dir: Path) -> dict:
     row = best_and_final(evals)
     final_model = max(row["final"], key=row["final"].get)
     its = sorted(r["it_s"] for r in records if r.get("type") == "train" and "it_s" in r)
+    ends = [r for r in records if r.get("type") == "end"]
     return {
         **row,
         "final_miou": row["final"][final_model],
         "final_model": final_model,
         "curve": better_model_curve((e["step"], e["miou"]) for e in evals),
         "it_s_median": its[len(its) // 2] if its else None,
+        # the trainer's own count covers every resumed part (None where one part's is unknown)
+        **({"wall_s": ends[-1]["wall_s"]} if ends else {}),
     }
 
 
@@ -323,7 +326,9 @@ def run(args) -> int:
         earlier = previous.get((name, seed), {})
         if "stopped_at" in earlier:  # this command continued a run --budget stopped: count both parts
             r["wall_s"] += earlier["wall_s"]
-        r.update(run_dir=str(run_dir), **run_summary(run_dir))
+        elif r["resumed_at"]:  # continued a run stopped otherwise: this process's time is one part of it
+            r["wall_s"] = None
+        r.update(run_dir=str(run_dir), wall_s_this_part=info["wall_s"], **run_summary(run_dir))
         if (
             run_dir in stopped and r.get("final_step") != iters
         ):  # its numbers are those of a cut-off run: kept apart from the table
@@ -340,7 +345,8 @@ def run(args) -> int:
                 f"{r.get('best_miou', float('nan')):.2f}"
             )
         )
-        print(f"{tag}: {ending}, {info['wall_s'] / 60:.1f} min, exit {info['returncode']}", flush=True)
+        took = f"{r['wall_s'] / 60:.1f} min" if r.get("wall_s") else f"{info['wall_s'] / 60:.1f} min in this part"
+        print(f"{tag}: {ending}, {took}, exit {info['returncode']}", flush=True)
 
     waiting = []
     for i, (name, full, seed, run_dir, iters) in enumerate(plan):

@@ -11,13 +11,19 @@ from pathlib import Path
 log = logging.getLogger("rc2l")
 
 
-def summary_line(run_dir: Path, result: dict, seconds: float) -> str:
-    """The line every run ends with: where it is, best and final mIoU (which model), wall time."""
+def summary_line(run_dir: Path, result: dict, seconds: float, earlier: float | None = 0.0) -> str:
+    """The line every run ends with: where it is, best and final mIoU (which model), wall time.
+    ``seconds``: this process's part; ``earlier``: the resumed-from parts' (None: unknown)."""
     best = result["best"]
     final = ", ".join(f"{r['model']} {r['miou']:.2f}" for r in result.get("last_eval") or [])
     best_txt = f"{best['miou']:.2f} ({best['model']}, step {best['step']})" if best.get("model") else "none"
+    took = f"{seconds / 60:.1f} min"
+    if earlier is None:
+        took += " (this part; the earlier parts' time is unknown)"
+    elif earlier > 0:
+        took = f"{(earlier + seconds) / 60:.1f} min ({took} in this part)"
     return (
-        f"finished {result['step']} steps in {seconds / 60:.1f} min: best val mIoU {best_txt}; "
+        f"finished {result['step']} steps in {took}: best val mIoU {best_txt}; "
         f"final {final or 'not evaluated'}; run folder {run_dir}"
     )
 

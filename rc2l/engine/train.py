@@ -119,6 +119,7 @@ class Trainer:
     score. What a step computes is the method's (``rc2l.engine.methods``)."""
 
     def __init__(self, cfg: Config):
+        self.started = time.time()
         self.cfg = cfg
         self.device = D.init_distributed(cfg.train.device)
         if cfg.train.threads > 0:
@@ -176,6 +177,8 @@ class Trainer:
         self.bad_steps = 0
         self.skipped_steps = 0
         self.skipped_samples = 0  # bad samples dropped (data.bad_samples=skip), counted per draw
+        # wall time of the earlier parts of a resumed run (None: a state saved before it was kept)
+        self.earlier_seconds: float | None = 0.0
         self._build_loaders()
         resumed = self._maybe_resume()
         self.log = MetricsLog(self.run_dir, self.main, self.step if resumed else None)
@@ -239,7 +242,13 @@ class Trainer:
             "best": json.dumps(self.best),
             "skipped_steps": self.skipped_steps,
             "skipped_samples": self.skipped_samples,
+            "wall_s": self.wall_seconds(),
         }
+
+    def wall_seconds(self) -> float | None:
+        """Wall time of the whole run so far, every resumed part counted; None if a part's is unknown."""
+        part = time.time() - self.started
+        return None if self.earlier_seconds is None else self.earlier_seconds + part
 
     def save(self) -> None:
         """state.pt (rank 0 writes, atomically); all ranks take part (RNG states are gathered)."""
@@ -319,6 +328,7 @@ class Trainer:
         self.best = json.loads(st["best"])
         self.skipped_steps = st.get("skipped_steps", 0)
         self.skipped_samples = st.get("skipped_samples", 0)
+        self.earlier_seconds = st.get("wall_s")
         if self.main:
             log.info("resumed from %s at step %d", path, self.step)
         return True
@@ -524,7 +534,7 @@ class Trainer:
         c = self.cfg
         its = self._iterators()
         progress = Progress(c.train.iters, self.step, c.method, enabled=self.main and c.train.progress)
-        t0, last_log_step, start = time.time(), self.step, time.time()
+        t0, last_log_step = time.time(), self.step
         self.model.train()
         last_eval = None
         with GracefulStop() as stop:
@@ -566,10 +576,18 @@ class Trainer:
                 "the 'skipping bad sample' warnings above",
                 self.skipped_samples,
             )
+        part = time.time() - self.started
+        result = {
+            "step": self.step,
+            "best": self.best,
+            "last_eval": last_eval,
+            "skipped_samples": self.skipped_samples,
+            "wall_s": self.wall_seconds(),  # every part of a resumed run; None if one's is unknown
+        }
+        self.log.write({"type": "end", "step": self.step, "wall_s": result["wall_s"], "wall_s_this_part": part}, "run")
         self.log.close()
-        result = {"step": self.step, "best": self.best, "last_eval": last_eval, "skipped_samples": self.skipped_samples}
         if self.main:
-            log.info("%s", summary_line(self.run_dir, result, time.time() - start))
+            log.info("%s", summary_line(self.run_dir, result, part, self.earlier_seconds))
         return result
 
 
