@@ -195,7 +195,10 @@ def save_miou_figure(fig, ax, path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("val mIoU")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:  # e.g. every run was stopped before its first evaluation
+        ax.text(0.5, 0.5, "no evaluation yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
