@@ -131,6 +131,7 @@ def _write_metrics(path: Path) -> None:
             )
     recs[:0] = [{"type": "start", "step": 0, "commit": "aaa1111", "torch": "2.14.1", "device": "cpu: X"}]
     recs.insert(4, {"type": "start", "step": 3, "commit": "bbb2222", "torch": "2.14.1", "device": "cuda: H"})
+    recs.append({"type": "end", "step": 6, "wall_s": 150.0, "wall_s_this_part": 90.0})
     lines = [json.dumps(r) for r in recs]
     lines.insert(3, '{"step": 4, "type": "tra')  # a line cut off by a crash
     path.write_text("\n".join(lines) + "\n")
@@ -166,6 +167,7 @@ def test_report_from_metrics_only(tmp_path):
     assert "30.00 (student, step 6" in html and "28.00 (step 6)" in html  # best + last teacher
     assert "<th>started</th><td>commit aaa1111, torch 2.14.1, cpu: X</td>" in html  # which code ran which steps
     assert "<th>resumed at step 3</th><td>commit bbb2222, torch 2.14.1, cuda: H</td>" in html
+    assert "<th>finished at step 6</th><td>wall time 2.5 min, every part of the run counted</td>" in html
 
 
 def test_report_without_a_run_folder(tmp_path):

@@ -30,13 +30,13 @@ MODEL_COLOURS = {"student": "tab:blue", "teacher": "tab:orange"}
 
 
 def read_run_log(path: Path) -> tuple[list[dict], list[dict], list[dict], list[str]]:
-    """metrics.jsonl → (train records, eval records, start records, warnings)."""
+    """metrics.jsonl → (train records, eval records, run records (each start and the end), warnings)."""
     from rc2l.engine.metrics_log import read_records
 
     recs, warns = read_records(path)
     train = [r for r in recs if r.get("type") == "train"]
     evals = [r for r in recs if "miou" in r]
-    starts = [r for r in recs if r.get("type") == "start"]
+    starts = [r for r in recs if r.get("type") in ("start", "end")]
     return train, evals, starts, warns
 
 
@@ -346,7 +346,11 @@ def summary_section(page: Page, run_dir: Path, run_log: tuple, cfg_text: str) ->
         )
     for r in last_records(evals):
         rows.append((f"last val mIoU ({r.get('model', 'student')})", f"{_fmt(r['miou'])} (step {r['step']})"))
-    for r in starts:  # one per start or resume: which code ran which steps, where
+    for r in starts:  # one per start or resume: which code ran which steps, where; then the end
+        if r["type"] == "end":
+            took = f"{r['wall_s'] / 60:.1f} min" if r.get("wall_s") is not None else "unknown (an earlier part's is)"
+            rows.append((f"finished at step {r['step']}", f"wall time {took}, every part of the run counted"))
+            continue
         rows.append(
             (
                 "resumed at step " + str(r["step"]) if r["step"] else "started",
