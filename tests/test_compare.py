@@ -247,22 +247,8 @@ def test_a_continued_run_reports_the_wall_time_of_all_its_parts_or_none(tmp_path
     monkeypatch.setattr(compare, "run_row", fake_run_row)
     monkeypatch.setattr(compare, "check_row_folder", lambda *a: None)
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "compare",
-                "configs/synthetic.yaml",
-                "--out",
-                str(out),
-                "--row",
-                "a: method=supervised",
-                "--seeds",
-                "0",
-                "1",
-            ]
-        )
-        == 0
-    )
+    args = ["compare", "configs/synthetic.yaml", "--out", str(out), "--row", "a: method=supervised"]
+    assert main([*args, "--seeds", "0", "1"]) == 0
     runs = json.loads((out / "compare.json").read_text())
     assert [(r["seed"], r["resumed_at"], r["wall_s"], r["wall_s_this_part"]) for r in runs] == [
         (0, 5, None, 100.0),
