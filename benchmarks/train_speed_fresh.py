@@ -44,6 +44,7 @@ LEVERS = {
         "glibc's default: freed large blocks unmapped, faulted in again (train.keep_freed_memory=false)",
     ),
 }
+DEFAULT_METHODS = ["supervised", "rc2l"]
 FRESH_LEVERS = ["fp32", "channels_last", "bf16", "kept_bf16", "malloc_default"]  # teacher_inference_mode is a patch
 
 
@@ -99,7 +100,7 @@ def parse(argv):
     p.add_argument("--steps", type=int, default=50, help="steps per run (the first logged interval is dropped)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--rounds", type=int, default=2, help="runs per variant, alternating with the others")
-    p.add_argument("--methods", nargs="+", default=["supervised", "rc2l"], choices=["supervised", "rc2l", "unimatch"])
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=["supervised", "rc2l", "unimatch"])
     p.add_argument("--arch", default="maskformer", choices=["maskformer", "deeplabv3plus"])
     p.add_argument("--levers", nargs="+", default=FRESH_LEVERS, choices=FRESH_LEVERS)
     p.add_argument("--data-root", default="", help="CamVid root (as train_speed.py)")
@@ -112,7 +113,7 @@ def parse(argv):
     args.mem = "off"
     # another set of runs goes into a block of its own: train_speed_fresh/cpu:unimatch-fp32-malloc_default-deeplabv3plus
     picked = [*args.methods, *args.levers] + ([args.arch] if args.arch != "maskformer" else [])
-    args.block = "" if picked == ["supervised", "rc2l", *FRESH_LEVERS] else ":" + "-".join(picked)
+    args.block = "" if picked == [*DEFAULT_METHODS, *FRESH_LEVERS] else ":" + "-".join(picked)
     return cm.finish_args(args)
 
 
