@@ -48,13 +48,7 @@ python3 -m rc2l compare "${COMMON[@]}" data.split=1_8 --preset study --out "$RUN
   --run 'supervised (deeplabv3plus, ASPP 2/4/6):0' --run 'supervised (deeplabv3plus, SGD):0' \
   --run 'rc2l region terms only:1' --run 'rc2l region terms only:2' \
   --run 'unimatch:0' --run 'rc2l:0' \
-  "${LONG[@]}" --run 'supervised 4k:0' --run 'rc2l 4k:0' --run 'unimatch 4k:0' >"$RUNS/compare_1_8.log" 2>&1 &
-A=$!
-sleep 20 # the 1/8 rows take the first places
-python3 -m rc2l compare "${COMMON[@]}" data.split=1_4 --preset study --out "$RUNS/camvid_1_4" --jobs 4 --budget $((BUDGET - 20)) \
-  --run 'unimatch (deeplabv3plus):0' >"$RUNS/compare_1_4.log" 2>&1 &
-B=$!
-wait $A $B
+  "${LONG[@]}" --run 'supervised 4k:0' --run 'rc2l 4k:0' --run 'unimatch 4k:0' >"$RUNS/compare_1_8.log" 2>&1
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$OUT/device.txt"
 tar czf "$OUT/study.tar.gz" --exclude='*.safetensors' --exclude='state.pt' --exclude='events.*' -C / "${RUNS#/}"
 tail -n 40 "$RUNS"/compare_*.log

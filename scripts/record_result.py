@@ -26,6 +26,11 @@ from rc2l.provenance import git_commit
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def round1(seconds: float | None) -> float | None:
+    """A wall time as recorded: tenths of a second, or None where it is unknown."""
+    return None if seconds is None else round(seconds, 1)
+
+
 def run_commits(records: list[dict]) -> str | None:
     """The commit(s) the run's own start records name, in order ("a, resumed at b" when a resume
     ran other code); None for runs made before the trainer wrote them."""
@@ -218,7 +223,7 @@ def main() -> None:
                     a,
                     {
                         kind.replace(" ", "_"): r["row"],
-                        "wall_s": round(r["wall_s"], 1) if r.get("wall_s") is not None else None,
+                        "wall_s": round1(r.get("wall_s")),
                         "jobs": r.get("jobs", 1),
                     },
                 )
@@ -272,7 +277,7 @@ def record(run: Path, command: str, note: str, a: argparse.Namespace, extra: dic
         or run_device(records, cfg["train"].get("threads"))
         or f"{platform.machine()} {platform.processor() or ''} cpu".strip(),
         "note": note,
-        **({"wall_s": None if ends[-1]["wall_s"] is None else round(ends[-1]["wall_s"], 1)} if ends else {}),
+        **({"wall_s": round1(ends[-1]["wall_s"])} if ends else {}),
         **(extra or {}),
     }
     out = Path(a.out)

@@ -245,9 +245,10 @@ class Trainer:
             "wall_s": self.wall_seconds(),
         }
 
-    def wall_seconds(self) -> float | None:
-        """Wall time of the whole run so far, every resumed part counted; None if a part's is unknown."""
-        part = time.time() - self.started
+    def wall_seconds(self, part: float | None = None) -> float | None:
+        """Wall time of the whole run so far, every resumed part counted; None if a part's is unknown.
+        ``part``: this part's seconds, when the caller has already read the clock."""
+        part = time.time() - self.started if part is None else part
         return None if self.earlier_seconds is None else self.earlier_seconds + part
 
     def save(self) -> None:
@@ -582,7 +583,7 @@ class Trainer:
             "best": self.best,
             "last_eval": last_eval,
             "skipped_samples": self.skipped_samples,
-            "wall_s": self.wall_seconds(),  # every part of a resumed run; None if one's is unknown
+            "wall_s": self.wall_seconds(part),  # every part of a resumed run; None if one's is unknown
         }
         self.log.write({"type": "end", "step": self.step, "wall_s": result["wall_s"], "wall_s_this_part": part}, "run")
         self.log.close()
