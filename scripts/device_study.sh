@@ -46,7 +46,7 @@ python3 -m rc2l compare "${COMMON[@]}" data.split=1_8 --preset study --out "$RUN
   --row "$DL_RATES" --row "$DL_SGD" \
   --run 'unimatch τ0.7:0' --run 'rc2l + unimatch perturbations:1' --run 'rc2l + unimatch perturbations:2' \
   --run 'supervised (deeplabv3plus, ASPP 2/4/6):0' --run 'supervised (deeplabv3plus, SGD):0' \
-  --run 'rc2l region terms only:1' --run 'rc2l region terms only:2' \
+  --run 'rc2l region terms only:2' \
   --run 'unimatch:0' --run 'rc2l:0' \
   "${LONG[@]}" --run 'supervised 4k:0' --run 'rc2l 4k:0' --run 'unimatch 4k:0' >"$RUNS/compare_1_8.log" 2>&1
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv | tee -a "$OUT/device.txt"
