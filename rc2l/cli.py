@@ -144,7 +144,12 @@ def cmd_export(args) -> int:
         if args.int8:
             if not args.calibrate:
                 raise ConfigError("rc2l export --int8 needs --calibrate IMAGES (training images, a folder or a glob)")
-            int8 = {"calibrate": args.calibrate, "count": args.calib_count, "min_agreement": args.min_agreement}
+            int8 = {
+                "calibrate": args.calibrate,
+                "count": args.calib_count,
+                "min_agreement": args.min_agreement,
+                "form": args.int8_form,
+            }
         code = export_and_check(args.weights, args.onnx, args.config, args.opset, args.check, args.tol, int8)
     return code
 
@@ -249,6 +254,13 @@ def add_export_report_parsers(sub) -> None:
     p.add_argument("--tol", type=float, default=1e-3, help="max allowed |Δscores| (default 0.001)")
     p.add_argument(
         "--int8", action="store_true", help="also write OUT.int8.onnx: static int8, calibrated on --calibrate"
+    )
+    p.add_argument(
+        "--int8-form",
+        choices=["portable", "vnni"],
+        default="portable",
+        help="portable (default): 7-bit weights, exact on every x86 CPU; vnni: 8-bit weights, only for CPUs "
+        "with VNNI/AMX or not x86 (elsewhere its products saturate and loading refuses it)",
     )
     p.add_argument("--calibrate", nargs="+", metavar="IMAGES", help="calibration images (files, folders, globs)")
     p.add_argument("--calib-count", type=int, default=32, help="calibration images used (default 32)")

@@ -1,14 +1,23 @@
 """rc2l export --int8: static int8 ONNX calibrated on images; argmax parity with the fp32
-model on a test image, and refusal (no file written) when the agreement is too low."""
+model on a test image, and refusal (no file written) when the agreement is too low. The
+portable form (the default) cannot saturate on any x86 CPU, whatever this one is; a model
+that is not exact on the loading CPU is refused there, both branches tested by simulation."""
 
 from __future__ import annotations
 
 import pytest
 
+from rc2l.errors import RC2LError
+
 from infer_helpers import cli, synthetic_image, tiny_run
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
+
+
+def export_int8(run, path, calib, *extra) -> tuple[int, str, str]:
+    weights = str(run / "best.safetensors")
+    return cli(["export", "--weights", weights, "--onnx", str(path), "--int8", "--calibrate", str(calib), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -19,22 +28,41 @@ def exported(tmp_path_factory):
     for i in range(6):
         synthetic_image(calib / f"{i}.png", 64, 64, 100 + i)
     path = d / "model.onnx"
-    code, out, err = cli(
-        [
-            "export",
-            "--weights",
-            str(run / "best.safetensors"),
-            "--onnx",
-            str(path),
-            "--int8",
-            "--calibrate",
-            str(calib),
-            "--min-agreement",
-            "0.5",
-        ]
-    )
+    code, out, err = export_int8(run, path, calib, "--min-agreement", "0.5")
     assert code == 0, out + err
     return run, path, calib, out
+
+
+def int8_weights(path) -> list:
+    """The int8 weight tensors (initializers) of a QDQ model, as numpy arrays."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    return [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.data_type == TensorProto.INT8]
+
+
+def quant_meta(path) -> dict:
+    import json
+
+    import onnx
+
+    return json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["quantization"])
+
+
+def with_quant_meta(src, dst, **changes):
+    """A copy of the int8 model at ``src`` with its quantization metadata changed."""
+    import json
+
+    import onnx
+
+    m = onnx.load(str(src))
+    for p in m.metadata_props:
+        if p.key == "quantization":
+            q = json.loads(p.value)
+            q.update(changes)
+            p.value = json.dumps({k: v for k, v in q.items() if v is not None})
+    onnx.save(m, str(dst))
+    return dst
 
 
 def test_int8_model_is_written_with_metadata_and_agrees_with_fp32(exported, tmp_path):
@@ -52,6 +80,80 @@ def test_int8_model_is_written_with_metadata_and_agrees_with_fp32(exported, tmp_
     fp32 = rc2l.load(path).predict(str(tmp_path / "test.png"), mode="original")
     int8 = rc2l.load(q).predict(str(tmp_path / "test.png"), mode="original")
     assert int8.shape == fp32.shape and (int8 == fp32).mean() > 0.9
+
+
+def test_default_form_is_portable_7bit_weights_with_a_probe(exported):
+    """7-bit weights keep every pair of u8×s8 products under 2^15: no saturation on AVX2."""
+    q = exported[1].with_name("model.int8.onnx")
+    meta = quant_meta(q)
+    assert meta["form"] == "portable" and meta["weight_bits"] == 7 and "portable form" in exported[3]
+    weights = int8_weights(q)
+    assert weights and max(int(abs(w.astype(int)).max()) for w in weights) <= 64
+    c, h, w = meta["probe"]["shape"]
+    assert c == 3 and h % 32 == 0 and w % 32 == 0 and meta["probe"]["agreement_at_export"] >= 0.5
+
+
+def test_vnni_form_is_refused_on_a_cpu_without_vnni(exported, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from rc2l.infer import quantize
+    from rc2l.infer.quantize import check_int8
+
+    run, _, calib, _ = exported
+    path = tmp_path / "model.onnx"
+    code, out, err = export_int8(run, path, calib, "--int8-form", "vnni", "--min-agreement", "0")
+    q = path.with_name("model.int8.onnx")
+    assert code == 0 and quant_meta(q)["form"] == "vnni", out + err
+    assert max(int(abs(w.astype(int)).max()) for w in int8_weights(q)) > 64  # the full 8-bit range
+    monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: False)
+    code, _, err = cli(["predict", "--weights", str(q), str(calib / "0.png"), "--out", str(tmp_path / "p")])
+    assert code != 0 and err.count("\n") == 1 and "VNNI-only form" in err and "rc2l export --int8" in err
+    assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
+    # a file from before the forms (no "form" key) had 8-bit weights: the same refusal
+    old = with_quant_meta(q, tmp_path / "old.onnx", form=None, probe=None)
+    sess = ort.InferenceSession(str(old), providers=["CPUExecutionProvider"])
+    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    with pytest.raises(RC2LError, match="VNNI-only"):
+        check_int8(sess, meta, str(old))
+    monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: True)
+    assert check_int8(sess, meta, str(old)) == "vnni"  # no probe to run: accepted where VNNI is
+
+
+def test_int8_model_whose_probe_disagrees_on_this_cpu_is_refused(exported, tmp_path):
+    """What a CPU whose int8 kernels go wrong would see: the stored fp32 classes no longer match
+    the int8 model's output on the probe. Simulated by shifting the stored classes."""
+    import base64
+
+    import numpy as np
+
+    import rc2l
+
+    q = exported[1].with_name("model.int8.onnx")
+    probe = quant_meta(q)["probe"]
+    labels = np.frombuffer(base64.b64decode(probe["labels_i32"]), np.int32)
+    wrong = dict(probe, labels_i32=base64.b64encode(((labels + 1) % 5).astype(np.int32).tobytes()).decode())
+    bad = with_quant_meta(q, tmp_path / "bad.onnx", probe=wrong)
+    with pytest.raises(RC2LError, match=r"probe image on this CPU.*not exact here"):
+        rc2l.load(bad)
+    code, _, err = cli(["predict", "--weights", str(bad), str(exported[2] / "0.png"), "--out", str(tmp_path / "p")])
+    assert code != 0 and err.count("\n") == 1 and err.startswith("error:") and "fp32 model" in err
+    malformed = with_quant_meta(q, tmp_path / "malformed.onnx", probe={"shape": [3, "x"]})
+    with pytest.raises(RC2LError, match="probe in its metadata is malformed"):
+        rc2l.load(malformed)
+    assert rc2l.load(q).predict(np.zeros((64, 64, 3), np.uint8)).shape == (64, 64)  # the real one loads
+
+
+def test_cpu_flags_decide_vnni():
+    import platform
+
+    from rc2l.infer.quantize import cpu_has_vnni
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the flags are read on x86 only; elsewhere cpu_has_vnni() is True")
+    assert cpu_has_vnni("processor : 0\nflags : fpu sse avx2 fma\n") is False
+    assert cpu_has_vnni("processor : 0\nflags : fpu avx2 avx512f avx512_vnni\n") is True
+    assert cpu_has_vnni("flags : avx2 avx_vnni\n") is True and cpu_has_vnni("flags : amx_int8\n") is True
+    assert cpu_has_vnni("model name : something\n") is None
 
 
 def test_int8_is_refused_when_the_agreement_is_too_low(exported, tmp_path):

@@ -165,7 +165,7 @@ def export_and_check(
 ) -> int:
     """Export ``weights`` (file or model/run folder) to ONNX, check parity on a random batch
     (and ``check``, an image at its own size), print one line each → exit status. ``int8``:
-    {"calibrate": [inputs], "count": n, "min_agreement": a} also writes <onnx>.int8.onnx."""
+    {"calibrate": [inputs], "count": n, "min_agreement": a, "form": f} also writes <onnx>.int8.onnx."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -203,9 +203,12 @@ def write_int8(onnx_path: Path, info: InferInfo, opts: dict) -> Path:
 
     images = calibration_images(opts["calibrate"], opts.get("count", 32), list(info.resize or []))
     out = int8_path(onnx_path)
-    r = quantize_int8(onnx_path, out, images, opts.get("min_agreement", DEFAULT_MIN_AGREEMENT))
+    r = quantize_int8(
+        onnx_path, out, images, opts.get("min_agreement", DEFAULT_MIN_AGREEMENT), opts.get("form", "portable")
+    )
+    where = "every x86 CPU" if r["form"] == "portable" else "CPUs with VNNI or not x86"
     print(
-        f"wrote {out} ({r['mib']:.1f} MiB, int8 static QDQ; argmax agrees with fp32 on {r['agreement']:.2%} of "
+        f"wrote {out} ({r['mib']:.1f} MiB, int8 static QDQ, {r['form']} form for {where}; argmax agrees with fp32 on {r['agreement']:.2%} of "
         f"{r['images']} calibration images' pixels)"
     )
     return out

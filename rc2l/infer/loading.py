@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 from rc2l.config import Config, ConfigError, ModelConfig, load_config
 from rc2l.data.formats import voc_palette
 from rc2l.errors import CheckpointError, DataError, RC2LError
+from rc2l.infer.quantize import check_int8
 
 if TYPE_CHECKING:  # torch is imported by the functions that need it
     import torch
@@ -299,6 +300,7 @@ def load_onnx(path: str | Path, config: str | Path | None, device: torch.device)
     meta = dict(sess.get_modelmeta().custom_metadata_map or {})
     if meta.get("format") != ONNX_FORMAT:
         raise CheckpointError(f"{path}: not written by rc2l export (no '{ONNX_FORMAT}' metadata)")
+    check_int8(sess, meta, str(path))  # an int8 file proves itself on this CPU before it predicts
     info, _ = resolve_info(meta, int(meta["num_classes"]), str(path), config)
     name = sess.get_inputs()[0].name
 
