@@ -1,7 +1,9 @@
-"""Inference on the CPU: eager PyTorch fp32 against ONNX Runtime fp32 and int8 (rc2l export
---int8), on CamVid val frames at the recipe's 240×320, interleaved in one process; with
-``--weights`` of a trained CamVid checkpoint also the val mIoU of each (goal: int8 ≥ 2× eager
-fp32 with ≤ 0.5 mIoU lost).
+"""Inference on the CPU: eager PyTorch fp32 against ONNX Runtime fp32 and both int8 forms of
+rc2l export --int8 (portable: 7-bit weights; vnni: 8-bit), on CamVid val frames at the recipe's
+240×320, interleaved in one process; with ``--weights`` of a trained CamVid checkpoint also the
+val mIoU of each (goal: portable int8 ≥ 2× eager fp32 with ≤ 0.5 mIoU lost). The block is named
+by the CPU's int8 kind (``onnx_int8/cpu:vnni`` or ``…:no-vnni``) and lists its flags, so rows
+from different kinds of CPU stand side by side.
 
     python benchmarks/onnx_int8.py --weights runs/camvid_rc2l_1_8 [--threads 2]
     python benchmarks/onnx_int8.py --quick      # untrained tiny model, synthetic images: a smoke test
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from benchmarks import common as cm
+from rc2l.infer.quantize import FORMS
 
 NAME = "onnx_int8"
 CAMVID = cm.REPO.parent / "shared" / "data" / "camvid"
@@ -54,8 +57,17 @@ def calibration_set(args, images: list[np.ndarray], resize: list[int]) -> list[n
     return calibration_images([str(Path(args.data_root) / "images" / "train")], args.calib, resize)
 
 
+def int8_flags() -> str:
+    """The CPU flags that decide int8 speed and exactness, as read from /proc/cpuinfo."""
+    from rc2l.provenance import read_cpuinfo
+
+    line = next((ln for ln in read_cpuinfo().splitlines() if ln.startswith("flags")), "")
+    wanted = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+    return " ".join(f for f in wanted if f in line.partition(":")[2].split()) or "unknown"
+
+
 def build_models(args, tmp: Path, images: list[np.ndarray], calib: list[np.ndarray]):
-    """(eager fp32 model, fp32 ONNX path, int8 ONNX path, num_classes)."""
+    """(eager fp32 model, fp32 ONNX path, {form: int8 ONNX path}, num_classes)."""
     from rc2l.config import ModelConfig
     from rc2l.infer.export import export_onnx
     from rc2l.infer.loading import load_torch_model
@@ -82,9 +94,11 @@ def build_models(args, tmp: Path, images: list[np.ndarray], calib: list[np.ndarr
         k = 11
         model = build_model(k, mc)
     model.eval()
-    fp32, int8 = tmp / "m.onnx", tmp / "m.int8.onnx"
+    fp32 = tmp / "m.onnx"
     export_onnx(model, fp32, sample_hw=tuple(images[0].shape[-2:]))
-    quantize_int8(fp32, int8, calib, min_agreement=0.0)
+    int8 = {form: tmp / f"m.{form}.int8.onnx" for form in FORMS}
+    for form, path in int8.items():
+        quantize_int8(fp32, path, calib, min_agreement=0.0, form=form)
     return model, fp32, int8, k
 
 
@@ -102,6 +116,8 @@ def miou_of(predict, images, labels, k: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     import onnxruntime as ort
 
+    from rc2l.infer.quantize import cpu_has_vnni
+
     p = cm.base_parser(__doc__.splitlines()[0])
     p.add_argument("--weights", help="a trained CamVid checkpoint (file or run/model folder) for the mIoU rows")
     p.add_argument("--data-root", default=str(CAMVID))
@@ -109,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calib", type=int, default=32, help="calibration images (the first CamVid training frames)")
     p.add_argument("--reps", type=int, default=3)
     args = cm.finish_args(p.parse_args(argv))
+    args.block = ":vnni" if cpu_has_vnni() else ":no-vnni"
     threads = args.threads or torch.get_num_threads()
     images, labels, resize = val_images(args)
     calib = calibration_set(args, images, resize)
@@ -118,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         opts.intra_op_num_threads = threads
         sess = {
             n: ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
-            for n, f in (("onnx fp32", fp32), ("onnx int8", int8))
+            for n, f in (("onnx fp32", fp32), *((f"onnx int8 {form}", path) for form, path in int8.items()))
         }
         name = sess["onnx fp32"].get_inputs()[0].name
 
@@ -157,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     shape = "×".join(str(s) for s in images[0].shape)
     note = (
-        f"{len(images)} images of {shape}, {threads} threads, median of {args.reps} interleaved passes; "
+        f"CPU flags: {int8_flags()}. {len(images)} images of {shape}, {threads} threads, median of {args.reps} "
+        "interleaved passes; "
         f"int8 calibrated on {len(calib)} "
         + ("of them" if args.quick else "CamVid training frames")
         + ("" if args.weights else "; untrained weights: speed only, no mIoU")

@@ -196,10 +196,14 @@ def test_onnx_int8_benchmark_quick(tmp_path, monkeypatch):
     m = importlib.import_module("benchmarks.onnx_int8")
     m.main(["--quick", "--reps", "1", "--calib", "2", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "benchmarks.json").read_text())
-    rows = [r for r in data["rows"] if r["run"] == "onnx_int8/cpu"]
-    assert [r["backend"] for r in rows] == ["eager fp32", "onnx fp32", "onnx int8"]
+    from rc2l.infer.quantize import cpu_has_vnni
+
+    run = "onnx_int8/cpu:" + ("vnni" if cpu_has_vnni() else "no-vnni")
+    rows = [r for r in data["rows"] if r["run"] == run]
+    assert [r["backend"] for r in rows] == ["eager fp32", "onnx fp32", "onnx int8 portable", "onnx int8 vnni"]
     assert rows[0]["speedup_vs_eager_fp32"] == 1.0 and all(r["ms_per_image"] > 0 for r in rows)
-    assert "× eager fp32" in (tmp_path / "benchmarks.md").read_text()
+    md = (tmp_path / "benchmarks.md").read_text()
+    assert "× eager fp32" in md and "CPU flags: " in md and f"### {run}" in md
     assert sys.modules["benchmarks.onnx_int8"].NAME == "onnx_int8"
 
 
