@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; a bigger one is refused before parsing
+MAX_CONFIG_BYTES = 256 << 10  # a config file is a few KB; a bigger one is refused before parsing (~0.3 s)
 MAX_YAML_ALIASES = 64  # *alias references in one document
-MAX_YAML_NODES = 100_000  # nodes after expanding every alias (a "billion laughs" file has 10⁹)
+MAX_YAML_NODES = 10_000  # values, also after expanding every alias (a "billion laughs" file has 10⁹); a config has ~200
 MAX_LIST_ITEMS = 64  # the longest list a config key holds (e.g. model.aspp_rates)
 
 
@@ -64,6 +64,9 @@ class _Loader(yaml.SafeLoader):
     expand to gigabytes (the "billion laughs" file)."""
 
     def compose_node(self, parent, index):
+        self._nodes = getattr(self, "_nodes", 0) + 1  # parsing is lazy: stopping here stops reading
+        if self._nodes > MAX_YAML_NODES:
+            raise YAMLLimitError(f"more than {MAX_YAML_NODES} YAML values", self.peek_event().start_mark)
         if self.check_event(yaml.AliasEvent):
             self._aliases = getattr(self, "_aliases", 0) + 1
             if self._aliases > MAX_YAML_ALIASES:
@@ -114,7 +117,11 @@ _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 12
 def short(value: Any, limit: int = 80) -> str:
     """repr of a value, cut to ``limit`` characters (+ '…'): error messages quote values, and a
     value may be megabytes; reprlib bounds the cost of building the repr as well."""
-    text = _REPR.repr(value)
+    return clip(_REPR.repr(value), limit)
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters (+ '…')."""
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -470,14 +477,14 @@ def get_key(cfg: Any, dotted: str) -> Any:
 
 def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
-        raise ConfigError(f"override '{short(item)}' is not of the form key=value")
+        raise ConfigError(f"override '{clip(item)}' is not of the form key=value")
     key, raw = item.split("=", 1)
     try:
         value = yaml_load(raw) if raw != "" else ""
     except YAMLLimitError as e:
-        raise UnsafeConfigError(f"override '{short(item)}': {e.problem}") from None
+        raise UnsafeConfigError(f"override '{clip(item)}': {e.problem}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override '{short(item)}': cannot parse value ({e.__class__.__name__})") from None
+        raise ConfigError(f"override '{clip(item)}': cannot parse value ({e.__class__.__name__})") from None
     return key.strip(), value
 
 
