@@ -21,8 +21,9 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from benchmarks import common as cm
 from rc2l.infer.quantize import FORMS
+
+from benchmarks import common as cm
 
 NAME = "onnx_int8"
 CAMVID = cm.REPO.parent / "shared" / "data" / "camvid"

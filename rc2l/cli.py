@@ -43,6 +43,15 @@ def _one_line(e: BaseException) -> str:
     return last if len(lines) > 1 else lines[0]
 
 
+def _os_error_line(e: OSError) -> str:
+    """An OSError as one line naming the path(s) it is about."""
+    reason = e.strerror or _one_line(e)
+    if e.filename is None:
+        return reason
+    where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 is not None else "")
+    return f"{where}: {reason}"
+
+
 # ----------------------------------------------------------------------------- verbs
 
 
@@ -318,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (RC2LError, ConfigError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # read-only folder, disk full, name too long, ...: the path and the reason
+        print(f"error: {_os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

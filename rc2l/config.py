@@ -7,7 +7,9 @@ the file), never a silently ignored option.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,11 +18,67 @@ from typing import Any
 
 import yaml
 
+MAX_CONFIG_BYTES = 256 << 10  # a config file is a few KB; a bigger one is refused before parsing (~0.3 s)
+MAX_YAML_ALIASES = 64  # *alias references in one document
+MAX_YAML_NODES = 10_000  # values, also after expanding every alias (a "billion laughs" file has 10⁹); a config has ~200
+MAX_LIST_ITEMS = 64  # the longest list a config key holds (e.g. model.aspp_rates)
+
+
+class YAMLLimitError(yaml.YAMLError):
+    """A YAML document that would cost too much to build (aliases, expansion, nesting)."""
+
+    def __init__(self, problem: str, mark=None):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes of the document with every alias expanded, counted without expanding (a shared
+    node counts once per reference); stops past MAX_YAML_NODES; a cycle counts as too many."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        kids = []
+        if isinstance(node, yaml.SequenceNode):
+            kids = node.value
+        elif isinstance(node, yaml.MappingNode):
+            kids = [n for pair in node.value for n in pair]
+        if done:
+            sizes[id(node)] = min(MAX_YAML_NODES + 1, 1 + sum(sizes[id(k)] for k in kids))
+            continue
+        if id(node) in sizes:
+            if sizes[id(node)] < 0:  # reached again while its own children are being counted
+                raise YAMLLimitError("a YAML alias refers to a node that contains it", node.start_mark)
+            continue
+        sizes[id(node)] = -1
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in sizes or sizes[id(k)] < 0)
+    return sizes[id(root)]
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``1_8`` as the integer 18 and ``off``/``on``/``yes``/``no`` as booleans;
     split names like 1_8 and choices like ``train.amp=off`` must stay strings (YAML 1.2 rules:
-    only true/false are booleans)."""
+    only true/false are booleans). Aliases are bounded: a few bytes of ``&a``/``*a`` must not
+    expand to gigabytes (the "billion laughs" file)."""
+
+    def compose_node(self, parent, index):
+        self._nodes = getattr(self, "_nodes", 0) + 1  # parsing is lazy: stopping here stops reading
+        if self._nodes > MAX_YAML_NODES:
+            raise YAMLLimitError(f"more than {MAX_YAML_NODES} YAML values", self.peek_event().start_mark)
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_YAML_ALIASES:
+                mark = self.peek_event().start_mark
+                raise YAMLLimitError(f"more than {MAX_YAML_ALIASES} YAML aliases (*name)", mark)
+        return super().compose_node(parent, index)
+
+    def compose_document(self):
+        node = super().compose_document()
+        if node is not None and _expanded_size(node) > MAX_YAML_NODES:
+            raise YAMLLimitError(f"the YAML expands to more than {MAX_YAML_NODES} values", node.start_mark)
+        return node
 
 
 _BOOL = "tag:yaml.org,2002:bool"
@@ -35,11 +93,36 @@ for _c in "0123456789":
 
 
 def yaml_load(text: str):
-    return yaml.load(text, Loader=_Loader)
+    """Parse config YAML with the bounded loader; YAMLLimitError (a yaml.YAMLError) when it
+    would cost too much, including nesting deeper than Python's recursion allows."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise YAMLLimitError("the YAML is nested too deeply") from None
 
 
 class ConfigError(ValueError):
     """A bad config file, key or value; the message names which."""
+
+
+class UnsafeConfigError(ConfigError):
+    """A config file refused for its cost (size, aliases, nesting): never to be skipped with a warning."""
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 90
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 12
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """repr of a value, cut to ``limit`` characters (+ '…'): error messages quote values, and a
+    value may be megabytes; reprlib bounds the cost of building the repr as well."""
+    return clip(_REPR.repr(value), limit)
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters (+ '…')."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass
@@ -235,6 +318,81 @@ CHOICES = {
     "semi.pixel_contrast_mode": ("sampled", "exact"),
 }
 
+# Numeric ranges: key → (lowest, highest, lowest excluded?); None = unbounded. Every float key is
+# also checked to be finite. Model sizes have sanity caps far above any real model, so a hostile
+# weights-metadata entry cannot make the loader build a model of gigabytes.
+_BIG = 1 << 16
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {}
+for _keys, _range in {
+    "seed data.synthetic.seed": (0, 2**32 - 1, False),
+    "model.num_queries model.hidden_dim model.mask_dim model.nheads model.dim_feedforward "
+    "model.aspp_dim model.decoder_dim data.synthetic.size": (1, _BIG, False),
+    "model.dec_layers": (0, 100, False),
+    "data.num_classes": (0, _BIG, False),
+    "data.synthetic.num_train data.synthetic.num_val data.batch_size data.unlabeled_batch_size "
+    "train.iters train.accum_steps train.eval_every train.log_every train.save_every train.max_bad_steps "
+    "eval.batch_size semi.rfc_proj_dim semi.pixel_contrast_samples": (1, None, False),
+    "data.workers train.threads train.warmup_iters semi.rampup_iters semi.start_iter loss.num_points": (0, None, False),
+    "train.lr semi.tau_m semi.tau_f semi.pixel_contrast_tau": (0, None, True),
+    "eval.stride_ratio": (0, 1, True),
+    "loss.oversample_ratio": (1, None, False),
+    "loss.cls_weight loss.mask_weight loss.dice_weight loss.no_object_weight train.backbone_lr_mult "
+    "train.weight_decay train.poly_power train.clip_grad semi.lambda_u semi.rmc semi.rfc semi.rcc semi.smc "
+    "semi.pixel_contrast": (0, None, False),
+    "loss.importance_sample_ratio semi.ema_momentum semi.tau_cls semi.tau_pix semi.cutmix_p "
+    "semi.fixmatch_threshold semi.region_fp_dropout semi.unimatch.fp_dropout semi.unimatch.threshold": (0, 1, False),
+}.items():
+    RANGES.update(dict.fromkeys(_keys.split(), _range))
+# list keys: every item in (lowest, highest); scale_range also ordered
+ITEM_RANGES = {
+    "data.crop_size": (1, _BIG, False),
+    "data.resize": (1, _BIG, False),
+    "eval.crop_size": (1, _BIG, False),
+    "model.aspp_rates": (1, _BIG, False),
+    "data.scale_range": (0, 100, True),
+}
+
+
+def _range_text(lo, hi, open_lo: bool) -> str:
+    if hi is None:
+        return f"> {lo}" if open_lo else f">= {lo}"
+    return f"in {'(' if open_lo else '['}{lo}, {hi}]"
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Every float key finite; every key of RANGES / ITEM_RANGES inside its range."""
+    for f in _float_keys(cfg, ""):
+        v = get_key(cfg, f)
+        if not math.isfinite(v):
+            raise ConfigError(f"config key '{f}' = {short(v)} must be a finite number")
+    for key, (lo, hi, open_lo) in RANGES.items():
+        v = get_key(cfg, key)
+        if v < lo or (open_lo and v == lo) or (hi is not None and v > hi):
+            raise ConfigError(f"config key '{key}' = {short(v)} must be {_range_text(lo, hi, open_lo)}")
+    for key, (lo, hi, open_lo) in ITEM_RANGES.items():
+        v = get_key(cfg, key)
+        if any(not math.isfinite(x) or x < lo or x > hi or (open_lo and x == lo) for x in v):
+            raise ConfigError(f"config key '{key}' = {short(v)}: every item must be {_range_text(lo, hi, open_lo)}")
+    lo_hi = cfg.data.scale_range
+    if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+        raise ConfigError(f"config key 'data.scale_range' = {short(lo_hi)} must be [low, high] with low <= high")
+    if cfg.model.arch == "maskformer" and cfg.model.hidden_dim % cfg.model.nheads:
+        raise ConfigError(
+            f"config key 'model.hidden_dim' = {cfg.model.hidden_dim} must be a multiple of "
+            f"model.nheads = {cfg.model.nheads}"
+        )
+
+
+def _float_keys(obj: Any, prefix: str) -> list[str]:
+    hints, keys = typing.get_type_hints(type(obj)), []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            keys += _float_keys(v, prefix + f.name + ".")
+        elif hints[f.name] is float:
+            keys.append(prefix + f.name)
+    return keys
+
 
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
@@ -242,7 +400,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: key '{key}' expects a list, got {value!r}")
+            raise ConfigError(f"{where}: key '{key}' expects a list, got {short(value)}")
+        if len(value) > MAX_LIST_ITEMS:
+            raise ConfigError(f"{where}: key '{key}' has {len(value)} items (at most {MAX_LIST_ITEMS})")
         return [_coerce(v, item_tp, key, where) for v in value]
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
@@ -250,7 +410,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 return _coerce(value, option, key, where)
             except ConfigError:
                 pass
-        raise ConfigError(f"{where}: key '{key}' has a value of the wrong type: {value!r}")
+        raise ConfigError(f"{where}: key '{key}' has a value of the wrong type: {short(value)}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
@@ -261,7 +421,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
-        raise ConfigError(f"{where}: key '{key}' expects {tp.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: key '{key}' expects {tp.__name__}, got {short(value)}")
     return value
 
 
@@ -285,24 +445,25 @@ def _validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         value = get_key(cfg, key)
         if value not in allowed:
-            raise ConfigError(f"config key '{key}' = {value!r} is not one of {', '.join(allowed)}")
+            raise ConfigError(f"config key '{key}' = {short(value)} is not one of {', '.join(allowed)}")
     for key in ("data.crop_size",):
         v = get_key(cfg, key)
         if len(v) != 2:
-            raise ConfigError(f"config key '{key}' must be [height, width], got {v!r}")
+            raise ConfigError(f"config key '{key}' must be [height, width], got {short(v)}")
     if cfg.data.resize and len(cfg.data.resize) != 2:
-        raise ConfigError(f"config key 'data.resize' must be [] or [height, width], got {cfg.data.resize!r}")
+        raise ConfigError(f"config key 'data.resize' must be [] or [height, width], got {short(cfg.data.resize)}")
     if cfg.eval.mode == "center_crop" and cfg.eval.labels == "native" and cfg.data.resize:
         raise ConfigError(
             "eval.mode=center_crop crops image and labels alike: with data.resize set it needs eval.labels=resized"
         )
     if not cfg.model.aspp_rates or min(cfg.model.aspp_rates) < 1:
-        raise ConfigError(f"config key 'model.aspp_rates' must be one or more rates >= 1, got {cfg.model.aspp_rates!r}")
-    if cfg.train.accum_steps < 1:
-        raise ConfigError("config key 'train.accum_steps' must be >= 1")
+        raise ConfigError(
+            f"config key 'model.aspp_rates' must be one or more rates >= 1, got {short(cfg.model.aspp_rates)}"
+        )
+    _check_ranges(cfg)
     if cfg.method == "rc2l" and cfg.model.arch != "maskformer":
         raise ConfigError(
-            f"method=rc2l needs model.arch=maskformer, not {cfg.model.arch!r}: "
+            f"method=rc2l needs model.arch=maskformer, not {short(cfg.model.arch)}: "
             f"its region losses need mask proposals, which a per-pixel model does not make"
         )
 
@@ -316,13 +477,36 @@ def get_key(cfg: Any, dotted: str) -> Any:
 
 def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
-        raise ConfigError(f"override '{item}' is not of the form key=value")
+        raise ConfigError(f"override '{clip(item)}' is not of the form key=value")
     key, raw = item.split("=", 1)
     try:
         value = yaml_load(raw) if raw != "" else ""
+    except YAMLLimitError as e:
+        raise UnsafeConfigError(f"override '{clip(item)}': {e.problem}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override '{item}': cannot parse value ({e.__class__.__name__})") from None
+        raise ConfigError(f"override '{clip(item)}': cannot parse value ({e.__class__.__name__})") from None
     return key.strip(), value
+
+
+def read_config_file(path: Path) -> Any:
+    """A config file's parsed YAML; too big, too costly to expand, unreadable or invalid →
+    ConfigError naming the file (and line), checked before anything is built from it."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UnsafeConfigError(f"{path}: {size} bytes is too big for a config file (at most {MAX_CONFIG_BYTES})")
+    try:
+        return yaml_load(path.read_bytes()[: MAX_CONFIG_BYTES + 1].decode("utf-8")) or {}
+    except YAMLLimitError as e:
+        line = f" line {e.problem_mark.line + 1}" if e.problem_mark else ""
+        raise UnsafeConfigError(f"{path}{line}: {e.problem}; refused") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config file ({str(e)[:200]})") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -330,15 +514,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     cfg = Config()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{line}: invalid YAML") from None
-        _merge(cfg, data, "", str(path))
+        _merge(cfg, read_config_file(path), "", str(path))
     for item in overrides:
         key, value = parse_override(item)
         nested: dict = {}

@@ -172,7 +172,7 @@ def nan_loss(t):
     args = [
         "train",
         CONFIG,
-        *tiny_overrides(t / "run", "train.iters=4", "loss.mask_weight=.nan", "train.max_bad_steps=3"),
+        *tiny_overrides(t / "run", "train.iters=4", "loss.mask_weight=1e300", "train.max_bad_steps=3"),
     ]
     return args, (
         r"error: 3 non-finite losses or gradients in a row at step 0 \(train\.max_bad_steps=3\): stopping; "

@@ -25,7 +25,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rc2l.engine.checkpoint import FORMAT, atomic_write, read_meta
+from rc2l.engine.checkpoint import FORMAT, atomic_write, meta_num_classes, read_meta
 from rc2l.errors import CheckpointError
 
 MODEL_DIR_FORMAT = "rc2l-model-v1"
@@ -95,7 +95,7 @@ def _weights(src, info: dict, config: dict) -> tuple[dict[str, torch.Tensor], di
 def _meta_json(meta: dict, key: str):
     try:
         return json.loads(meta[key]) if meta.get(key) not in (None, "") else None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
 
 
@@ -135,7 +135,7 @@ def model_json(meta: dict, config: dict, info: dict) -> dict:
         "format": MODEL_DIR_FORMAT,
         "library_name": "rc2l",
         "weights": "model.safetensors",
-        "num_classes": int(meta["num_classes"]),
+        "num_classes": meta_num_classes(meta, "weights metadata"),
         "model": _meta_json(meta, "model") or config.get("model", {}),
         "class_names": list(names),
         "palette": [list(map(int, p)) for p in palette],

@@ -114,12 +114,20 @@ def _is_image(p: Path) -> bool:
 
 def skipped_line(folder: str, skipped: list[Path]) -> str:
     """One line: how many files of which kind a folder search skipped, and why."""
-    kinds = Counter(p.suffix.lower() or "(no extension)" for p in skipped)
-    listed = ", ".join(f"{n} {ext}" for ext, n in sorted(kinds.items()))
-    return (
-        f"note: {folder}: skipped {len(skipped)} file(s) that are not a supported image type ({listed}); "
-        f"supported: {' '.join(IMAGE_EXTS)}"
-    )
+    broken = [p for p in skipped if p.is_symlink() and not p.exists()]
+    others = [p for p in skipped if p not in broken]
+    parts = []
+    if others:
+        kinds = Counter(p.suffix.lower() or "(no extension)" for p in others)
+        listed = ", ".join(f"{n} {ext}" for ext, n in sorted(kinds.items()))
+        parts.append(
+            f"skipped {len(others)} file(s) that are not a supported image type ({listed}); "
+            f"supported: {' '.join(IMAGE_EXTS)}"
+        )
+    if broken:
+        names = ", ".join(str(p) for p in broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+        parts.append(f"skipped {len(broken)} link(s) that lead nowhere or to themselves: {names}")
+    return f"note: {folder}: " + "; ".join(parts)
 
 
 def expand_inputs(inputs: list[str], out_dir: Path) -> tuple[list[tuple[Path, str]], list[str], list[str]]:
@@ -146,6 +154,9 @@ def expand_inputs(inputs: list[str], out_dir: Path) -> tuple[list[tuple[Path, st
     def add_folder(d: Path, label: str) -> int:
         n, skipped = 0, []
         for p in sorted(d.rglob("*")):
+            if p.is_symlink() and not p.exists():  # dangling, or a loop (a link to itself)
+                skipped.append(p)
+                continue
             if not p.is_file() or out_res in p.resolve().parents:
                 continue
             if _is_image(p):
@@ -172,6 +183,8 @@ def expand_inputs(inputs: list[str], out_dir: Path) -> tuple[list[tuple[Path, st
                     n += add(m, m.stem)
             if n == 0:
                 errors.append(f"{item}: no image matches this pattern")
+        elif p.is_symlink():
+            errors.append(f"{item}: a link that leads nowhere or to itself")
         else:
             errors.append(f"{item}: no such file or folder")
     return found, errors, notes

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from rc2l.config import Config, ConfigError, ModelConfig, load_config
+from rc2l.config import Config, ConfigError, ModelConfig, UnsafeConfigError, load_config, short
 from rc2l.data.formats import voc_palette
 from rc2l.errors import CheckpointError, DataError, RC2LError
 from rc2l.infer.quantize import check_int8
@@ -28,6 +28,8 @@ log = logging.getLogger("rc2l.predict")
 
 ONNX_FORMAT = "rc2l-onnx-v1"
 HF_PREFIX = "hf://"
+MAX_FOLDER_JSON_BYTES = 1 << 20
+MAX_SIDE = 1 << 16
 
 
 @dataclass
@@ -108,9 +110,13 @@ def read_folder_json(path: Path) -> dict:
     from rc2l.engine.model_dir import MODEL_DIR_FORMAT
 
     try:
+        if path.stat().st_size > MAX_FOLDER_JSON_BYTES:
+            raise CheckpointError(f"{path}: {path.stat().st_size} bytes is too big (at most {MAX_FOLDER_JSON_BYTES})")
         data = json.loads(path.read_text())
+    except RecursionError:
+        raise CheckpointError(f"{path}: not a readable JSON file (nested too deeply)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not a readable JSON file ({e})") from None
+        raise CheckpointError(f"{path}: not a readable JSON file ({str(e)[:200]})") from None
     if not isinstance(data, dict) or data.get("format") != MODEL_DIR_FORMAT:
         raise CheckpointError(f'{path}: not an rc2l model folder config (no "format": "{MODEL_DIR_FORMAT}")')
     return data
@@ -123,7 +129,18 @@ def folder_meta(path: Path) -> dict[str, str]:
     for key in ("class_names", "palette", "crop_size", "resize", "model"):
         if key in data:
             meta[key] = json.dumps(data[key])
+    checked_meta(meta, str(path))
     return meta
+
+
+def check_folder_classes(path: Path, num_classes: int, weights: Path) -> None:
+    """A model folder's config.json must name the weights' class count (and as many class names)."""
+    data = read_folder_json(path)
+    named = data.get("num_classes", num_classes)
+    names = data.get("class_names") or []
+    if named != num_classes or (names and len(names) != num_classes):
+        what = f"{short(named)} classes" if named != num_classes else f"{len(names)} class names"
+        raise CheckpointError(f"{path}: names {what} but {weights} holds weights for {num_classes}: refused")
 
 
 # ----------------------------------------------------------------------------- metadata → InferInfo
@@ -134,8 +151,35 @@ def _json_meta(meta: dict, key: str, where: str):
         return None
     try:
         return json.loads(meta[key])
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{where}: metadata key '{key}' is not valid JSON") from None
+    except (json.JSONDecodeError, RecursionError):
+        raise CheckpointError(f"{where}: metadata key '{key}' is not valid JSON: {short(meta[key])}") from None
+
+
+def _is_num(x, lo: float, hi: float, whole: bool = True) -> bool:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or (whole and x != int(x)):
+        return False
+    return lo <= x <= hi
+
+
+def checked_meta(meta: dict, where: str) -> dict:
+    """Parse and check the inference metadata (class names, palette, crop, resize) for types
+    and ranges → {key: value or None}; a bad entry is one error naming ``where`` and the key."""
+    out = {k: _json_meta(meta, k, where) for k in ("class_names", "palette", "crop_size", "resize")}
+    names, palette = out["class_names"], out["palette"]
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f"{where}: metadata key 'class_names' must be a list of strings, got {short(names)}")
+    rgb = lambda p: isinstance(p, (list, tuple)) and len(p) == 3 and all(_is_num(c, 0, 255) for c in p)  # noqa: E731
+    if palette is not None and not (isinstance(palette, list) and all(map(rgb, palette))):
+        raise CheckpointError(
+            f"{where}: metadata key 'palette' must be a list of [r, g, b] (whole numbers 0..255), got {short(palette)}"
+        )
+    for key in ("crop_size", "resize"):
+        v = out[key]
+        if v and not (isinstance(v, list) and len(v) == 2 and all(_is_num(x, 1, MAX_SIDE) for x in v)):
+            raise CheckpointError(
+                f"{where}: metadata key '{key}' must be [height, width] (whole numbers 1..{MAX_SIDE}), got {short(v)}"
+            )
+    return out
 
 
 def _pair(v) -> tuple[int, int] | None:
@@ -169,6 +213,8 @@ def _sibling_window(sibling: Path | None) -> tuple[tuple[int, int] | None, tuple
     try:
         sib = load_config(sibling)
         return _pair(sib.data.crop_size), _pair(sib.data.resize)
+    except UnsafeConfigError:  # too costly to read: refused, never quietly skipped
+        raise
     except ConfigError as e:
         log.warning("ignoring %s (%s)", sibling, e)
         return None, None
@@ -182,10 +228,9 @@ def resolve_info(
     ``sibling_config`` (the run folder's config.yaml) fills the window/resize only when the
     metadata lacks them (weights written before those keys existed)."""
     cfg = load_config(config) if config else None
-    names = _json_meta(meta, "class_names", where)
-    palette = _json_meta(meta, "palette", where)
-    window = _pair(_json_meta(meta, "crop_size", where))
-    resize = _pair(_json_meta(meta, "resize", where))
+    checked = checked_meta(meta, where)
+    names, palette = checked["class_names"], checked["palette"]
+    window, resize = _pair(checked["crop_size"]), _pair(checked["resize"])
     if cfg is None and window is None:
         window, resize = _sibling_window(sibling_config)
     if cfg is not None:
@@ -233,7 +278,9 @@ def load_torch_model(
 ):
     """→ (Segmenter in eval mode on ``device``, InferInfo, Config or None). ``weights`` may be
     a .safetensors file, a model folder or a run folder."""
-    from rc2l.engine.checkpoint import load_weights, model_config_from_weights, read_meta
+    import torch
+
+    from rc2l.engine.checkpoint import check_shapes, header_shapes, load_weights, model_config_from_weights, read_meta
     from rc2l.models.segmenter import build_model
 
     src = source or resolve_source(weights)
@@ -242,10 +289,14 @@ def load_torch_model(
     num_classes, model_dict = model_config_from_weights(src.file)
     meta = read_meta(src.file)
     if src.folder_json is not None:
+        check_folder_classes(src.folder_json, num_classes, src.file)
         meta = {**meta, **folder_meta(src.folder_json)}
         model_dict = _json_meta(meta, "model", str(src.folder_json)) or model_dict
     info, cfg = resolve_info(meta, num_classes, str(src.file), config, src.sibling_yaml)
-    model = build_model(num_classes, model_config(model_dict, cfg, str(src.file)))
+    mc = model_config(model_dict, cfg, str(src.file))
+    with torch.device("meta"):  # shapes only: the file is checked before memory is spent on a model
+        check_shapes(header_shapes(src.file), build_model(num_classes, mc), src.file, meta)
+    model = build_model(num_classes, mc)
     load_weights(model, src.file)
     return model.to(device).eval(), info, cfg
 
@@ -300,8 +351,10 @@ def load_onnx(path: str | Path, config: str | Path | None, device: torch.device)
     meta = dict(sess.get_modelmeta().custom_metadata_map or {})
     if meta.get("format") != ONNX_FORMAT:
         raise CheckpointError(f"{path}: not written by rc2l export (no '{ONNX_FORMAT}' metadata)")
+    from rc2l.engine.checkpoint import meta_num_classes
+
+    info, _ = resolve_info(meta, meta_num_classes(meta, path), str(path), config)
     check_int8(sess, meta, str(path))  # an int8 file proves itself on this CPU before it predicts
-    info, _ = resolve_info(meta, int(meta["num_classes"]), str(path), config)
     name = sess.get_inputs()[0].name
 
     def fn(x: Tensor) -> Tensor:
