@@ -57,9 +57,10 @@ class ModelConfig:
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     aspp_dim: int = 256  # deeplabv3plus: channels of the ASPP branches and projection
     decoder_dim: int = 256  # deeplabv3plus: channels of the two 3×3 fusion convs
-    # deeplabv3plus: ASPP dilation rates at output stride 16 (DeepLab's and UniMatch's 6/12/18 are
-    # sized for ~33×33 maps; a 192×256 crop gives 12×16, where 12 and 18 reach mostly padding)
-    aspp_rates: list[int] = field(default_factory=lambda: [6, 12, 18])
+    # deeplabv3plus: ASPP dilation rates at output stride 16, or "auto" (``auto_aspp_rates``: scaled
+    # to the training crop's map). DeepLab's and UniMatch's 6/12/18 are sized for ~33×33 maps; a
+    # 192×256 crop gives 12×16, where the rate-12/18 taps read only padding and never train
+    aspp_rates: list[int] | str = field(default_factory=lambda: [6, 12, 18])
 
 
 @dataclass
@@ -75,6 +76,13 @@ class LossConfig:
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
     deep_supervision: bool = True
+    # labelled loss of a per-pixel model (deeplabv3plus): ce | ohem (``ohem_cross_entropy``, UniMatch's
+    # Cityscapes loss). The mask model's labelled loss is the set loss above, which has no per-pixel CE
+    pixel_sup: str = "ce"
+    ohem_thresh: float = 0.7  # OHEM: pixels whose true-class probability is ≤ this count...
+    # ...but at least this fraction of the batch's non-ignored pixels (the hardest). UniMatch's
+    # Cityscapes: 200,000 of one GPU's 2×801×801 = 1,283,202 pixels ≈ 0.156
+    ohem_min_kept: float = 0.156
 
 
 @dataclass
@@ -158,6 +166,9 @@ class UniMatchConfig:
     fp: bool = True  # feature perturbation: channel dropout on the features the decoder reads
     fp_dropout: float = 0.5
     threshold: float = 0.95  # τ: pixels with confidence below it do not count in the CE (but in its denominator)
+    # the whole step's loss (labelled + unlabelled) times this; UniMatch's code divides its total by 2
+    # (0.5). With SGD and no clipping that halves the step, so it matters when lr is copied from UniMatch
+    loss_scale: float = 1.0
 
 
 @dataclass
@@ -222,6 +233,7 @@ CHOICES = {
     "model.arch": ("maskformer", "deeplabv3plus"),
     "model.backbone": ("resnet18", "resnet50", "resnet101", "efficientnet_lite0"),
     "loss.mask_loss": ("bce", "focal"),
+    "loss.pixel_sup": ("ce", "ohem"),
     "data.name": ("synthetic", "camvid", "voc", "cityscapes", "folder"),
     "data.bad_samples": ("error", "skip"),
     "train.optimizer": ("adamw", "sgd"),
@@ -296,14 +308,58 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             "eval.mode=center_crop crops image and labels alike: with data.resize set it needs eval.labels=resized"
         )
-    if not cfg.model.aspp_rates or min(cfg.model.aspp_rates) < 1:
-        raise ConfigError(f"config key 'model.aspp_rates' must be one or more rates >= 1, got {cfg.model.aspp_rates!r}")
+    _resolve_aspp_rates(cfg)
+    _validate_ranges(cfg)
     if cfg.train.accum_steps < 1:
         raise ConfigError("config key 'train.accum_steps' must be >= 1")
     if cfg.method == "rc2l" and cfg.model.arch != "maskformer":
         raise ConfigError(
             f"method=rc2l needs model.arch=maskformer, not {cfg.model.arch!r}: "
             f"its region losses need mask proposals, which a per-pixel model does not make"
+        )
+
+
+ASPP_STRIDE = 16  # model.aspp_rates are given for this output stride
+
+
+def auto_aspp_rates(crop_size: list[int]) -> list[int]:
+    """ASPP rates for ``model.aspp_rates=auto``: DeepLab's 1:2:3 ratio (6/12/18) as k, 2k, 3k with
+    k = max(1, min(h, w) // 6), (h, w) = the crop's output-stride-16 map (ceil(crop / 16)).
+
+    Why: the largest rate is then at most half the map's shorter side, so every tap of every
+    dilated branch reads real features at half the training positions or more and its weight
+    trains (DeepLab scales its rates with the map in the same way when it halves the output
+    stride). 192×256 → 12×16 → 2/4/6; 513² → 33² → 5/10/15. Maps under 6 get 1/2/3."""
+    h, w = (-(-int(s) // ASPP_STRIDE) for s in crop_size)
+    k = max(1, min(h, w) // 6)
+    return [k, 2 * k, 3 * k]
+
+
+def _resolve_aspp_rates(cfg: Config) -> None:
+    """``model.aspp_rates=auto`` → the rates for ``data.crop_size``, written into the config (so the
+    saved config names the rates the model was built with)."""
+    rates = cfg.model.aspp_rates
+    if isinstance(rates, str):
+        if rates != "auto":
+            raise ConfigError(f"config key 'model.aspp_rates' must be a list of rates or auto, got {rates!r}")
+        cfg.model.aspp_rates = auto_aspp_rates(cfg.data.crop_size)
+    if not cfg.model.aspp_rates or min(cfg.model.aspp_rates) < 1:
+        raise ConfigError(f"config key 'model.aspp_rates' must be one or more rates >= 1, got {cfg.model.aspp_rates!r}")
+
+
+def _validate_ranges(cfg: Config) -> None:
+    """Numeric keys with a bounded meaning: a value outside is an error naming the key."""
+    unit = ("loss.ohem_thresh", "loss.ohem_min_kept", "semi.unimatch.threshold", "semi.fixmatch_threshold")
+    for key in unit:
+        v = get_key(cfg, key)
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"config key '{key}' must be in [0, 1], got {v!r}")
+    if cfg.semi.unimatch.loss_scale <= 0:
+        raise ConfigError(f"config key 'semi.unimatch.loss_scale' must be > 0, got {cfg.semi.unimatch.loss_scale!r}")
+    if cfg.loss.pixel_sup == "ohem" and cfg.model.arch != "deeplabv3plus":
+        raise ConfigError(
+            f"config key 'loss.pixel_sup' = 'ohem' needs model.arch=deeplabv3plus: the {cfg.model.arch} model's "
+            f"labelled loss is the set loss, which has no per-pixel CE to mine"
         )
 
 
