@@ -320,6 +320,13 @@ def _validate(cfg: Config) -> None:
 
 
 ASPP_STRIDE = 16  # model.aspp_rates are given for this output stride
+PER_PIXEL_ONLY = ("aspp_dim", "decoder_dim", "aspp_rates")  # model keys the mask model does not read
+
+
+def model_keys_read(arch: str, model: dict) -> dict:
+    """The model section without the keys ``arch`` does not read: two runs of the mask model that
+    differ only in DeepLabv3+'s ASPP keys (e.g. aspp_rates=auto resolved) build the same model."""
+    return {k: v for k, v in model.items() if arch == "deeplabv3plus" or k not in PER_PIXEL_ONLY}
 
 
 def auto_aspp_rates(crop_size: list[int]) -> list[int]:

@@ -6,7 +6,7 @@ initialisation, yet still reads features at evaluation (issue 36: ASPP's 6/12/18
 import pytest
 import torch
 
-from rc2l.config import ConfigError, auto_aspp_rates, load_config
+from rc2l.config import ConfigError, auto_aspp_rates, load_config, model_keys_read, to_dict
 from rc2l.engine.train import Trainer
 
 from helpers import CONFIGS, tiny_model_overrides
@@ -121,3 +121,14 @@ def test_the_old_rates_leave_aspp_taps_untrained(tmp_path):
     want = {f"student.decoder.aspp.branches.2.0.weight[{i},{j}]" for i, j in rate12}
     want |= {f"student.decoder.aspp.branches.3.0.weight[{i},{j}]" for i, j in rate18}
     assert untrained(tr) == want
+
+
+def test_resume_of_a_mask_model_run_ignores_the_resolved_aspp_rates():
+    """A maskformer run saved before camvid.yaml's rates became auto ([6, 12, 18]) must still
+    resume: the mask model does not read the ASPP keys. DeepLabv3+ compares them."""
+    old = to_dict(load_config(CONFIGS / "camvid.yaml", ["model.aspp_rates=[6,12,18]"]))["model"]
+    now = to_dict(load_config(CONFIGS / "camvid.yaml"))["model"]
+    assert old != now
+    assert model_keys_read("maskformer", old) == model_keys_read("maskformer", now)
+    assert model_keys_read("deeplabv3plus", old) != model_keys_read("deeplabv3plus", now)
+    assert model_keys_read("maskformer", {**now, "hidden_dim": 7}) != model_keys_read("maskformer", now)
