@@ -140,9 +140,10 @@ class ModelConfig:
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     aspp_dim: int = 256  # deeplabv3plus: channels of the ASPP branches and projection
     decoder_dim: int = 256  # deeplabv3plus: channels of the two 3×3 fusion convs
-    # deeplabv3plus: ASPP dilation rates at output stride 16 (DeepLab's and UniMatch's 6/12/18 are
-    # sized for ~33×33 maps; a 192×256 crop gives 12×16, where 12 and 18 reach mostly padding)
-    aspp_rates: list[int] = field(default_factory=lambda: [6, 12, 18])
+    # deeplabv3plus: ASPP dilation rates at output stride 16, or "auto" (``auto_aspp_rates``: scaled
+    # to the training crop's map). DeepLab's and UniMatch's 6/12/18 are sized for ~33×33 maps; a
+    # 192×256 crop gives 12×16, where the rate-12/18 taps read only padding and never train
+    aspp_rates: list[int] | str = field(default_factory=lambda: [6, 12, 18])
 
 
 @dataclass
@@ -158,6 +159,13 @@ class LossConfig:
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
     deep_supervision: bool = True
+    # labelled loss of a per-pixel model (deeplabv3plus): ce | ohem (``ohem_cross_entropy``, UniMatch's
+    # Cityscapes loss). The mask model's labelled loss is the set loss above, which has no per-pixel CE
+    pixel_sup: str = "ce"
+    ohem_thresh: float = 0.7  # OHEM: pixels whose true-class probability is ≤ this count...
+    # ...but at least this fraction of the batch's non-ignored pixels (the hardest). UniMatch's
+    # Cityscapes: 200,000 of one GPU's 2×801×801 = 1,283,202 pixels ≈ 0.156
+    ohem_min_kept: float = 0.156
 
 
 @dataclass
@@ -241,6 +249,9 @@ class UniMatchConfig:
     fp: bool = True  # feature perturbation: channel dropout on the features the decoder reads
     fp_dropout: float = 0.5
     threshold: float = 0.95  # τ: pixels with confidence below it do not count in the CE (but in its denominator)
+    # the whole step's loss (labelled + unlabelled) times this; UniMatch's code divides its total by 2
+    # (0.5). With SGD and no clipping that halves the step, so it matters when lr is copied from UniMatch
+    loss_scale: float = 1.0
 
 
 @dataclass
@@ -305,6 +316,7 @@ CHOICES = {
     "model.arch": ("maskformer", "deeplabv3plus"),
     "model.backbone": ("resnet18", "resnet50", "resnet101", "efficientnet_lite0"),
     "loss.mask_loss": ("bce", "focal"),
+    "loss.pixel_sup": ("ce", "ohem"),
     "data.name": ("synthetic", "camvid", "voc", "cityscapes", "folder"),
     "data.bad_samples": ("error", "skip"),
     "train.optimizer": ("adamw", "sgd"),
@@ -333,14 +345,15 @@ for _keys, _range in {
     "train.iters train.accum_steps train.eval_every train.log_every train.save_every train.max_bad_steps "
     "eval.batch_size semi.rfc_proj_dim semi.pixel_contrast_samples": (1, None, False),
     "data.workers train.threads train.warmup_iters semi.rampup_iters semi.start_iter loss.num_points": (0, None, False),
-    "train.lr semi.tau_m semi.tau_f semi.pixel_contrast_tau": (0, None, True),
+    "train.lr semi.tau_m semi.tau_f semi.pixel_contrast_tau semi.unimatch.loss_scale": (0, None, True),
     "eval.stride_ratio": (0, 1, True),
     "loss.oversample_ratio": (1, None, False),
     "loss.cls_weight loss.mask_weight loss.dice_weight loss.no_object_weight train.backbone_lr_mult "
     "train.weight_decay train.poly_power train.clip_grad semi.lambda_u semi.rmc semi.rfc semi.rcc semi.smc "
     "semi.pixel_contrast": (0, None, False),
     "loss.importance_sample_ratio semi.ema_momentum semi.tau_cls semi.tau_pix semi.cutmix_p "
-    "semi.fixmatch_threshold semi.region_fp_dropout semi.unimatch.fp_dropout semi.unimatch.threshold": (0, 1, False),
+    "semi.fixmatch_threshold semi.region_fp_dropout semi.unimatch.fp_dropout semi.unimatch.threshold "
+    "loss.ohem_thresh loss.ohem_min_kept": (0, 1, False),
 }.items():
     RANGES.update(dict.fromkeys(_keys.split(), _range))
 # list keys: every item in (lowest, highest); scale_range also ordered
@@ -456,15 +469,59 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             "eval.mode=center_crop crops image and labels alike: with data.resize set it needs eval.labels=resized"
         )
-    if not cfg.model.aspp_rates or min(cfg.model.aspp_rates) < 1:
-        raise ConfigError(
-            f"config key 'model.aspp_rates' must be one or more rates >= 1, got {short(cfg.model.aspp_rates)}"
-        )
+    _resolve_aspp_rates(cfg)
     _check_ranges(cfg)
+    _check_combinations(cfg)
     if cfg.method == "rc2l" and cfg.model.arch != "maskformer":
         raise ConfigError(
             f"method=rc2l needs model.arch=maskformer, not {short(cfg.model.arch)}: "
             f"its region losses need mask proposals, which a per-pixel model does not make"
+        )
+
+
+ASPP_STRIDE = 16  # model.aspp_rates are given for this output stride
+PER_PIXEL_ONLY = ("aspp_dim", "decoder_dim", "aspp_rates")  # model keys the mask model does not read
+
+
+def model_keys_read(arch: str, model: dict) -> dict:
+    """The model section without the keys ``arch`` does not read: two runs of the mask model that
+    differ only in DeepLabv3+'s ASPP keys (e.g. aspp_rates=auto resolved) build the same model."""
+    return {k: v for k, v in model.items() if arch == "deeplabv3plus" or k not in PER_PIXEL_ONLY}
+
+
+def auto_aspp_rates(crop_size: list[int]) -> list[int]:
+    """ASPP rates for ``model.aspp_rates=auto``: DeepLab's 1:2:3 ratio (6/12/18) as k, 2k, 3k with
+    k = max(1, min(h, w) // 6), (h, w) = the crop's output-stride-16 map (ceil(crop / 16)).
+
+    Why: the largest rate is then at most half the map's shorter side, so every tap of every
+    dilated branch reads real features at half the training positions or more and its weight
+    trains (DeepLab scales its rates with the map in the same way when it halves the output
+    stride). 192×256 → 12×16 → 2/4/6; 513² → 33² → 5/10/15. Maps under 6 get 1/2/3."""
+    h, w = (-(-int(s) // ASPP_STRIDE) for s in crop_size)
+    k = max(1, min(h, w) // 6)
+    return [k, 2 * k, 3 * k]
+
+
+def _resolve_aspp_rates(cfg: Config) -> None:
+    """``model.aspp_rates=auto`` → the rates for ``data.crop_size``, written into the config (so the
+    saved config names the rates the model was built with)."""
+    rates = cfg.model.aspp_rates
+    if isinstance(rates, str):
+        if rates != "auto":
+            raise ConfigError(f"config key 'model.aspp_rates' must be a list of rates or auto, got {short(rates)}")
+        cfg.model.aspp_rates = auto_aspp_rates(cfg.data.crop_size)
+    if not cfg.model.aspp_rates or min(cfg.model.aspp_rates) < 1:
+        raise ConfigError(
+            f"config key 'model.aspp_rates' must be one or more rates >= 1, got {short(cfg.model.aspp_rates)}"
+        )
+
+
+def _check_combinations(cfg: Config) -> None:
+    """Values that are each in range but do not go together."""
+    if cfg.loss.pixel_sup == "ohem" and cfg.model.arch != "deeplabv3plus":
+        raise ConfigError(
+            f"config key 'loss.pixel_sup' = 'ohem' needs model.arch=deeplabv3plus: the {cfg.model.arch} model's "
+            f"labelled loss is the set loss, which has no per-pixel CE to mine"
         )
 
 

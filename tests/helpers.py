@@ -9,7 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import torch.nn.functional as Fn
+from torch import nn
 
 from rc2l.losses.functional import normalize_semantic
 
@@ -94,3 +96,47 @@ def downsample_box(box, size):
     if tuple(box.shape[-2:]) == size:
         return box.bool()
     return Fn.interpolate(box[:, None].float(), size=size, mode="area")[:, 0] >= 0.5
+
+
+# ----------------------------------------------------------------------------- tiny per-pixel model
+PP_K, PP_B, PP_S = 3, 2, 16  # classes, batch, image side of the tiny per-pixel model
+
+
+class TinyPerPixel(nn.Module):
+    """A 1×1 conv and 4×4 average pooling: stride-4 logits; records every call's input, FP rate
+    and output."""
+
+    per_pixel = True
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, PP_K, 1)
+        self.calls = []
+
+    def forward(self, x, fp_dropout=0.0):
+        out = {"sem_logits": Fn.avg_pool2d(self.conv(x), 4)}
+        if fp_dropout > 0:
+            out["fp"] = {"sem_logits": Fn.avg_pool2d(self.conv(Fn.dropout2d(x, fp_dropout, training=True)), 4)}
+        self.calls.append({"x": x.detach().clone(), "fp": fp_dropout, "out": out})
+        return out
+
+    def param_groups(self):
+        return {"backbone": [], "head": list(self.parameters())}
+
+
+def unimatch_batches(seed=0):
+    """A labelled and an unlabelled batch (weak, two strong views, padding on image 1) for TinyPerPixel."""
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.ones(PP_B, PP_S, PP_S, dtype=torch.bool)
+    valid[1, :, 12:] = False  # padding on the second image
+    lab = {
+        "image": torch.rand(PP_B, 3, PP_S, PP_S, generator=g),
+        "mask": torch.randint(0, PP_K, (PP_B, PP_S, PP_S), generator=g),
+    }
+    unl = {
+        "image_w": torch.rand(PP_B, 3, PP_S, PP_S, generator=g),
+        "image_s": torch.rand(PP_B, 3, PP_S, PP_S, generator=g),
+        "image_s2": torch.rand(PP_B, 3, PP_S, PP_S, generator=g),
+        "valid": valid,
+    }
+    return lab, unl

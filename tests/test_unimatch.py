@@ -7,50 +7,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as Fn
-from torch import nn
 
 from rc2l.config import load_config
 from rc2l.engine.methods import FixMatch, UniMatch
 from rc2l.engine.methods.unimatch import BOX_STREAMS, pixel_ce, view_weights
 from rc2l.engine.teacher import apply_cutmix, mix_with_partner, stride_boxes
 
-K, B, S = 3, 2, 16
+from helpers import PP_B, PP_K, PP_S, TinyPerPixel
+from helpers import unimatch_batches as batches
 
-
-class TinyPerPixel(nn.Module):
-    """A 1×1 conv and 4×4 average pooling: stride-4 logits; records every call's input, FP rate
-    and output."""
-
-    per_pixel = True
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, K, 1)
-        self.calls = []
-
-    def forward(self, x, fp_dropout=0.0):
-        out = {"sem_logits": Fn.avg_pool2d(self.conv(x), 4)}
-        if fp_dropout > 0:
-            out["fp"] = {"sem_logits": Fn.avg_pool2d(self.conv(Fn.dropout2d(x, fp_dropout, training=True)), 4)}
-        self.calls.append({"x": x.detach().clone(), "fp": fp_dropout, "out": out})
-        return out
-
-    def param_groups(self):
-        return {"backbone": [], "head": list(self.parameters())}
-
-
-def batches(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    valid = torch.ones(B, S, S, dtype=torch.bool)
-    valid[1, :, 12:] = False  # padding on the second image
-    lab = {"image": torch.rand(B, 3, S, S, generator=g), "mask": torch.randint(0, K, (B, S, S), generator=g)}
-    unl = {
-        "image_w": torch.rand(B, 3, S, S, generator=g),
-        "image_s": torch.rand(B, 3, S, S, generator=g),
-        "image_s2": torch.rand(B, 3, S, S, generator=g),
-        "valid": valid,
-    }
-    return lab, unl
+K, B, S = PP_K, PP_B, PP_S
 
 
 def method(cls=UniMatch, *overrides):

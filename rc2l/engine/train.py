@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from rc2l.config import Config, save_config, to_dict
+from rc2l.config import Config, model_keys_read, save_config, to_dict
 from rc2l.data.build import build_datasets, collate, dataset_info
 from rc2l.data.sampler import ResumableSampler, SeededDataset, StreamPosition
 from rc2l.engine import distributed as D
@@ -284,8 +284,9 @@ class Trainer:
         if st.get("format") != "rc2l-state-v1":
             raise CheckpointError(f"{path}: not an rc2l training state")
         old = json.loads(st["config"])
-        if old["model"] != to_dict(self.cfg)["model"]:
-            diff = [k for k in old["model"] if old["model"][k] != getattr(self.cfg.model, k, None)]
+        saved, now = (model_keys_read(self.cfg.model.arch, m) for m in (old["model"], to_dict(self.cfg)["model"]))
+        if saved != now:
+            diff = [k for k in saved if saved[k] != now.get(k)]
             raise CheckpointError(
                 f"{path}: saved with a different model config (differs in: {', '.join('model.' + d for d in diff)})"
             )

@@ -2,6 +2,8 @@
 
 - ``pixel_pseudo_ce``: FixMatch-style pseudo-label cross-entropy of the student's semantic
   output against the teacher's Ŷ, on pixels whose teacher confidence passes a threshold.
+- ``ohem_cross_entropy``: UniMatch's labelled loss for driving scenes (Cityscapes): CE over the
+  hard pixels only (online hard example mining).
 - ``pixel_contrast_loss``: supervised InfoNCE (SupCon) over pixel embeddings of F with the
   pseudo-labels as classes; "sampled" (``num_samples`` pixels per batch, as ReCo/U²PL do)
   or "exact" (every confident pixel: the P×P similarity whose O(P²) cost the benchmark
@@ -12,6 +14,8 @@ usable the loss is an exact 0 still connected to the student's graph.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as Fn
@@ -54,6 +58,39 @@ def pixel_pseudo_ce(
         return connected_zero(student)
     nll = -logp.gather(1, label.detach().clamp(0, K - 1)[:, None]).squeeze(1)  # (B, h, w)
     return nll[keep].sum() / max(total, 1)
+
+
+def ohem_keep(p_true: Tensor, valid: Tensor, thresh: float, min_kept: float) -> Tensor:
+    """Which pixels OHEM trains on. p_true: (B, H, W) probability of each pixel's true class;
+    valid: (B, H, W) bool, not ignored → (B, H, W) bool.
+
+    A valid pixel counts if p_true ≤ max(thresh, the n-th smallest valid p_true), n =
+    ceil(min_kept × valid pixels): the pixels under the threshold, and never fewer than the
+    n hardest (ties at the cut all count), as UniMatch's Cityscapes loss. ``min_kept`` is a
+    fraction of the batch's valid pixels, so the floor scales with batch and crop (UniMatch's
+    200,000 of its 2×801×801 pixels per GPU ≈ 0.156)."""
+    n_valid = int(valid.sum())
+    cut = torch.tensor(float(thresh), device=p_true.device)
+    n = min(n_valid, math.ceil(min_kept * n_valid))
+    if n > 0:
+        cut = torch.maximum(cut, p_true[valid].float().kthvalue(n).values)
+    return valid & (p_true <= cut)
+
+
+def ohem_cross_entropy(
+    logits: Tensor, labels: Tensor, thresh: float = 0.7, min_kept: float = 0.156, ignore_index: int = 255
+) -> Tensor:
+    """Cross-entropy averaged over the pixels ``ohem_keep`` picks; logits: (B, K, H, W) at the
+    label size, labels: (B, H, W) int64 with ``ignore_index``. Easy pixels (true class already
+    likely) stop pulling the loss, so rare and thin classes weigh more. Scalar (a connected 0
+    when every pixel is ignored)."""
+    valid = labels != ignore_index
+    if not bool(valid.any()):
+        return connected_zero(logits)
+    logp = logits.float().log_softmax(1)
+    nll = -logp.gather(1, torch.where(valid, labels, 0)[:, None]).squeeze(1)  # (B, H, W)
+    keep = ohem_keep((-nll.detach()).exp(), valid, thresh, min_kept)
+    return nll[keep].sum() / keep.sum()
 
 
 def supcon_loss(z: Tensor, y: Tensor, tau: float = 0.1, chunk: int | None = None) -> Tensor:
@@ -121,11 +158,13 @@ def pixel_contrast_loss(
 
 class PixelCriterion(nn.Module):
     """Supervised loss of a per-pixel model: cross-entropy of its stride-4 logits, upsampled
-    to the label size, over non-ignored pixels (DeepLab/UniMatch convention)."""
+    to the label size, over non-ignored pixels (DeepLab/UniMatch convention); with
+    ``ohem`` = (thresh, min_kept), ``ohem_cross_entropy`` instead (UniMatch's Cityscapes loss)."""
 
-    def __init__(self, ignore_index: int = 255):
+    def __init__(self, ignore_index: int = 255, ohem: tuple[float, float] | None = None):
         super().__init__()
         self.ignore_index = ignore_index
+        self.ohem = ohem
 
     def forward(self, outputs: dict, labels: Tensor, num_masks: float | None = None) -> dict[str, Tensor]:
         """outputs["sem_logits"]: (B, K, h, w); labels: (B, H, W) int64. ``num_masks`` is the
@@ -135,6 +174,8 @@ class PixelCriterion(nn.Module):
         )
         if not bool((labels != self.ignore_index).any()):
             ce = connected_zero(outputs["sem_logits"])
+        elif self.ohem is not None:
+            ce = ohem_cross_entropy(logits, labels, *self.ohem, ignore_index=self.ignore_index)
         else:
             ce = Fn.cross_entropy(logits, labels, ignore_index=self.ignore_index)
         return {"loss_ce": ce, "loss": ce}

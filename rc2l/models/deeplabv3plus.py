@@ -94,6 +94,8 @@ class DeepLabV3Plus(nn.Module):
         self.backbone = build_backbone(cfg.backbone, cfg.pretrained, output_stride=output_stride)
         self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
+        if isinstance(cfg.aspp_rates, str):  # "auto" is resolved against the crop by load_config
+            raise ValueError(f"model.aspp_rates must be resolved to a list of rates first, got {cfg.aspp_rates!r}")
         # cfg.aspp_rates are for output stride 16; the same field of view at any stride
         self.rates = tuple(max(1, r * 16 // output_stride) for r in cfg.aspp_rates)
         ch = self.backbone.out_channels

@@ -51,10 +51,11 @@ def regions_per_image(targets: dict) -> float:
 
 
 def build_criterion(cfg: Config, num_classes: int, ignore_index: int) -> nn.Module:
-    """The supervised loss of the model's kind: the set loss for mask classification, plain
-    per-pixel CE for a per-pixel model."""
+    """The supervised loss of the model's kind: the set loss for mask classification, per-pixel
+    CE (or OHEM CE, loss.pixel_sup=ohem) for a per-pixel model."""
     if cfg.model.arch == "deeplabv3plus":
-        return PixelCriterion(ignore_index)
+        ohem = (cfg.loss.ohem_thresh, cfg.loss.ohem_min_kept) if cfg.loss.pixel_sup == "ohem" else None
+        return PixelCriterion(ignore_index, ohem)
     return SetCriterion(num_classes, cfg.loss, ignore_index)
 
 

@@ -8,7 +8,8 @@ One unlabeled batch, top to bottom (``UniMatch.step``):
     each strong view u_s1, u_s2 (own photometric draw) → its own CutMix box, applied to the
         view and to Ŷ / confidence / padding
     student(u_s1, u_s2) → per-pixel CE where confidence ≥ τ, divided by the non-padded pixels
-    L = L_sup + λ_u·(0.25·L_s1 + 0.25·L_s2 + 0.5·L_fp)
+    L = scale·(L_sup + λ_u·(0.25·L_s1 + 0.25·L_s2 + 0.5·L_fp)), scale = semi.unimatch.loss_scale
+        (1; UniMatch's own code uses 0.5: (L_x + 0.25·L_s1 + 0.25·L_s2 + 0.5·L_fp) / 2)
 With one view and no FP the weights become 1·L_s1: FixMatch with UniMatch's loss.
 """
 
@@ -72,6 +73,12 @@ class UniMatch(Method):
     def models_to_evaluate(self) -> dict[str, nn.Module]:
         return {"student": self.model} if self.teacher is None else {"student": self.model, "teacher": self.teacher}
 
+    def scaled(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        """terms["loss"] × semi.unimatch.loss_scale (the logged terms stay unscaled)."""
+        if self.settings.loss_scale != 1.0:  # the default leaves the graph exactly as it was
+            terms["loss"] = self.settings.loss_scale * terms["loss"]
+        return terms
+
     def weak_pass(self, weak: Tensor) -> tuple[Tensor, Tensor, dict | None]:
         """weak (B, 3, H, W) → Ŷ (B, h, w), confidence (B, h, w), both detached, and the FP
         branch's output (None without FP). With the self teacher Ŷ comes from the clean half
@@ -97,7 +104,7 @@ class UniMatch(Method):
         sup = self.supervised_loss(labeled, num_masks)
         lam = lambda_u(step, c.semi)
         if semi_step(step, c.semi) < 0:
-            return warmup_terms(sup, lam)
+            return self.scaled(warmup_terms(sup, lam))
         weak = unlabeled["image_w"].to(self.device, non_blocking=True)
         strong = [unlabeled[k].to(self.device, non_blocking=True) for k in ("image_s", "image_s2")[: u.views]]
         label, conf, fp_out = self.weak_pass(weak)
@@ -123,4 +130,4 @@ class UniMatch(Method):
         if fp_out is not None:
             unsup["unimatch_fp"] = w_fp * pixel_ce(fp_out, label, conf, u.threshold, real)
         stats = {"conf_frac": float(((conf >= u.threshold) & real).sum() / real.sum().clamp(min=1))}
-        return combine(sup, unsup, lam, stats)
+        return self.scaled(combine(sup, unsup, lam, stats))
