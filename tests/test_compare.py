@@ -76,6 +76,32 @@ def test_every_study_row_is_a_valid_config():
     assert cfgs["fixmatch τ0.7"].semi.fixmatch_threshold == 0.7
 
 
+def test_fair_grid_is_four_valid_configurations_per_rival():
+    """The declared grid: four configurations for each rival, the first of the UniMatch ones
+    being its driving-scene recipe, every row a valid config; the same keys as the preset file."""
+    from collections import Counter
+
+    from rc2l.config import load_config
+    from rc2l.engine.compare import FAIR_ROWS
+
+    cfgs = {name: load_config(REPO / "configs" / "camvid.yaml", ov) for name, ov in FAIR_ROWS.items()}
+    rival = Counter(name.split()[0] for name in cfgs)
+    assert rival == {"unimatch": 4, "unimatch-dl": 4, "supervised-dl": 4}
+    m1, d1 = cfgs["unimatch M1 driving"], cfgs["unimatch-dl D1 driving ohem"]
+    assert (m1.method, m1.train.optimizer, m1.semi.unimatch.threshold, m1.model.arch) == (
+        "unimatch",
+        "sgd",
+        0.0,
+        "maskformer",
+    )
+    assert (d1.model.arch, d1.loss.pixel_sup, d1.model.aspp_rates) == ("deeplabv3plus", "ohem", [2, 4, 6])
+    driving = load_config(REPO / "configs" / "camvid_unimatch_driving.yaml", ["data.split=full"])
+    assert driving.train == m1.train and driving.semi == m1.semi
+    assert all(c.model.arch == "deeplabv3plus" for n, c in cfgs.items() if "-dl " in n)
+    assert len({str(ov) for ov in FAIR_ROWS.values()}) == len(FAIR_ROWS)  # no row twice
+    assert parse_rows("fair", []) == FAIR_ROWS
+
+
 def test_study_rows_and_parse():
     assert STUDY_ROWS["unimatch (deeplabv3plus)"] == ["method=unimatch", "model.arch=deeplabv3plus"]
     assert "fixmatch τ0.7" in STUDY_ROWS and "rc2l region terms only" in STUDY_ROWS

@@ -203,5 +203,11 @@ def test_preset_is_camvid_plus_the_driving_recipe_only():
     assert changed == DRIVING
     s = load_config(PRESET).semi.unimatch
     assert (s.teacher, s.views, s.fp, s.fp_dropout) == ("self", 2, True, 0.5)  # V1, as UniMatch's defaults
+    from rc2l.config import parse_override
+    from rc2l.engine.compare import DRIVING as DRIVING_OVERRIDES
+
+    assert dict(parse_override(o) for o in DRIVING_OVERRIDES) == {
+        k: v for k, v in DRIVING.items() if k not in ("out_dir", "data.split")
+    }  # compare's fair preset runs the same recipe as the file
     deeplab = load_config(PRESET, ["model.arch=deeplabv3plus", "loss.pixel_sup=ohem"])
     assert (deeplab.loss.ohem_thresh, deeplab.model.aspp_rates) == (0.7, [2, 4, 6])

@@ -46,19 +46,64 @@ STUDY_ROWS: dict[str, list[str]] = {
 }
 
 
+# The fair fight: UniMatch's driving-scene recipe (its Cityscapes config) as overrides of
+# configs/camvid.yaml (configs/camvid_unimatch_driving.yaml is the same, as a file), split in
+# the optimizer part a supervised row can take and the semi-supervised part.
+DRIVING_OPTIM = [
+    "train.optimizer=sgd",
+    "train.lr=0.005",
+    "train.backbone_lr_mult=1.0",
+    "train.weight_decay=0.0001",
+    "train.warmup_iters=0",
+    "train.clip_grad=0.0",
+]
+DRIVING = [
+    "method=unimatch",
+    *DRIVING_OPTIM,
+    "semi.start_iter=0",
+    "semi.rampup_iters=0",
+    "semi.unimatch.threshold=0.0",
+    "semi.unimatch.loss_scale=0.5",
+]
+OHEM = ["loss.pixel_sup=ohem"]
+# The grid declared in docs/results.md ("A fair fight") before its runs: four configurations per
+# rival at seed 0, selected by the final-step student mIoU; listed in the order they are run.
+FAIR_ROWS: dict[str, list[str]] = {
+    "supervised-dl S4 adamw ce": ["method=supervised", *ARCH_PIXEL],
+    "unimatch M1 driving": DRIVING,
+    "unimatch-dl D1 driving ohem": [*DRIVING, *ARCH_PIXEL, *OHEM],
+    "supervised-dl S1 sgd ohem": ["method=supervised", *ARCH_PIXEL, *DRIVING_OPTIM, *OHEM],
+    "unimatch M2 adamw τ0": ["method=unimatch", "semi.unimatch.threshold=0.0", "semi.unimatch.loss_scale=0.5"],
+    "unimatch-dl D2 driving ce": [*DRIVING, *ARCH_PIXEL],
+    "supervised-dl S2 sgd ce": ["method=supervised", *ARCH_PIXEL, *DRIVING_OPTIM],
+    "unimatch M3 adamw τ0.7": ["method=unimatch", "semi.unimatch.threshold=0.7"],
+    "unimatch-dl D3 adamw τ0 ohem": [
+        "method=unimatch",
+        *ARCH_PIXEL,
+        "semi.unimatch.threshold=0.0",
+        "semi.unimatch.loss_scale=0.5",
+        *OHEM,
+    ],
+    "supervised-dl S3 adamw ohem": ["method=supervised", *ARCH_PIXEL, *OHEM],
+    "unimatch M4 adamw τ0.95 ema": ["method=unimatch", "semi.unimatch.teacher=ema"],
+    "unimatch-dl D4 adamw τ0.95 ce": ["method=unimatch", *ARCH_PIXEL],
+}
+PRESETS = {"study": STUDY_ROWS, "fair": FAIR_ROWS}
+
+
 def row_folder(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.replace("+", "plus_").replace("τ", "tau"))
 
 
 def parse_rows(preset: str | None, extra: list[str]) -> dict[str, list[str]]:
-    rows = dict(STUDY_ROWS) if preset == "study" else {}
+    rows = dict(PRESETS[preset]) if preset else {}
     for spec in extra:
         if ":" not in spec:
             raise SystemExit(f"error: --row {spec!r} must look like 'NAME: key=value key=value'")
         name, overrides = spec.split(":", 1)
         rows[name.strip()] = shlex.split(overrides)
     if not rows:
-        raise SystemExit("error: no rows: give --preset study and/or --row 'NAME: key=value ...'")
+        raise SystemExit("error: no rows: give --preset study|fair and/or --row 'NAME: key=value ...'")
     return rows
 
 
@@ -180,7 +225,11 @@ def add_parser(sub) -> None:
     p.add_argument("overrides", nargs="*", help="key=value applied to every row (e.g. data.split=1_8)")
     p.add_argument("--out", required=True, help="folder for <row>/seed<k> run folders and compare.md/json/png")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to run for every row (default 0)")
-    p.add_argument("--preset", choices=["study"], help="the region-vs-pixel study's rows")
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="study: the region-vs-pixel study's rows; fair: the rivals' declared tuning grid (docs/results.md)",
+    )
     p.add_argument("--row", action="append", default=[], help="row 'NAME: key=value ...' (repeatable)")
     p.add_argument("--only", help="comma-separated subset of the rows")
     p.add_argument(
