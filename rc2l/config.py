@@ -300,6 +300,9 @@ class Config:
     seed: int = 0
     method: str = "supervised"  # supervised | fixmatch | rc2l | unimatch
     resume: str = ""  # "" | auto | path to a training-state file
+    # true: a new run into an out_dir that holds one moves the earlier run's files aside to
+    # out_dir/earlier-run-<time>/ (without it, or resume, `rc2l train` refuses such a folder)
+    overwrite: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -455,6 +458,10 @@ def _merge(obj: Any, data: dict, prefix: str, where: str) -> None:
 
 
 def _validate(cfg: Config) -> None:
+    if cfg.overwrite and cfg.resume:
+        raise ConfigError(
+            "config keys 'overwrite' and 'resume' contradict: overwrite=true starts a new run, resume continues one"
+        )
     for key, allowed in CHOICES.items():
         value = get_key(cfg, key)
         if value not in allowed:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rc2l.data.datasets import read_image
+from rc2l.data.imageio import read_image
 from rc2l.data.transforms import resize_pair
 
 IMAGE_SUFFIXES = {".webp", ".png", ".jpg", ".jpeg", ".bmp"}

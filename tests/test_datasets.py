@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_CS_LABEL_IDS, data_config, data_labels, data_rgb, data_save
+from conftest import DATA_CS_LABEL_IDS, DATA_H, DATA_W, data_config, data_labels, data_rgb, data_save
 from PIL import Image
 
 from rc2l.cli import main as splits_main
@@ -250,3 +250,64 @@ def test_skip_mode_returns_none_and_collate_drops_it(data_camvid, caplog):
     assert D.skipped_count() - before == 3
     loader = torch.utils.data.DataLoader(val, batch_size=2, collate_fn=D.collate)
     assert [b["id"] for b in loader] == [["0001TP_001001"]]
+
+
+# ------------------------------------------------------------------ one reader: EXIF, 16 bit
+
+
+def _phone_folder(root: Path, ext: str, orientation: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A folder dataset of one phone photo stored sideways with an EXIF orientation tag, its mask
+    drawn on the upright photo (h × w): a red block in the top-left area is class 1."""
+    upright = np.full((h, w, 3), 96, np.uint8)
+    labels = np.zeros((h, w), np.uint8)
+    upright[0:16, 0:24] = (255, 0, 0)
+    labels[0:16, 0:24] = 1
+    # 6 = "rotate 90° clockwise to display", 8 = counter-clockwise: store the inverse turn
+    stored = np.rot90(upright, k=1 if orientation == 6 else -1)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    (root / "images").mkdir(parents=True)
+    Image.fromarray(np.ascontiguousarray(stored)).save(root / "images" / f"p{ext}", exif=exif, quality=95)
+    data_save(root / "masks" / "p.png", labels)
+    (root / "classes.txt").write_text("background 96 96 96\nred 255 0 0\n")
+    return upright, labels
+
+
+@pytest.mark.parametrize(
+    "ext,orientation,h,w",
+    [(".jpg", 6, 40, 40), (".png", 8, 40, 40), (".jpg", 8, 32, 48), (".png", 6, 48, 32)],
+)
+def test_exif_rotated_photos_align_with_masks_drawn_upright(tmp_path, ext, orientation, h, w):
+    """Training sees the photo upright, as predict does and as its labels were drawn: a square
+    photo is not silently 90° off its mask, a non-square one is not refused as a size mismatch."""
+    root = tmp_path / "phone"
+    upright, labels = _phone_folder(root, ext, orientation, h, w)
+    sample = build_datasets(data_config(name="folder", root=str(root)))["val"][0]
+    image, mask = sample["image"], sample["mask"]
+    assert tuple(image.shape) == (3, h, w) and tuple(mask.shape) == (h, w)
+    red = (image[0] > 0.7) & (image[1] < 0.3)
+    assert (red == (mask == 1)).float().mean() > 0.98
+    assert (mask.numpy() == labels).all()
+    err = np.abs(image.permute(1, 2, 0).numpy() * 255 - upright)
+    assert err.max() < 1 if ext == ".png" else err.mean() < 8  # JPEG: lossy at the block's edges
+
+
+def test_mask_with_its_own_orientation_tag_is_turned_too(tmp_path):
+    """A mask that carries an orientation tag follows the same rule as its photo, so a pair
+    saved sideways by the same tool stays aligned."""
+    root = tmp_path / "phone"
+    upright, labels = _phone_folder(root, ".png", 6, 32, 48)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(labels, k=1))).save(root / "masks" / "p.png", exif=exif)
+    sample = build_datasets(data_config(name="folder", root=str(root)))["val"][0]
+    assert (sample["mask"].numpy() == labels).all()
+
+
+def test_16bit_png_training_input_is_scaled_not_clipped(data_folder):
+    """A 16-bit grey PNG at 40000/65535 trains as 156/255 (as predict reads it), not as white."""
+    (data_folder / "images" / "b.png").unlink()
+    Image.fromarray(np.full((DATA_H, DATA_W), 40000, np.uint16)).save(data_folder / "images" / "b.png")
+    ds = build_datasets(data_config(name="folder", root=str(data_folder)))["val"]
+    image = ds[[it.id for it in ds.items].index("b")]["image"]
+    assert torch.allclose(image, torch.full_like(image, round(40000 * 255 / 65535) / 255), atol=1e-6)

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 
 from rc2l.data.cache import DecodedCache
 from rc2l.data.formats import IGNORE, IMAGE_EXTS, voc_palette
+from rc2l.data.imageio import read_image, read_mask  # the reader predict uses too: same pixels
 from rc2l.data.splits import SplitLine, read_split_file
 from rc2l.errors import DataError
 
@@ -53,31 +53,7 @@ def _identity_lut(num_classes: int) -> np.ndarray:
     return make_lut({**{i: i for i in range(num_classes)}, IGNORE: IGNORE})
 
 
-# --------------------------------------------------------------------------- file reading
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Decode fully (so truncated files fail) → uint8 (H, W, 3)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.array(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """Decode a single-channel mask → (H, W) integer array of raw values (palette indices for 'P')."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
-                raise DataError(f"mask {path} must be single-channel (palette or grey), not mode {im.mode}")
-            return np.array(im)
-    except DataError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read mask {path}: {e}") from None
+# --------------------------------------------------------------------------- labels
 
 
 def map_labels(raw: np.ndarray, lut: np.ndarray, path: Path, dataset: str) -> np.ndarray:

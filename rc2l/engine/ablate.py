@@ -53,7 +53,7 @@ def parse_rows(only: str | None, extra: list[str]) -> dict[str, list[str]]:
 
 
 # Keys that may differ between an interrupted row and its continuation.
-RUN_ONLY_KEYS = ("out_dir", "resume", "train.progress", "train.threads", "train.keep_freed_memory")
+RUN_ONLY_KEYS = ("out_dir", "resume", "overwrite", "train.progress", "train.threads", "train.keep_freed_memory")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

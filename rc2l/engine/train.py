@@ -28,6 +28,7 @@ from rc2l.engine.metrics_log import MetricsLog
 from rc2l.engine.model_dir import command_line, write_model_dir
 from rc2l.engine.optim import build_optimizer, build_scheduler
 from rc2l.engine.progress import Progress, summary_line
+from rc2l.engine.run_dir import claim_run_dir
 from rc2l.errors import CheckpointError, TrainingError
 from rc2l.losses.functional import targets_from_labels
 from rc2l.models.segmenter import build_model
@@ -602,9 +603,14 @@ class _null:
 
 
 def train(cfg: Config) -> dict:
+    """Train one run. The run folder is claimed first (:mod:`rc2l.engine.run_dir`): rank 0 locks
+    it for the trainer's whole life and refuses an earlier run there unless told to continue or
+    replace it. ``Trainer`` built directly (tests, benchmarks) skips that claim."""
+    claim = claim_run_dir(cfg) if int(os.environ.get("RANK", "0")) == 0 else _null()
     try:
-        trainer = Trainer(cfg)
-        return trainer.fit()
+        with claim:
+            trainer = Trainer(cfg)
+            return trainer.fit()
     except RuntimeError as e:
         if D.is_dist() and D.is_comm_error(e):  # a rank died or hangs: fail with one line, not a traceback
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else e.__class__.__name__
