@@ -597,4 +597,8 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """The run's resolved config, less ``overwrite``: the file starts or continues this run, it
+    must never move it aside."""
+    d = to_dict(cfg)
+    d["overwrite"] = False
+    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))

@@ -28,7 +28,9 @@ def run(args) -> int:
     out = Path(args.out)
     results = {}
     for name, ov in ROWS.items():
-        cfg = load_config(CONFIG, [*ov, f"out_dir={out / name}", *args.overrides])
+        # the demo's folders are scratch: a second demo moves the first aside (resume=auto continues it)
+        fresh = [] if any(o.startswith(("resume=", "overwrite=")) for o in args.overrides) else ["overwrite=true"]
+        cfg = load_config(CONFIG, [*ov, f"out_dir={out / name}", *fresh, *args.overrides])
         print(
             f"== {name}: {cfg.train.iters} steps, labels {cfg.data.split} of {cfg.data.synthetic.num_train} "
             f"synthetic images",

@@ -76,3 +76,15 @@ def test_demo_writes_the_picture_and_both_reports(demo_run):
         text = report.read_text(encoding="utf-8")
         assert "<html" in text.lower() and "gallery_000.png" in text
         assert (out / name / "report" / "gallery_000.png").is_file()
+
+
+def test_a_second_demo_moves_the_first_aside(tmp_path):
+    """`make demo` twice: the second starts afresh, the first run's files are kept aside."""
+    out = tmp_path / "demo"
+    few = [o for o in TINY_DEMO if not o.startswith("data.synthetic.num_val")] + ["data.synthetic.num_val=1"]
+    with TorchSettings():
+        for _ in range(2):
+            code, _, stderr = cli(["demo", "--out", str(out), *few])
+            assert code == 0, stderr[-2000:]
+    for row in ("supervised", "rc2l"):
+        assert len(list((out / row).glob("earlier-run-*/metrics.jsonl"))) == 1

@@ -82,6 +82,8 @@ def test_overwrite_moves_the_earlier_run_aside_and_trains(run, capsys):
     assert after["notes.txt"] == before["notes.txt"]  # files the trainer does not write stay put
     recs = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if r.get("type") == "end"] == [2]  # one run, not two appended
+    # the saved config continues this run; it never moves it aside
+    assert "overwrite: false" in (run / "config.yaml").read_text()
 
 
 def test_resume_auto_still_continues_an_earlier_run(run, capsys):
