@@ -52,11 +52,6 @@ DATA_LICENCES = {
     "cityscapes": ("other", "Cityscapes: its licence allows non-commercial purposes only (cityscapes-dataset.com)."),
     "folder": ("other", "the user's own data: state its licence here before sharing."),
 }
-METHODS = {
-    "supervised": "supervised only (labeled images)",
-    "fixmatch": "FixMatch-style pixel pseudo-labels from an EMA teacher",
-    "rc2l": "RC²L region-level contrast and consistency (RMC, RFC, RCC, SMC) with an EMA teacher",
-}
 
 
 def command_line(argv: list[str] | None = None) -> str:
@@ -185,6 +180,8 @@ def _recipe(config: dict) -> str:
 
 def model_card(cj: dict, config: dict, licence: tuple[str, str]) -> str:
     """README.md: Hugging Face front matter, then what a user must know to trust and use it."""
+    from rc2l.engine.methods import METHODS  # the losses behind it are not needed to read a model
+
     ds, method = cj["dataset"], cj["method"]
     miou = (
         "not evaluated"
@@ -203,7 +200,7 @@ def model_card(cj: dict, config: dict, licence: tuple[str, str]) -> str:
     )
     rows = [
         ("dataset", f"{ds}, split {cj['split'] or '?'} ({labeled})"),
-        ("method", f"{method}: {METHODS.get(method, '')}"),
+        ("method", f"{method}: {METHODS[method].description if method in METHODS else ''}"),
         ("recipe", _recipe(config)),
         ("val mIoU", miou),
         ("classes", ", ".join(cj["class_names"]) or f"{cj['num_classes']} classes"),

@@ -22,7 +22,6 @@ from rc2l.errors import RC2LError
 
 log = logging.getLogger("rc2l.report")
 
-REGION_TERMS = ("rmc", "rfc", "rcc", "smc", "fixmatch", "pixel_contrast")
 MODEL_COLOURS = {"student": "tab:blue", "teacher": "tab:orange"}
 
 
@@ -44,12 +43,20 @@ def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def method_terms() -> set[str]:
+    """The loss terms the registered methods log besides the "loss*" ones."""
+    from rc2l.engine.methods import METHODS
+
+    return {t for cls in METHODS.values() for t in cls.loss_terms}
+
+
 def loss_keys(train: list[dict]) -> list[str]:
-    """Numeric keys that are loss terms ("loss*" or a region/semi term), in first-seen order."""
+    """Numeric keys that are loss terms ("loss*" or a method's term), in first-seen order."""
+    terms = method_terms()
     keys: list[str] = []
     for r in train:
         for k, v in r.items():
-            if k not in keys and _num(v) and (k.startswith("loss") or k in REGION_TERMS):
+            if k not in keys and _num(v) and (k.startswith("loss") or k in terms):
                 keys.append(k)
     return keys
 

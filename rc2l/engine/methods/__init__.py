@@ -1,5 +1,7 @@
 """One file per training method, each a class with the interface of ``base.Method``; the
-trainer builds ``METHODS[cfg.method]``."""
+trainer builds ``METHODS[cfg.method]``. The one list of methods: the model card's description
+and the report's loss terms come from these classes (config.CHOICES["method"] is checked
+against it by tests/test_methods_registry.py, as config imports nothing above it)."""
 
 from __future__ import annotations
 

@@ -64,7 +64,13 @@ class Method:
 
     ``model``: the bare student (EMA, checkpoints, evaluation); ``net``: what the step calls
     forward on — the DDP wrapper under torchrun, set by the trainer once it wraps the model
-    (the bare model until then)."""
+    (the bare model until then).
+
+    ``description`` (the model card's line) and ``loss_terms`` (the logged terms besides the
+    "loss*" ones, which the report plots) are declared by each registered method."""
+
+    description = ""
+    loss_terms: tuple[str, ...] = ()
 
     def __init__(self, cfg: Config, model: nn.Module, device: torch.device, num_classes: int, ignore_index: int = 255):
         self.cfg, self.model, self.net, self.device = cfg, model, model, device

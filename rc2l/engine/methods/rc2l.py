@@ -23,13 +23,15 @@ from torch import Tensor, nn
 from rc2l.config import Config
 from rc2l.engine.methods.base import SemiMethod, combine, regions_per_image, warmup_terms
 from rc2l.engine.methods.unimatch import BOX_STREAMS
-from rc2l.losses.region import RegionLosses
+from rc2l.losses.region import TERMS, RegionLosses
 
 log = logging.getLogger("rc2l")
 
 
 class RC2L(SemiMethod):
     uses_unlabeled = True
+    description = "RC²L region-level contrast and consistency (RMC, RFC, RCC, SMC) with an EMA teacher"
+    loss_terms = (*TERMS, *(f"{t}_fp" for t in TERMS), "pixel_contrast")
 
     def __init__(self, cfg: Config, model: nn.Module, device: torch.device, num_classes: int, ignore_index: int = 255):
         super().__init__(cfg, model, device, num_classes, ignore_index)

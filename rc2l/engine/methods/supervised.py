@@ -9,3 +9,4 @@ class Supervised(Method):
     """L = L_sup; the unlabeled stream is not drawn (``uses_unlabeled`` False)."""
 
     uses_unlabeled = False
+    description = "supervised only (labeled images)"

@@ -47,6 +47,8 @@ class UniMatch(Method):
     """``settings``: the semi.unimatch section (FixMatch passes its own)."""
 
     uses_unlabeled = True
+    description = "UniMatch pixel pseudo-labels on two strong views and a feature-perturbed weak view"
+    loss_terms = ("unimatch_s1", "unimatch_s2", "unimatch_fp")
 
     def __init__(
         self,
