@@ -489,12 +489,6 @@ def make_reader(name: str, root: str | Path) -> Reader:
 
 
 _warned: set[str] = set()
-_skipped = 0
-
-
-def skipped_count() -> int:
-    """Samples dropped by :func:`collate` in this process (see :func:`collate` for workers)."""
-    return _skipped
 
 
 class SegDataset(Dataset):
@@ -558,13 +552,11 @@ class SegDataset(Dataset):
 def collate(batch: list[dict | None]) -> dict | None:
     """``default_collate`` after dropping None (bad, skipped) samples; None if all are bad.
 
-    The batch gets ``"num_skipped": int``, the samples dropped from it (reliable with
-    DataLoader workers, where each worker has its own :func:`skipped_count`).
+    The batch gets ``"num_skipped": int``, the samples dropped from it: the count travels with
+    the batch, so it is right with DataLoader workers too (the trainer sums it).
     """
-    global _skipped
     good = [b for b in batch if b is not None]
     n_bad = len(batch) - len(good)
-    _skipped += n_bad
     if not good:
         return None
     out = default_collate(good)

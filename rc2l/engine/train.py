@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -369,7 +370,7 @@ class Trainer:
         norm = self._mask_norm(micro_l) if D.is_dist() or c.train.accum_steps > 1 else None
         for micro, (batch_l, batch_u) in enumerate(zip(micro_l, micro_u)):
             sync = micro == c.train.accum_steps - 1 or not D.is_dist()
-            cm = self.ddp_model.no_sync() if not sync else _null()
+            cm = self.ddp_model.no_sync() if not sync else contextlib.nullcontext()
             with cm:
                 with torch.autocast(
                     self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
@@ -594,19 +595,11 @@ class Trainer:
         return result
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def train(cfg: Config) -> dict:
     """Train one run. The run folder is claimed first (:mod:`rc2l.engine.run_dir`): rank 0 locks
     it for the trainer's whole life and refuses an earlier run there unless told to continue or
     replace it. ``Trainer`` built directly (tests, benchmarks) skips that claim."""
-    claim = claim_run_dir(cfg) if int(os.environ.get("RANK", "0")) == 0 else _null()
+    claim = claim_run_dir(cfg) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     try:
         with claim:
             trainer = Trainer(cfg)

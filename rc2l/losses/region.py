@@ -219,8 +219,8 @@ def smc_loss(
 # ----------------------------------------------------------------------------- all four
 class RegionLosses(nn.Module):
     """All four region losses with weights/switches from ``SemiConfig`` (a weight of 0 skips
-    the computation). Holds the RFC projection head g as ``rfc_head`` (None when rfc = 0):
-    register it with the optimizer, checkpoints and DDP (e.g. ``ctx.heads["rfc"]``).
+    the computation). Holds the RFC projection head g as ``rfc_head`` (None when rfc = 0): the
+    RC²L method puts it in ``method.heads["rfc"]``, which the trainer optimises, saves and syncs.
 
     forward(student, targets, indices=None) → {"rmc", "rfc", "rcc", "smc"}: scalar tensors
     already multiplied by λ_rmc, λ_rfc, λ_rcc, λ_smc (a skipped term is a connected 0); the
@@ -235,17 +235,13 @@ class RegionLosses(nn.Module):
       supervised cost weights (``LossConfig``).
     """
 
-    def __init__(
-        self, semi: SemiConfig, feat_dim: int, loss_cfg: LossConfig | None = None, head: nn.Module | None = None
-    ):
+    def __init__(self, semi: SemiConfig, feat_dim: int, loss_cfg: LossConfig | None = None):
         super().__init__()
         self.semi = semi
         lc = loss_cfg or LossConfig()
         self.match_weights = (lc.cls_weight, lc.mask_weight, lc.dice_weight)
         self.no_object_weight = lc.no_object_weight
-        if head is None and semi.rfc > 0:
-            head = RFCHead(feat_dim, semi.rfc_proj_dim)
-        self.rfc_head = head
+        self.rfc_head = RFCHead(feat_dim, semi.rfc_proj_dim) if semi.rfc > 0 else None
 
     @torch.no_grad()
     def match(self, student: dict, regions: list[dict], weight: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
