@@ -1,4 +1,4 @@
-"""Command line: rc2l {train, eval, splits, predict, export, report, ablate, demo}. Each verb
+"""Command line: rc2l {train, eval, splits, predict, export, report, ablate, compare, demo}. Each verb
 parses its arguments and calls the Python API (rc2l/__init__.py) or its module; torch is
 imported only by the verbs that need it, so `rc2l --help` answers at once. Errors are one line
 on stderr and a non-zero exit."""
@@ -15,7 +15,6 @@ from pathlib import Path
 from rc2l.config import ConfigError
 from rc2l.errors import DataError, RC2LError
 
-REPO = Path(__file__).resolve().parents[1]
 NAMING_HELP = (
     "Output names: <out>/<name>.png (class indices, palette PNG), <name>_overlay.png (colours over the "
     "image, alpha 0.5) and with --confidence <name>_conf.png (max of the class-normalised scores S, "
@@ -25,9 +24,10 @@ NAMING_HELP = (
     "a note says so. Files in a folder that are not a supported image type are named in one note. "
     "Exit status: 0 if every image was written, 1 if any failed, 2 on a usage error."
 )
+# verbs whose modules import torch: their parsers are built only when the verb is the one asked for
 LAZY_VERBS = {
-    "ablate": ("rc2l.engine.ablate", "run the ablation rows (supervised, +RCC, ... all four) and tabulate them"),
-    "compare": ("rc2l.engine.compare", "rows x seeds: mean ± std of final and best mIoU, paired differences, a plot"),
+    "ablate": "run the ablation rows (supervised, +RCC, ... all four) and tabulate them",
+    "compare": "rows x seeds: mean ± std of final and best mIoU, paired differences, a plot",
 }
 
 
@@ -295,9 +295,17 @@ def add_export_report_parsers(sub) -> None:
     r.set_defaults(func=cmd_report)
 
 
+def add_lazy_parser(sub, verb: str) -> None:
+    if verb == "ablate":
+        from rc2l.engine.ablate import add_parser
+    else:
+        from rc2l.engine.compare import add_parser
+    add_parser(sub)
+
+
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
-    """All verbs; a verb whose module imports torch (ablate) is fully built only when it is
-    the one asked for (``verb``), so `rc2l --help` stays fast."""
+    """All verbs; a verb whose module imports torch (``LAZY_VERBS``) is fully built only when it
+    is the one asked for (``verb``), so `rc2l --help` stays fast."""
     from rc2l import demo
 
     p = argparse.ArgumentParser(prog="rc2l", description="Semi-supervised semantic segmentation with RC²L.")
@@ -305,9 +313,9 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     add_train_eval_parsers(sub)
     add_splits_parser(sub)
     demo.add_parser(sub)
-    for name, (module, help_) in LAZY_VERBS.items():
+    for name, help_ in LAZY_VERBS.items():
         if name == verb:
-            __import__(module, fromlist=["add_parser"]).add_parser(sub)
+            add_lazy_parser(sub, name)
         else:
             sub.add_parser(name, help=help_, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
     add_predict_parser(sub)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import rc2l
 from rc2l.config import Config, ConfigError
 from rc2l.data import synthetic
 from rc2l.data.datasets import Item, Reader, SegDataset, collate, make_reader  # noqa: F401 (collate re-exported)
@@ -20,7 +19,7 @@ from rc2l.data.splits import make_splits
 from rc2l.data.transforms import EvalTransform, TrainTransform, UnlabeledTransform
 from rc2l.errors import DataError
 
-REPO_SPLITS = Path(rc2l.__file__).resolve().parents[1] / "splits"
+REPO_SPLITS = Path(__file__).resolve().parents[2] / "splits"  # rc2l/data/build.py → the repository
 
 
 @dataclass
