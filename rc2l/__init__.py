@@ -25,25 +25,15 @@ def resolve_config(
 ) -> Config:
     """A YAML path or a Config, then ``overrides`` ("k=v" strings), then keyword overrides
     (dotted keys: ``**{"train.iters": 10}``) → a checked Config; a bad key names itself."""
-    from rc2l.config import Config, ConfigError, load_config, to_dict
+    from rc2l.config import Config, ConfigError, flatten, load_config, to_dict
 
     if isinstance(overrides, str):
         raise ConfigError("overrides must be a list of 'key=value' strings, not one string")
     items = list(overrides) + [f"{k}={json.dumps(v)}" for k, v in kw.items()]
     if isinstance(config, Config):
-        return load_config(None, _flatten(to_dict(config)) + items)
+        rebuilt = [f"{k}={json.dumps(v)}" for k, v in flatten(to_dict(config)).items()]
+        return load_config(None, rebuilt + items)
     return load_config(config, items)
-
-
-def _flatten(d: dict, prefix: str = "") -> list[str]:
-    """A config dict → the "a.b=json" overrides that rebuild it."""
-    out = []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out += _flatten(v, f"{prefix}{k}.")
-        else:
-            out.append(f"{prefix}{k}={json.dumps(v)}")
-    return out
 
 
 def load(

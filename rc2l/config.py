@@ -596,6 +596,14 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict → {dotted key: value}: the keys overrides name and runs are compared by."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """The run's resolved config, less ``overwrite``: the file starts or continues this run, it
     must never move it aside."""

@@ -3,7 +3,7 @@
 
 import pytest
 
-from rc2l.config import ConfigError, load_config
+from rc2l.config import ConfigError, flatten, load_config, to_dict
 
 from helpers import SYNTHETIC
 
@@ -20,3 +20,9 @@ def test_yaml_1_1_booleans_stay_strings_in_overrides_and_files(tmp_path):
 def test_yes_is_not_a_boolean():
     with pytest.raises(ConfigError, match="model.sync_bn"):
         load_config(SYNTHETIC, ["model.sync_bn=yes"])
+
+
+def test_flatten_gives_the_dotted_keys_overrides_name():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
+    flat = flatten(to_dict(load_config(None, ["semi.unimatch.threshold=0.5"])))
+    assert flat["semi.unimatch.threshold"] == 0.5 and "semi.unimatch" not in flat

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from rc2l.config import ConfigError, load_config, to_dict
+from rc2l.config import ConfigError, flatten, load_config, to_dict
 from rc2l.engine.methods import UniMatch
 from rc2l.engine.methods.base import build_criterion
 from rc2l.engine.optim import build_optimizer, build_scheduler
@@ -172,13 +172,6 @@ def test_ohem_on_the_mask_model_is_refused():
         load_config(None, ["loss.pixel_sup=ohem"])
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
-
-
 # what the preset changes in configs/camvid.yaml, and nothing else
 DRIVING = {
     "out_dir": "runs/camvid_unimatch_driving",
@@ -198,7 +191,7 @@ DRIVING = {
 
 
 def test_preset_is_camvid_plus_the_driving_recipe_only():
-    base, preset = _flat(to_dict(load_config(CONFIGS / "camvid.yaml"))), _flat(to_dict(load_config(PRESET)))
+    base, preset = flatten(to_dict(load_config(CONFIGS / "camvid.yaml"))), flatten(to_dict(load_config(PRESET)))
     changed = {k: v for k, v in preset.items() if base[k] != v}
     assert changed == DRIVING
     s = load_config(PRESET).semi.unimatch

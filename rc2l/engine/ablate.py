@@ -44,7 +44,13 @@ def parse_rows(only: str | None, extra: list[str]) -> dict[str, list[str]]:
         if unknown:
             raise SystemExit(f"error: unknown ablation row {unknown[0]!r} (known: {', '.join(rows)})")
         rows = {n: rows[n] for n in names}
-    for spec in extra:
+    return {**rows, **extra_rows(extra)}
+
+
+def extra_rows(specs: list[str]) -> dict[str, list[str]]:
+    """``--row 'NAME: key=value key=value'`` options (ablate's and compare's) → {name: overrides}."""
+    rows = {}
+    for spec in specs:
         if ":" not in spec:
             raise SystemExit(f"error: --row {spec!r} must look like 'NAME: key=value key=value'")
         name, overrides = spec.split(":", 1)
@@ -56,24 +62,17 @@ def parse_rows(only: str | None, extra: list[str]) -> dict[str, list[str]]:
 RUN_ONLY_KEYS = ("out_dir", "resume", "overwrite", "train.progress", "train.threads", "train.keep_freed_memory")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def check_row_folder(name: str, run_dir: Path, config: str, overrides: list[str]) -> None:
     """Refuse a row folder that holds a run of another config (e.g. the command changed since)."""
     import yaml
 
-    from rc2l.config import load_config, to_dict
+    from rc2l.config import flatten, load_config, to_dict
 
     saved = run_dir / "config.yaml"
     if not saved.exists():
         return
-    old = _flat(yaml.safe_load(saved.read_text()) or {})
-    new = _flat(to_dict(load_config(config, [*overrides, f"out_dir={run_dir}"])))
+    old = flatten(yaml.safe_load(saved.read_text()) or {})
+    new = flatten(to_dict(load_config(config, [*overrides, f"out_dir={run_dir}"])))
     diff = sorted(k for k in old.keys() | new.keys() if k not in RUN_ONLY_KEYS and old.get(k) != new.get(k))
     if diff:
         raise SystemExit(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import statistics
 import threading
@@ -25,7 +24,14 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from rc2l.engine.ablate import best_and_final, check_row_folder, resumed_at, run_row, save_miou_figure
+from rc2l.engine.ablate import (
+    best_and_final,
+    check_row_folder,
+    extra_rows,
+    resumed_at,
+    run_row,
+    save_miou_figure,
+)
 from rc2l.engine.metrics_log import read_records
 
 ARCH_PIXEL = ["model.arch=deeplabv3plus"]
@@ -96,12 +102,7 @@ def row_folder(name: str) -> str:
 
 
 def parse_rows(preset: str | None, extra: list[str]) -> dict[str, list[str]]:
-    rows = dict(PRESETS[preset]) if preset else {}
-    for spec in extra:
-        if ":" not in spec:
-            raise SystemExit(f"error: --row {spec!r} must look like 'NAME: key=value key=value'")
-        name, overrides = spec.split(":", 1)
-        rows[name.strip()] = shlex.split(overrides)
+    rows = {**(PRESETS[preset] if preset else {}), **extra_rows(extra)}
     if not rows:
         raise SystemExit("error: no rows: give --preset study|fair and/or --row 'NAME: key=value ...'")
     return rows
