@@ -106,7 +106,7 @@ def test_supervised_state_resumed_as_rc2l_has_no_teacher(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- best checkpoint
 def test_best_checkpoint_is_the_teacher_when_the_teacher_wins(tmp_path, monkeypatch):
-    import rc2l.engine.train as train_mod
+    import rc2l.engine.evaluate as evaluate_mod
     from rc2l.engine.train import Trainer
 
     with TorchSettings():
@@ -129,7 +129,7 @@ def test_best_checkpoint_is_the_teacher_when_the_teacher_wins(tmp_path, monkeypa
             "confusion": [[0] * num_classes] * num_classes,
         }
 
-    monkeypatch.setattr(train_mod, "evaluate", fake_evaluate)
+    monkeypatch.setattr(evaluate_mod, "evaluate", fake_evaluate)
     best = tmp_path / "best.safetensors"
     scores.update(student=40.0, teacher=60.0)
     res = tr.evaluate_all()

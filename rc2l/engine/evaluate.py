@@ -11,6 +11,7 @@ import torch.nn.functional as Fn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from rc2l.config import Config
 from rc2l.data.datasets import collate
 from rc2l.engine import distributed as D
 from rc2l.engine.distributed import all_reduce_sum
@@ -202,6 +203,37 @@ def evaluate(
         "crop": list(crop),
         "pixels": int(cm.sum()),
         "confusion": cm.cpu().tolist(),
+    }
+
+
+def evaluate_as_configured(
+    model: torch.nn.Module, loader, cfg: Config, info, device, amp_dtype, progress=False
+) -> dict:
+    """:func:`evaluate` with the eval settings ``cfg`` names, for the trainer's log and `rc2l
+    eval` alike → the fields of their eval records: dataset, split, mode, labels, crop, miou,
+    per_class (list, in class order), confusion. ``info``: the dataset's ``DatasetInfo``."""
+    r = evaluate(
+        model,
+        loader,
+        info.num_classes,
+        cfg.eval.mode,
+        tuple(cfg.eval.crop_size or cfg.data.crop_size),
+        cfg.eval.stride_ratio,
+        device,
+        amp_dtype,
+        progress=progress,
+        ignore_index=info.ignore_index,
+        batch_size=cfg.eval.batch_size,
+    )
+    return {
+        "dataset": cfg.data.name,
+        "split": cfg.data.val_split,
+        "mode": r["mode"],
+        "labels": cfg.eval.labels,
+        "crop": r["crop"],
+        "miou": r["miou"],
+        "per_class": r["per_class"],
+        "confusion": r["confusion"],
     }
 
 

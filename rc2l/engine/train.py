@@ -22,7 +22,7 @@ from rc2l.data.build import build_datasets, collate, dataset_info
 from rc2l.data.sampler import ResumableSampler, SeededDataset, StreamPosition
 from rc2l.engine import distributed as D
 from rc2l.engine.checkpoint import load_state, model_meta, save_state, save_weights
-from rc2l.engine.evaluate import AMP_DTYPES, evaluate, resolve_amp, val_loader
+from rc2l.engine.evaluate import AMP_DTYPES, evaluate_as_configured, resolve_amp, val_loader
 from rc2l.engine.malloc import keep_freed_memory
 from rc2l.engine.methods import METHODS
 from rc2l.engine.metrics_log import MetricsLog
@@ -431,39 +431,14 @@ class Trainer:
             p.grad /= D.world_size()
 
     def evaluate_all(self) -> list[dict]:
-        c = self.cfg
-        crop = tuple(c.eval.crop_size or c.data.crop_size)
-        loader = val_loader(self.datasets["val"], c.data.workers)
+        loader = val_loader(self.datasets["val"], self.cfg.data.workers)
         models = self.method.models_to_evaluate()
         for m in models.values():
             D.broadcast_buffers(m)
         results = []
         for name, m in models.items():
-            r = evaluate(
-                m,
-                loader,
-                self.info.num_classes,
-                c.eval.mode,
-                crop,
-                c.eval.stride_ratio,
-                self.device,
-                self.amp_dtype,
-                progress=False,
-                ignore_index=self.info.ignore_index,
-                batch_size=c.eval.batch_size,
-            )
-            rec = {
-                "step": self.step,
-                "split": c.data.val_split,
-                "mode": r["mode"],
-                "labels": c.eval.labels,
-                "miou": r["miou"],
-                "per_class": r["per_class"],
-                "model": name,
-                "crop": r["crop"],
-                "dataset": c.data.name,
-                "confusion": r["confusion"],
-            }
+            r = evaluate_as_configured(m, loader, self.cfg, self.info, self.device, self.amp_dtype)
+            rec = {"step": self.step, **r, "model": name}
             self.log.write(rec, f"val_{name}")
             results.append(rec)
         best = max(results, key=lambda r: r["miou"])

@@ -19,7 +19,7 @@ def evaluate_weights(cfg: Config, weights: str | Path, progress: bool = False) -
     from rc2l.data.build import build_datasets, dataset_info
     from rc2l.engine.checkpoint import load_weights
     from rc2l.engine.distributed import init_distributed
-    from rc2l.engine.evaluate import AMP_DTYPES, evaluate, resolve_amp, val_loader
+    from rc2l.engine.evaluate import AMP_DTYPES, evaluate_as_configured, resolve_amp, val_loader
     from rc2l.models.segmenter import build_model
 
     src = resolve_source(weights)
@@ -32,32 +32,10 @@ def evaluate_weights(cfg: Config, weights: str | Path, progress: bool = False) -
     model = build_model(info.num_classes, cfg.model).to(device)
     load_weights(model, src.file)
     ds = build_datasets(cfg, only_val=True)["val"]
-    crop = tuple(cfg.eval.crop_size or cfg.data.crop_size)
-    res = evaluate(
-        model,
-        val_loader(ds, cfg.data.workers),
-        info.num_classes,
-        cfg.eval.mode,
-        crop,
-        cfg.eval.stride_ratio,
-        device,
-        AMP_DTYPES[resolve_amp(cfg.train.amp, device)],
-        progress=progress,
-        ignore_index=info.ignore_index,
-        batch_size=cfg.eval.batch_size,
-    )
-    return {
-        "dataset": cfg.data.name,
-        "split": cfg.data.val_split,
-        "mode": cfg.eval.mode,
-        "labels": cfg.eval.labels,
-        "crop": list(crop),
-        "weights": str(weights),
-        "miou": res["miou"],
-        "per_class": dict(zip(info.class_names, res["per_class"])),
-        "images": len(ds),
-        "confusion": res["confusion"],
-    }
+    amp_dtype = AMP_DTYPES[resolve_amp(cfg.train.amp, device)]
+    rec = evaluate_as_configured(model, val_loader(ds, cfg.data.workers), cfg, info, device, amp_dtype, progress)
+    rec["per_class"] = dict(zip(info.class_names, rec["per_class"]))
+    return {**rec, "weights": str(weights), "images": len(ds)}
 
 
 def eval_table(rec: dict) -> str:
