@@ -21,11 +21,15 @@ demo: $(STAMP)
 
 # Lint and format check first (ruff; settings in pyproject.toml), then the suite, which also checks
 # the import layers and function length (tests/test_layers.py). `make format` fixes what ruff can.
+# Two pytest workers (pytest-xdist), one torch thread each (tests/conftest.py): the suite took 12.0
+# min in one process and about half that in two on a 2-core AVX2 EPYC (docs/benchmarks.md, "Test
+# suite time"). TEST_JOBS=1 on a busy machine.
 LINTED := rc2l tests scripts benchmarks
+TEST_JOBS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
-	$(BIN)/python -m pytest -q --timeout 900 tests
+	$(BIN)/python -m pytest -q --timeout 900 -n $(TEST_JOBS) --durations=30 tests
 
 # Mutation testing of the losses, methods, teacher and the trainer's step (not part of `make test`):
 # rewrites the "Mutation score" section of docs/reliability.md. MUTATION_JOBS=1 on a busy machine.

@@ -191,6 +191,7 @@ def test_a_hung_rank_times_out_with_one_error_line(monkeypatch, tmp_path):
         raise RuntimeError(GLOO_TIMEOUT)
 
     monkeypatch.setenv("RC2L_DIST_TIMEOUT", "8")
+    monkeypatch.setenv("RANK", "1")  # not rank 0: no run folder to claim
     monkeypatch.setattr(train_mod.Trainer, "__init__", lambda self, cfg: None)
     monkeypatch.setattr(train_mod.Trainer, "fit", hung)
     monkeypatch.setattr(D, "is_dist", lambda: True)

@@ -29,8 +29,8 @@ def dist_timeout(default: int = 600) -> int:
     return int(raw)
 
 
-def init_distributed(device: str, timeout_s: int | None = None) -> torch.device:
-    """Join the process group when launched by torchrun; returns this process's device."""
+def check_device(device: str) -> str:
+    """``train.device`` → 'cuda' or 'cpu', refusing cuda where there is none (before anything is written)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -38,6 +38,12 @@ def init_distributed(device: str, timeout_s: int | None = None) -> torch.device:
         raise RC2LError(
             f"train.device=cuda but {why} (torch {torch.__version__}); use train.device=cpu or train.device=auto"
         )
+    return device
+
+
+def init_distributed(device: str, timeout_s: int | None = None) -> torch.device:
+    """Join the process group when launched by torchrun; returns this process's device."""
+    device = check_device(device)
     if env_world_size() > 1 and not dist.is_initialized():
         backend = "nccl" if device == "cuda" else "gloo"
         if device == "cuda":

@@ -574,8 +574,12 @@ def train(cfg: Config) -> dict:
     """Train one run. The run folder is claimed first (:mod:`rc2l.engine.run_dir`): rank 0 locks
     it for the trainer's whole life and refuses an earlier run there unless told to continue or
     replace it. ``Trainer`` built directly (tests, benchmarks) skips that claim."""
-    claim = claim_run_dir(cfg) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     try:
+        if int(os.environ.get("RANK", "0")) != 0:
+            claim = contextlib.nullcontext()
+        else:
+            D.check_device(cfg.train.device)  # a bad device writes nothing, not even the folder
+            claim = claim_run_dir(cfg)
         with claim:
             trainer = Trainer(cfg)
             return trainer.fit()
