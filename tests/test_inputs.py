@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import rc2l
-from rc2l.infer.images import read_image
+from rc2l.data.imageio import read_image
 
 from infer_helpers import cli, synthetic_image, tiny_run
 

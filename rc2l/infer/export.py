@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rc2l.data.imageio import read_image
 from rc2l.errors import RC2LError
-from rc2l.infer.images import read_image
 from rc2l.infer.loading import ONNX_FORMAT, InferInfo, load_torch_model, onnx_session, resolve_source
 from rc2l.infer.scores import to_uint8_tensor
 

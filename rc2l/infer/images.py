@@ -13,9 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 from rc2l.data.formats import IMAGE_EXTS
-from rc2l.data.imageio import READ_ERRORS, array_to_rgb, as_rgb, header_size, pil_to_rgb, read_image
-
-__all__ = ["READ_ERRORS", "array_to_rgb", "as_rgb", "header_size", "pil_to_rgb", "read_image", "expand_inputs"]
 
 log = logging.getLogger("rc2l.predict")
 

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rc2l.data.imageio import as_rgb
 from rc2l.errors import RC2LError
 from rc2l.infer import loading
-from rc2l.infer.images import as_rgb
 from rc2l.infer.loading import InferInfo
 from rc2l.infer.scores import MAX_WHOLE_PIXELS, MODES, confidence, predict_batch, to_uint8_tensor
 

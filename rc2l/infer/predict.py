@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rc2l.data.imageio import header_size, read_image
 from rc2l.errors import DataError
-from rc2l.infer.images import expand_inputs, header_size, read_image
+from rc2l.infer.images import expand_inputs
 from rc2l.infer.model import Model, same_size_groups
 from rc2l.infer.scores import confidence
 

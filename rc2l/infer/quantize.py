@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rc2l.data.imageio import read_image
 from rc2l.errors import RC2LError
-from rc2l.infer.images import expand_inputs, read_image
+from rc2l.infer.images import expand_inputs
 
 DEFAULT_MIN_AGREEMENT = 0.98
 FORMS = ("portable", "vnni")
@@ -100,9 +101,8 @@ def _sessions(*paths: Path):
     return [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in paths]
 
 
-def argmax_agreement(fp32: Path, int8: Path, images: list[np.ndarray]) -> float:
-    """Share of pixels where the two models' argmax over classes agree, over ``images``."""
-    a, b = _sessions(fp32, int8)
+def argmax_agreement(a, b, images: list[np.ndarray]) -> float:
+    """Share of pixels where the argmax over classes of sessions ``a`` and ``b`` agree, over ``images``."""
     name = a.get_inputs()[0].name
     same = total = 0
     for x in images:
@@ -129,12 +129,11 @@ def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
 
 
-def make_probe(fp32: Path, int8: Path, image: np.ndarray) -> dict:
-    """The probe stored in an int8 file: a uint8 image, the fp32 model's classes on it, and the
-    int8 model's agreement with them on the exporting machine."""
+def make_probe(a, b, image: np.ndarray) -> dict:
+    """The probe stored in an int8 file: a uint8 image, the fp32 model's classes on it (session
+    ``a``), and the int8 model's (``b``) agreement with them on the exporting machine."""
     img = probe_image(image)
     x = img[None].astype(np.float32) / 255.0
-    a, b = _sessions(fp32, int8)
     name = a.get_inputs()[0].name
     labels = a.run(None, {name: x})[0].argmax(1)[0].astype(np.int32)
     agreement = float((b.run(None, {name: x})[0].argmax(1)[0] == labels).mean())
@@ -226,7 +225,8 @@ def quantize_int8(
             op_types_to_quantize=["Conv", "MatMul", "Gemm"],
             nodes_to_exclude=keep,
         )  # the compute; norms stay fp32
-        agreement = argmax_agreement(fp32_path, q, images)
+        fp32_sess, int8_sess = _sessions(fp32_path, q)
+        agreement = argmax_agreement(fp32_sess, int8_sess, images)
         if agreement < min_agreement:
             hint = " (this CPU has no VNNI: use the portable form)" if form == "vnni" and not cpu_has_vnni() else ""
             raise RC2LError(
@@ -234,7 +234,7 @@ def quantize_int8(
                 f"below --min-agreement {min_agreement:.2%}: not writing {out_path} (calibrate on more or more "
                 f"typical images, or keep the fp32 model){hint}"
             )
-        probe = make_probe(fp32_path, q, images[0])
+        probe = make_probe(fp32_sess, int8_sess, images[0])
         model = onnx.load(str(q))
         meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
         meta["quantization"] = json.dumps(
