@@ -118,7 +118,7 @@ def step_worker(config: str, overrides: list[str], device: str, steps: int, thre
         cfg = load_config(cm.REPO / config, overrides + [f"out_dir={tmp}"])
         tr = Trainer(cfg)
         tr.model.train()
-        its = tr._iterators()
+        its = tr.streams.iterators()
         fixed = {k: itertools.repeat(next(it)) for k, it in its.items()}
         del its
         if tr.train_step(fixed) is None:

@@ -231,7 +231,7 @@ def step_share(args) -> dict:
         cfg = step_config(args, tmp)
         tr = Trainer(cfg)
         tr.model.train()
-        its = tr._iterators()
+        its = tr.streams.iterators()
         b_l, b_u = next(its["labeled"]), next(its["unlabeled"])
         fixed = {"labeled": itertools.repeat(b_l), "unlabeled": itertools.repeat(b_u)}
         rl = tr.method.region_losses

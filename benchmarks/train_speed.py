@@ -139,7 +139,7 @@ def build(method: str, lever: str, base: list[str], tmp: Path):
                 for i in range(len(ds)):
                     ds._read(i)
     tr.model.train()
-    its = tr._iterators()
+    its = tr.streams.iterators()
     threads = torch.get_num_threads()
 
     def step():

@@ -49,10 +49,10 @@ def test_ablate_runs_rows_writes_table_and_plot_and_continues_an_interrupted_abl
     args = [SYNTHETIC, *TINY, "train.iters=4", "train.eval_every=4"]
     real = RC2L.step
 
-    def stop_at_2(self, batch_l, batch_u, step, num_masks=None):
+    def stop_at_2(self, batch_l, batch_u, step):
         if step == 1:
             signal.raise_signal(signal.SIGINT)
-        return real(self, batch_l, batch_u, step, num_masks)
+        return real(self, batch_l, batch_u, step)
 
     monkeypatch.setattr(RC2L, "step", stop_at_2)
     with TorchSettings():

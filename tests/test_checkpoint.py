@@ -181,16 +181,17 @@ def test_non_safetensors_file_is_refused(tmp_path):
 def test_a_nan_model_is_never_saved(tmp_path):
     """The trainer refuses to write non-finite weights; the previous state.pt stays."""
     from rc2l.engine.train import Trainer
+    from rc2l.engine.train_state import save
 
     with TorchSettings():
         tr = Trainer(tiny_config(tmp_path, "train.iters=1"))
-        tr.save()
+        save(tr)
         good = ck.load_state(tmp_path / "state.pt")
         with torch.no_grad():
             next(tr.model.parameters())[0].fill_(float("nan"))
         tr.step = 7
         with pytest.raises(TrainingError, match=r"student tensor '.*' is not finite at step 7: not saving"):
-            tr.save()
+            save(tr)
     st = ck.load_state(tmp_path / "state.pt")
     assert st["step"] == good["step"] == 0
     assert all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())

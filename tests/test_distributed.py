@@ -304,7 +304,7 @@ RC2L_RUN = [
 # statistics as before). Used by both runs of the comparison below, in every process.
 FREEZE_BN_STATS = """
 from torch.nn.modules.batchnorm import _BatchNorm
-import rc2l.engine.train as _train
+import rc2l.engine.build as _train
 
 def _build_frozen(*args, _build=_train.build_model, **kwargs):
     model = _build(*args, **kwargs)
@@ -321,7 +321,7 @@ def _rc2l_one_vs_two(tmp_path, iters, prelude=None):
     """1 process × accum 2 and 2 gloo ranks, ``iters`` steps of method=rc2l; both states."""
     run = [*RC2L_RUN, f"train.iters={iters}"]
     if prelude is not None:
-        import rc2l.engine.train as train_mod
+        import rc2l.engine.build as train_mod
 
         saved = train_mod.build_model
         exec(prelude, {})  # the same patch in this process, for the 1-process run

@@ -57,7 +57,7 @@ def one_step(tmp_path, arch: str, method: str, *extra: str) -> Trainer:
     assert cfg.data.crop_size == CROP
     torch.manual_seed(0)
     tr = Trainer(cfg)
-    assert tr.train_step(tr._iterators()) is not None
+    assert tr.train_step(tr.streams.iterators()) is not None
     return tr
 
 

@@ -327,9 +327,9 @@ def test_nonfinite_steps_are_skipped_counted_and_training_goes_on(tmp_path, monk
 
     real, calls = Supervised.step, []
 
-    def sometimes_nan(self, bl, bu, step, num_masks=None):
+    def sometimes_nan(self, bl, bu, step):
         calls.append(step)
-        terms = real(self, bl, bu, step, num_masks)
+        terms = real(self, bl, bu, step)
         if len(calls) in (2, 3):
             terms["loss"] = terms["loss"] * float("nan")
         return terms
@@ -353,9 +353,9 @@ def test_infinite_gradient_with_finite_loss_is_skipped_without_clipping(tmp_path
 
     real, calls = Supervised.step, []
 
-    def inf_grad_once(self, bl, bu, step, num_masks=None):
+    def inf_grad_once(self, bl, bu, step):
         calls.append(step)
-        terms = real(self, bl, bu, step, num_masks)
+        terms = real(self, bl, bu, step)
         if len(calls) == 2:  # this backward: the loss stays finite, one gradient becomes Inf
             p = next(self.net.parameters())
 

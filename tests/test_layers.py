@@ -1,5 +1,5 @@
 """The package's architecture, checked: layers import only downwards, no import cycles, and
-no function longer than the limit a reader can hold in view."""
+no function or class longer than the limit a reader can hold in view."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ LAYERS = {
     "__init__": 5,
 }
 MAX_FUNCTION_LINES = 80
+MAX_CLASS_LINES = 250
 
 
 def _modules() -> dict[str, Path]:
@@ -117,5 +118,16 @@ def test_no_function_longer_than_the_limit(path):
         f"{n.name} ({n.end_lineno - n.lineno + 1} lines, line {n.lineno})"
         for n in ast.walk(tree)
         if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"{path.name}: " + ", ".join(long)
+
+
+@pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
+def test_no_class_longer_than_the_limit(path):
+    tree = ast.parse(path.read_text())
+    long = [
+        f"{n.name} ({n.end_lineno - n.lineno + 1} lines, line {n.lineno})"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ClassDef) and n.end_lineno - n.lineno + 1 > MAX_CLASS_LINES
     ]
     assert not long, f"{path.name}: " + ", ".join(long)

@@ -136,7 +136,7 @@ def test_rc2l_fed_by_unimatch_perturbations(tmp_path, monkeypatch):
         return real_mix(self, targets, strong, step, stream)
 
     monkeypatch.setattr(RC2L, "mix", spy)
-    its = trainer._iterators()
+    its = trainer.streams.iterators()
     batch_l, batch_u = next(its["labeled"]), next(its["unlabeled"])
     terms = trainer.method.step(batch_l, batch_u, step=5)
     assert [m[0] for m in mixes] == [11, 17]  # one box stream per view

@@ -443,8 +443,7 @@ def test_region_losses_forward_is_each_weighted_term():
 
 # ----------------------------------------------------------------------------- engine/methods/unimatch.py
 def test_unimatch_first_box_stream_is_the_one_of_fixmatch_and_rc2l():
-    from rc2l.engine.methods.unimatch import BOX_STREAMS
-    from rc2l.engine.teacher import stride_boxes
+    from rc2l.engine.teacher import BOX_STREAMS, stride_boxes
 
     a = stride_boxes(4, (16, 16), (4, 4), 1.0, 3, 7, "cpu")  # the default stream (RC²L, FixMatch)
     b = stride_boxes(4, (16, 16), (4, 4), 1.0, 3, 7, "cpu", BOX_STREAMS[0])

@@ -16,7 +16,7 @@ def test_an_infinite_gradient_with_a_finite_loss_is_skipped_cleanly(tmp_path):
 
     with TorchSettings():
         tr = Trainer(tiny_config(tmp_path, "train.iters=3"))
-        its = tr._iterators()
+        its = tr.streams.iterators()
         params = {k: p.detach().clone() for k, p in tr.model.named_parameters()}
         buffers = {k: b.clone() for k, b in tr.model.named_buffers()}
         sched = tr.scheduler.state_dict()
@@ -47,7 +47,7 @@ def test_a_good_step_advances_the_schedule_and_the_ema_teacher(tmp_path):
                 "semi.ema_momentum=0.5",
             )
         )
-        its = tr._iterators()
+        its = tr.streams.iterators()
         lr0 = tr.optimizer.param_groups[0]["lr"]
         assert tr.train_step(its) is not None
         assert tr.optimizer.param_groups[0]["lr"] != lr0  # warm-up: the LR moved
@@ -115,7 +115,7 @@ def test_clip_grad_zero_means_no_clipping_and_one_clips_to_norm_one(tmp_path):
                 norm=float(torch.stack([p.grad.norm() for p in tr.model.parameters() if p.grad is not None]).norm())
             )
         )
-        logs = tr.train_step(tr._iterators())
+        logs = tr.train_step(tr.streams.iterators())
     assert logs is not None and seen["norm"] > 0
     assert seen["norm"] == pytest.approx(logs["grad_norm"], rel=1e-4)  # the logged norm, nothing clipped away
     with TorchSettings():  # the default train.clip_grad=1: the applied gradient has norm 1, the logged one is larger
@@ -125,7 +125,7 @@ def test_clip_grad_zero_means_no_clipping_and_one_clips_to_norm_one(tmp_path):
                 norm=float(torch.stack([p.grad.norm() for p in tr.model.parameters() if p.grad is not None]).norm())
             )
         )
-        logs = tr.train_step(tr._iterators())
+        logs = tr.train_step(tr.streams.iterators())
     assert logs["grad_norm"] > 1.5 and seen["norm"] == pytest.approx(1.0, rel=1e-4)
 
 
@@ -148,7 +148,7 @@ def _first_step(tmp_path, *extra):
                 {k: p.grad.detach().clone() for k, p in tr.model.named_parameters() if p.grad is not None}
             )
         )
-        logs = tr.train_step(tr._iterators())
+        logs = tr.train_step(tr.streams.iterators())
     return grads, logs
 
 

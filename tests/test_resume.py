@@ -132,10 +132,10 @@ def test_in_process_signal_stop_and_resume_semi_rc2l(tmp_path, monkeypatch):
 
     real = RC2L.step
 
-    def stop_at_2(self, batch_l, batch_u, step, num_masks=None):
+    def stop_at_2(self, batch_l, batch_u, step):
         if step == 1:  # during the 2nd step: the loop saves and stops after it
             signal.raise_signal(signal.SIGINT)
-        return real(self, batch_l, batch_u, step, num_masks)
+        return real(self, batch_l, batch_u, step)
 
     monkeypatch.setattr(RC2L, "step", stop_at_2)
     out = train_inprocess(tmp_path / "run", *extra)
@@ -172,7 +172,7 @@ def test_resume_with_another_world_size_maps_the_data_position(tmp_path, referen
     save_state(st, tmp_path / "two.pt")
     with TorchSettings():
         tr = Trainer(tiny_config(tmp_path / "run", *RUN, f"resume={tmp_path / 'two.pt'}"))
-    assert (tr.positions["labeled"].epoch, tr.positions["labeled"].position) == (1, 6)
+    assert (tr.streams.positions["labeled"].epoch, tr.streams.positions["labeled"].position) == (1, 6)
     assert tr.step == ITERS
     assert "saved by 2 process(es), this run has 1: RNG states not restored" in caplog.text
 
@@ -219,7 +219,8 @@ def test_resume_restores_the_numpy_and_python_rng(tmp_path, reference):
     import numpy as np
 
     from rc2l.engine.checkpoint import save_state
-    from rc2l.engine.train import Trainer, rng_state
+    from rc2l.engine.rng import rng_state
+    from rc2l.engine.train import Trainer
 
     from reliability_helpers import TorchSettings, tiny_config
 

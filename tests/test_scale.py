@@ -38,7 +38,7 @@ def _first_step_grads(tmp_path, *extra: str) -> dict[str, torch.Tensor]:
             {k: p.grad.detach().clone() for k, p in tr.model.named_parameters() if p.grad is not None}
         )
     )
-    assert tr.train_step(tr._iterators()) is not None
+    assert tr.train_step(tr.streams.iterators()) is not None
     return grads
 
 

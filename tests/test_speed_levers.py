@@ -16,7 +16,8 @@ from conftest import data_config
 from rc2l.config import load_config
 from rc2l.data.build import build_datasets
 from rc2l.engine.evaluate import cpu_has_bf16, evaluate, resolve_amp
-from rc2l.engine.train import Trainer, channels_last_collate
+from rc2l.engine.streams import channels_last_collate
+from rc2l.engine.train import Trainer
 from rc2l.models.segmenter import build_model
 
 from helpers import tiny_model_config, tiny_model_overrides
@@ -93,7 +94,7 @@ def test_trainer_channels_last_converts_student_teacher_and_batches(tmp_path):
     for net in (tr.model, tr.teacher):
         w = net.backbone.conv1.weight
         assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
-    its = tr._iterators()
+    its = tr.streams.iterators()
     batch = next(iter(its["unlabeled"]))
     assert batch["image_w"].is_contiguous(memory_format=torch.channels_last)
     logs = tr.train_step(its)
@@ -190,10 +191,10 @@ def test_keep_freed_memory_stops_refaulting_freed_blocks():
 
 
 def test_trainer_keeps_freed_memory_only_when_configured(tmp_path, monkeypatch):
-    import rc2l.engine.train as train_module
+    import rc2l.engine.build as build_module
 
     calls = []
-    monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(build_module, "keep_freed_memory", lambda: calls.append(1) or True)
     for flag, calls_after in (("true", 1), ("false", 1)):
         over = [f"out_dir={tmp_path}/{flag}", f"train.keep_freed_memory={flag}"]
         Trainer(load_config("configs/synthetic.yaml", TINY + over))

@@ -52,10 +52,10 @@ def test_amp_changes_the_compute_dtype(tmp_path, amp, dtype):
         linear = next(m for m in tr.model.decoder.modules() if type(m) is nn.Linear)
         conv.register_forward_hook(lambda m, i, o: seen["conv"].add(o.dtype))
         linear.register_forward_hook(lambda m, i, o: seen["linear"].add(o.dtype))
-        assert tr.train_step(tr._iterators()) is not None
+        assert tr.train_step(tr.streams.iterators()) is not None
         assert seen == {"conv": {dtype}, "linear": {dtype}}
         seen["conv"].clear(), seen["linear"].clear()
-        tr.evaluate_all()
+        tr.evaluate()
         assert seen == {"conv": {dtype}, "linear": {dtype}}
     assert {p.dtype for p in tr.model.parameters()} == {torch.float32}
 
@@ -132,7 +132,7 @@ def test_best_checkpoint_is_the_teacher_when_the_teacher_wins(tmp_path, monkeypa
     monkeypatch.setattr(evaluate_mod, "evaluate", fake_evaluate)
     best = tmp_path / "best.safetensors"
     scores.update(student=40.0, teacher=60.0)
-    res = tr.evaluate_all()
+    res = tr.evaluate()
     assert [(r["model"], r["miou"]) for r in res] == [("student", 40.0), ("teacher", 60.0)]
     assert tr.best == {"miou": 60.0, "model": "teacher", "step": 0}
     meta = read_meta(best)
@@ -146,11 +146,11 @@ def test_best_checkpoint_is_the_teacher_when_the_teacher_wins(tmp_path, monkeypa
 
     tr.step = 2  # the student improves, but not past the best: best.safetensors stays the teacher
     scores.update(student=55.0, teacher=50.0)
-    tr.evaluate_all()
+    tr.evaluate()
     assert tr.best["model"] == "teacher" and read_meta(best)["step"] == "0"
     tr.step = 4  # now the student beats the best
     scores.update(student=70.0, teacher=65.0)
-    tr.evaluate_all()
+    tr.evaluate()
     assert tr.best == {"miou": 70.0, "model": "student", "step": 4}
     assert read_meta(best)["model_evaluated"] == "student"
     assert_equal_tensors(load_file(str(best)), {k: v.detach() for k, v in tr.model.state_dict().items()})
@@ -164,12 +164,12 @@ def _nan_on_second_call(monkeypatch, where: str):
 
     real, calls = Supervised.step, []
 
-    def step(self, bl, bu, s, num_masks=None):
+    def step(self, bl, bu, s):
         calls.append(s)
         if len(calls) == 2 and where == "input":
             bl = {**bl, "image": bl["image"].clone()}
             bl["image"][0, :, :4, :4] = float("nan")
-        terms = real(self, bl, bu, s, num_masks)
+        terms = real(self, bl, bu, s)
         if len(calls) == 2 and where == "loss":
             terms["loss"] = terms["loss"] * float("nan")
         return terms
@@ -184,7 +184,7 @@ def _one_good_then_one_skipped(tmp_path, monkeypatch, where):
     _nan_on_second_call(monkeypatch, where)
     with TorchSettings():
         tr = Trainer(tiny_config(tmp_path, "train.iters=3", "train.max_bad_steps=3"))
-        its = tr._iterators()
+        its = tr.streams.iterators()
         assert tr.train_step(its) is not None
         before = {
             "params": {k: p.detach().clone() for k, p in tr.model.named_parameters()},

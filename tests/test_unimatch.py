@@ -10,8 +10,9 @@ import torch.nn.functional as Fn
 
 from rc2l.config import load_config
 from rc2l.engine.methods import FixMatch, UniMatch
-from rc2l.engine.methods.unimatch import BOX_STREAMS, pixel_ce, view_weights
-from rc2l.engine.teacher import apply_cutmix, mix_with_partner, stride_boxes
+from rc2l.engine.methods.base import view_weights
+from rc2l.engine.methods.unimatch import pixel_ce
+from rc2l.engine.teacher import BOX_STREAMS, apply_cutmix, mix_with_partner, stride_boxes
 
 from helpers import PP_B, PP_K, PP_S, TinyPerPixel
 from helpers import unimatch_batches as batches

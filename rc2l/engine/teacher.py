@@ -215,6 +215,18 @@ def stride_boxes(
     return small.to(device), big.to(device)
 
 
+BOX_STREAMS = (11, 17)  # one independent CutMix stream per strong view
+
+
+def cutmix_view(
+    strong: Tensor, grid: tuple[int, int], p: float, seed: int, step: int, stream: int = BOX_STREAMS[0]
+) -> tuple[Tensor, Tensor]:
+    """One strong view (B, 3, H, W) mixed with the CutMix box of (seed, step, stream), and that
+    box on the targets' grid (B, h, w), to mix the teacher's targets at the same pixels."""
+    small, big = stride_boxes(strong.shape[0], tuple(strong.shape[-2:]), grid, p, seed, step, strong.device, stream)
+    return apply_cutmix(strong, big), small
+
+
 def cutmix_targets(targets: dict, box: Tensor) -> dict:
     """Mix the teacher's targets with the CutMix box used for the student's input.
 

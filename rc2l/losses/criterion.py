@@ -5,6 +5,7 @@ summed over decoder layers."""
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as Fn
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
@@ -36,7 +37,10 @@ class SetCriterion(nn.Module):
     """loss(outputs, labels) → dict of scalar terms {"loss_ce", "loss_mask", "loss_dice"}
     (weighted, summed over the final and auxiliary layers), the total "loss", and each decoder
     layer's weighted terms under "loss_ce_<l>", "loss_mask_<l>", "loss_dice_<l>" (detached, for
-    the log: l = 0 is the first decoder layer, the highest l the final output)."""
+    the log: l = 0 is the first decoder layer, the highest l the final output).
+
+    The mask and dice terms are divided by the number of target masks; ``begin_step`` sets that
+    normaliser for an optimizer step made of several micro-batches or processes."""
 
     def __init__(self, num_classes: int, cfg: LossConfig | None = None, ignore_index: int = 255):
         super().__init__()
@@ -46,6 +50,23 @@ class SetCriterion(nn.Module):
         w = torch.ones(num_classes + 1)
         w[-1] = self.cfg.no_object_weight
         self.register_buffer("empty_weight", w, persistent=False)
+        self.num_masks: float | None = None
+
+    def begin_step(self, labels: list[Tensor]) -> None:
+        """``labels``: the (B, H, W) label maps of this optimizer step's micro-batches in this
+        process. The normaliser of each of them becomes the target masks of all micro-batches and
+        all processes divided by (micro-batches × processes), so the mask/dice terms of the
+        step add up to those of one global batch (DETR's all-reduced ``num_boxes``, extended to
+        gradient accumulation). One micro-batch in one process: each call counts its own."""
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if world == 1 and len(labels) == 1:
+            self.num_masks = None
+            return
+        n = sum(len(t["labels"]) for lab in labels for t in targets_from_labels(lab, self.ignore_index))
+        total = torch.tensor(float(n), device=self.empty_weight.device)
+        if world > 1:
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        self.num_masks = total.item() / (world * len(labels))
 
     @staticmethod
     def batch_targets(targets: list[dict]) -> dict:
@@ -116,8 +137,10 @@ class SetCriterion(nn.Module):
 
     def forward(self, outputs: dict, labels: Tensor, num_masks: float | None = None) -> dict[str, Tensor]:
         """outputs: the segmenter's dict; labels: (B, H, W) int64 with ``ignore_index``.
-        ``num_masks``: the global target count (all-reduced by the caller under DDP)."""
+        ``num_masks``: the normaliser (default: the one ``begin_step`` set, else this batch's
+        own target count)."""
         targets = targets_from_labels(labels, self.ignore_index)
+        num_masks = self.num_masks if num_masks is None else num_masks
         if num_masks is None:
             num_masks = sum(len(t["labels"]) for t in targets)
         num_masks = max(float(num_masks), 1.0)

@@ -166,9 +166,11 @@ class PixelCriterion(nn.Module):
         self.ignore_index = ignore_index
         self.ohem = ohem
 
-    def forward(self, outputs: dict, labels: Tensor, num_masks: float | None = None) -> dict[str, Tensor]:
-        """outputs["sem_logits"]: (B, K, h, w); labels: (B, H, W) int64. ``num_masks`` is the
-        set loss's normaliser and has no meaning here (accepted for a common signature)."""
+    def begin_step(self, labels: list[Tensor]) -> None:
+        """A mean over each micro-batch's pixels needs no normaliser from the others."""
+
+    def forward(self, outputs: dict, labels: Tensor) -> dict[str, Tensor]:
+        """outputs["sem_logits"]: (B, K, h, w); labels: (B, H, W) int64."""
         logits = Fn.interpolate(
             outputs["sem_logits"].float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
         )

@@ -19,12 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from rc2l.config import Config, UniMatchConfig
-from rc2l.engine.methods.base import Method, combine, lambda_u, semi_step, warmup_terms
-from rc2l.engine.teacher import apply_cutmix, ema_update, make_teacher, mix_with_partner, real_pixels, stride_boxes
+from rc2l.engine.methods.base import Method, combine, lambda_u, semi_step, view_weights, warmup_terms
+from rc2l.engine.methods.ema import EmaTeacher
+from rc2l.engine.teacher import BOX_STREAMS, cutmix_view, mix_with_partner, real_pixels
 from rc2l.losses.functional import pixel_probs
 from rc2l.losses.pixel import pixel_pseudo_ce
-
-BOX_STREAMS = (11, 17)  # one independent CutMix stream per strong view (11 is FixMatch's/RC²L's)
 
 
 def pixel_ce(out: dict, label: Tensor, conf: Tensor, threshold: float, real: Tensor) -> Tensor:
@@ -34,13 +33,6 @@ def pixel_ce(out: dict, label: Tensor, conf: Tensor, threshold: float, real: Ten
     if "sem_logits" in out:
         return pixel_pseudo_ce(out["sem_logits"], label, conf, threshold, ignore=~real, input="logits")
     return pixel_pseudo_ce(out["sem_masks"], label, conf, threshold, ignore=~real, input="sem")
-
-
-def view_weights(views: int, fp: bool) -> tuple[float, float]:
-    """(weight of each strong view, weight of FP): (0.25, 0.5) with two views and FP as
-    UniMatch; the strong views share 1 − w_fp."""
-    w_fp = 0.5 if fp else 0.0
-    return (1.0 - w_fp) / views, w_fp
 
 
 class UniMatch(Method):
@@ -57,23 +49,17 @@ class UniMatch(Method):
         device: torch.device,
         num_classes: int,
         ignore_index: int = 255,
+        net: nn.Module | None = None,
         settings: UniMatchConfig | None = None,
     ):
-        super().__init__(cfg, model, device, num_classes, ignore_index)
+        super().__init__(cfg, model, device, num_classes, ignore_index, net)
         self.settings = settings or cfg.semi.unimatch
         if self.settings.teacher == "ema":
-            self.teacher = make_teacher(model).to(device)
+            self.ema = EmaTeacher(model, cfg.semi, device)
 
     def term(self, view: int) -> str:
         """Log key of strong view ``view``'s loss (0-based)."""
         return f"unimatch_s{view + 1}"
-
-    def after_step(self, step: int) -> None:
-        if self.teacher is not None:
-            ema_update(self.teacher, self.model, semi_step(step, self.cfg.semi), self.cfg.semi.ema_momentum)
-
-    def models_to_evaluate(self) -> dict[str, nn.Module]:
-        return {"student": self.model} if self.teacher is None else {"student": self.model, "teacher": self.teacher}
 
     def scaled(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         """terms["loss"] × semi.unimatch.loss_scale (the logged terms stay unscaled)."""
@@ -90,44 +76,36 @@ class UniMatch(Method):
         if u.fp:
             out = self.net(weak, fp_dropout=u.fp_dropout)
             fp_out = out["fp"]
-        if self.teacher is not None:
-            with torch.no_grad():
-                out = self.teacher(weak)
+        if self.ema is not None:
+            out = self.ema(weak)
         elif not u.fp:
             with torch.no_grad():
                 out = self.net(weak)
         conf, label = pixel_probs(out).max(1)
         return label, conf, fp_out
 
-    def step(
-        self, labeled: dict, unlabeled: dict | None, step: int, num_masks: float | None = None
-    ) -> dict[str, Tensor]:
+    def step(self, labeled: dict, unlabeled: dict | None, step: int) -> dict[str, Tensor]:
         c, u = self.cfg, self.settings
-        sup = self.supervised_loss(labeled, num_masks)
+        sup = self.supervised_loss(labeled)
         lam = lambda_u(step, c.semi)
-        if semi_step(step, c.semi) < 0:
+        if semi_step(step, c.semi) < 0:  # supervised warm-up: the unlabeled branch would weigh 0
             return self.scaled(warmup_terms(sup, lam))
         weak = unlabeled["image_w"].to(self.device, non_blocking=True)
         strong = [unlabeled[k].to(self.device, non_blocking=True) for k in ("image_s", "image_s2")[: u.views]]
         label, conf, fp_out = self.weak_pass(weak)
-        h, w = label.shape[-2:]
-        real = real_pixels(unlabeled["valid"].to(self.device), (h, w))
+        grid = tuple(label.shape[-2:])
+        real = real_pixels(unlabeled["valid"].to(self.device), grid)
         mixed, targets = [], []
         for view, stream in zip(strong, BOX_STREAMS):
-            small, big = stride_boxes(
-                weak.shape[0], tuple(weak.shape[-2:]), (h, w), c.semi.cutmix_p, c.seed, step, self.device, stream
-            )
-            mixed.append(apply_cutmix(view, big))
-            targets.append([mix_with_partner(t, small) for t in (label, conf, real)])
+            mixed_view, box = cutmix_view(view, grid, c.semi.cutmix_p, c.seed, step, stream)
+            mixed.append(mixed_view)
+            targets.append([mix_with_partner(t, box) for t in (label, conf, real)])
         s_out = self.net(torch.cat(mixed))
         w_s, w_fp = view_weights(u.views, u.fp)
         unsup = {}
+        b = weak.shape[0]
         for i, (lab, cf, rl) in enumerate(targets):
-            part = {
-                k: v[i * weak.shape[0] : (i + 1) * weak.shape[0]]
-                for k, v in s_out.items()
-                if k in ("sem_logits", "sem_masks")
-            }
+            part = {k: v[i * b : (i + 1) * b] for k, v in s_out.items() if k in ("sem_logits", "sem_masks")}
             unsup[self.term(i)] = w_s * pixel_ce(part, lab, cf, u.threshold, rl)
         if fp_out is not None:
             unsup["unimatch_fp"] = w_fp * pixel_ce(fp_out, label, conf, u.threshold, real)
