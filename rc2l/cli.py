@@ -176,7 +176,14 @@ def cmd_report(args) -> int:
 
 
 def add_train_eval_parsers(sub) -> None:
-    t = sub.add_parser("train", help="train a model from a YAML config and key=value overrides")
+    from rc2l.config import keys_help
+
+    t = sub.add_parser(
+        "train",
+        help="train a model from a YAML config and key=value overrides",
+        epilog=keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="key=value, e.g. train.iters=2000 data.split=1_8 resume=auto")
     t.set_defaults(func=cmd_train)

@@ -602,6 +602,35 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Keys only the ablation studies set (docs/results.md): `rc2l train --help` lists them apart
+# from the keys a user sets.
+ABLATION_KEYS = (
+    "semi.regions semi.soft_masks semi.region_pixels semi.rfc_scope semi.rfc_proj_dim semi.rcc_soft "
+    "semi.smc_dice_only semi.pixel_contrast semi.pixel_contrast_mode semi.pixel_contrast_samples "
+    "semi.pixel_contrast_tau semi.region_views semi.region_fp semi.region_fp_dropout"
+).split()
+
+
+def keys_help(width: int = 100) -> str:
+    """Every config key with its default (and its choices), section by section; the
+    ablation-only keys last, apart."""
+    keys = flatten(to_dict(Config()))
+
+    def line(k: str) -> str:
+        choices = f" ({' | '.join(map(str, CHOICES[k]))})" if k in CHOICES else ""
+        return f"  {k}={short(keys[k], 40)}{choices}"
+
+    main = [k for k in keys if k not in ABLATION_KEYS]
+    sections: dict[str, list[str]] = {}
+    for k in main:
+        sections.setdefault(k.split(".")[0] if "." in k else "run", []).append(line(k))
+    text = ["config keys (key=default), set in the YAML or as key=value:"]
+    for name, lines in sections.items():
+        text += [f" {name}:", *lines]
+    text += [" ablation-only (the studies in docs/results.md set these):", *map(line, ABLATION_KEYS)]
+    return "\n".join(t[:width] for t in text)
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """The run's resolved config, less ``overwrite``: the file starts or continues this run, it
     must never move it aside."""

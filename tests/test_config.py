@@ -26,3 +26,14 @@ def test_flatten_gives_the_dotted_keys_overrides_name():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
     flat = flatten(to_dict(load_config(None, ["semi.unimatch.threshold=0.5"])))
     assert flat["semi.unimatch.threshold"] == 0.5 and "semi.unimatch" not in flat
+
+
+def test_train_help_lists_every_key_with_the_ablation_ones_apart():
+    from rc2l.config import ABLATION_KEYS, Config, flatten, keys_help, to_dict
+
+    text = keys_help()
+    head, _, ablation = text.partition("ablation-only")
+    listed = {ln.strip().split("=")[0] for ln in text.splitlines() if "=" in ln and ln.startswith("  ")}
+    assert listed == set(flatten(to_dict(Config())))
+    assert all(f"  {k}=" in ablation and f"  {k}=" not in head for k in ABLATION_KEYS)
+    assert "  method='supervised' (supervised | fixmatch | rc2l | unimatch)" in head

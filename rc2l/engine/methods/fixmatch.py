@@ -16,17 +16,9 @@ class FixMatch(UniMatch):
     description = "FixMatch-style pixel pseudo-labels from an EMA teacher"
     loss_terms = ("fixmatch",)
 
-    def __init__(
-        self,
-        cfg: Config,
-        model: nn.Module,
-        device: torch.device,
-        num_classes: int,
-        ignore_index: int = 255,
-        net: nn.Module | None = None,
-    ):
+    def __init__(self, cfg: Config, model: nn.Module, device: torch.device, *args, **kw):
         settings = UniMatchConfig(teacher="ema", views=1, fp=False, threshold=cfg.semi.fixmatch_threshold)
-        super().__init__(cfg, model, device, num_classes, ignore_index, net, settings)
+        super().__init__(cfg, model, device, *args, settings=settings, **kw)
 
     def term(self, view: int) -> str:
         return "fixmatch"

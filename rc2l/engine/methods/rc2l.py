@@ -41,16 +41,8 @@ class RC2L(Method):
     description = "RC²L region-level contrast and consistency (RMC, RFC, RCC, SMC) with an EMA teacher"
     loss_terms = (*TERMS, *(f"{t}_fp" for t in TERMS), "pixel_contrast")
 
-    def __init__(
-        self,
-        cfg: Config,
-        model: nn.Module,
-        device: torch.device,
-        num_classes: int,
-        ignore_index: int = 255,
-        net: nn.Module | None = None,
-    ):
-        super().__init__(cfg, model, device, num_classes, ignore_index, net)
+    def __init__(self, cfg: Config, model: nn.Module, device: torch.device, *args, **kw):
+        super().__init__(cfg, model, device, *args, **kw)
         self.ema = EmaTeacher(model, cfg.semi, device)
         self.region_losses = RegionLosses(cfg.semi, feat_dim=cfg.model.mask_dim, loss_cfg=cfg.loss)
         if self.region_losses.rfc_head is not None:

@@ -43,16 +43,9 @@ class UniMatch(Method):
     loss_terms = ("unimatch_s1", "unimatch_s2", "unimatch_fp")
 
     def __init__(
-        self,
-        cfg: Config,
-        model: nn.Module,
-        device: torch.device,
-        num_classes: int,
-        ignore_index: int = 255,
-        net: nn.Module | None = None,
-        settings: UniMatchConfig | None = None,
+        self, cfg: Config, model: nn.Module, device: torch.device, *args, settings: UniMatchConfig | None = None, **kw
     ):
-        super().__init__(cfg, model, device, num_classes, ignore_index, net)
+        super().__init__(cfg, model, device, *args, **kw)
         self.settings = settings or cfg.semi.unimatch
         if self.settings.teacher == "ema":
             self.ema = EmaTeacher(model, cfg.semi, device)
