@@ -48,7 +48,8 @@ def test_camvid_split_files_both_formats(data_camvid, tmp_path):
         "0001TP_000002\nimages/train/0001TP_000003.webp labels/train/0001TP_000003.png\n"
     )
     ds = build_datasets(
-        data_config(name="camvid", root=str(data_camvid), split="half", splits_dir=str(sdir), method="rc2l")
+        data_config(name="camvid", root=str(data_camvid), split="half", splits_dir=str(sdir), method="rc2l"),
+        unlabeled_views=1,
     )
     assert [it.id for it in ds["labeled"].items] == ["0001TP_000000", "0001TP_000001"]
     assert len(ds["unlabeled"]) == 2 and len(ds["val"]) == 2
@@ -114,7 +115,8 @@ def test_folder_with_unlabeled_images(data_folder, tmp_path):
             splits_dir=str(out.parent),
             method="fixmatch",
             crop_size=[8, 8],
-        )
+        ),
+        unlabeled_views=1,
     )
     assert len(ds["labeled"]) == 2 and [it.id for it in ds["unlabeled"].items] == ["c"]
     assert ds["unlabeled"][0]["image_w"].shape == (3, 8, 8)
@@ -128,7 +130,7 @@ def test_real_camvid_with_committed_split(camvid_root):
     cfg = data_config(
         name="camvid", root=str(camvid_root), split="1_8", splits_dir="", method="rc2l", crop_size=[64, 64]
     )
-    ds = build_datasets(cfg)
+    ds = build_datasets(cfg, unlabeled_views=1)
     assert (len(ds["labeled"]), len(ds["unlabeled"]), len(ds["val"])) == (46, 321, 101)
     s = ds["val"][0]
     assert s["image"].shape == (3, 360, 480) and s["mask"].shape == (360, 480)
@@ -157,7 +159,9 @@ def _split_dir(tmp_path, labeled: str, unlabeled: str = "0001TP_000003\n") -> Pa
 
 
 def _build_split(root, sdir):
-    return build_datasets(data_config(name="camvid", root=str(root), split="s", splits_dir=str(sdir), method="rc2l"))
+    return build_datasets(
+        data_config(name="camvid", root=str(root), split="s", splits_dir=str(sdir), method="rc2l"), unlabeled_views=1
+    )
 
 
 def test_split_line_naming_a_missing_file(data_camvid, tmp_path):

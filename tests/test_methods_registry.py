@@ -44,3 +44,27 @@ def test_every_method_reaches_the_model_card_the_report_and_the_study(name):
 
 def test_an_unregistered_method_gets_no_description():
     assert "| method | other:  |" in _card("other")
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_the_data_carries_the_strong_views_the_method_asks_for(name):
+    """data/ names no method: the composition root passes each method's own view count."""
+    from rc2l.config import load_config
+    from rc2l.data.build import build_datasets
+
+    over = [f"method={name}", "semi.unimatch.views=2", "semi.region_views=2", "data.split=1_4"]
+    over += [
+        "data.synthetic.num_train=8",
+        "data.synthetic.num_val=2",
+        "data.synthetic.size=32",
+        "data.crop_size=[32,32]",
+    ]
+    cfg = load_config(None, over)
+    views = METHODS[name].unlabeled_views(cfg)
+    assert (views > 0) == METHODS[name].uses_unlabeled
+    unl = build_datasets(cfg, unlabeled_views=views)["unlabeled"]
+    if views == 0:
+        assert unl is None
+    else:
+        assert ("image_s2" in unl[0]) == (views == 2)
+    assert views == {"unimatch": 2, "rc2l": 2, "fixmatch": 1, "supervised": 0}.get(name, views)

@@ -18,7 +18,7 @@ from rc2l.errors import DataError  # noqa: E402
 def _datasets(root: Path, resize: list[int]):
     cfg = data_config(name="camvid", root=str(root), resize=resize, crop_size=[8, 8], method="rc2l")
     cfg.eval.labels = "native"
-    return build_datasets(cfg)
+    return build_datasets(cfg, unlabeled_views=1)
 
 
 def test_copy_gives_identical_training_and_evaluation_tensors(data_camvid, tmp_path):

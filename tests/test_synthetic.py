@@ -73,7 +73,7 @@ def test_random_access_without_hidden_state():
 def test_build_synthetic_partitions():
     cfg = data_config(method="rc2l", split="1_4", crop_size=[32, 32])
     cfg.data.synthetic = SyntheticConfig(num_train=40, num_val=6, size=32, seed=1)
-    ds = build_datasets(cfg)
+    ds = build_datasets(cfg, unlabeled_views=1)
     assert (len(ds["labeled"]), len(ds["unlabeled"]), len(ds["val"])) == (10, 30, 6)
     assert not set(ds["labeled"].indices) & set(ds["unlabeled"].indices)
     lab, unl, val = ds["labeled"][0], ds["unlabeled"][0], ds["val"][0]
@@ -81,6 +81,6 @@ def test_build_synthetic_partitions():
     assert set(unl) == {"image_w", "image_s", "valid", "id"} and unl["valid"].all()
     assert val["image"].dtype == torch.float32 and val["image"].max() <= 1 and val["id"] == "synthetic/val/00000"
     assert build_datasets(data_config(method="supervised", split="1_4"))["unlabeled"] is None
-    full = build_datasets(data_config(method="rc2l", split="full"))
+    full = build_datasets(data_config(method="rc2l", split="full"), unlabeled_views=1)
     assert full["unlabeled"] is None and len(full["labeled"]) == 200
     assert dataset_info(cfg).class_names == CLASS_NAMES

@@ -94,20 +94,20 @@ def _synthetic(cfg: Config, want_unlabeled: bool, only_val: bool, train_t, unl_t
     }
 
 
-def build_datasets(cfg: Config, only_val: bool = False) -> dict:
+def build_datasets(cfg: Config, only_val: bool = False, unlabeled_views: int = 0) -> dict:
     """→ {"labeled": train-transform dataset, "unlabeled": dataset or None, "val": eval dataset}.
 
-    "unlabeled" is None for method "supervised" or data.split "full" (except a folder dataset,
-    whose images without a mask are its unlabeled set); with ``only_val`` (eval,
-    predict) only "val" is built and the train partition is not read at all.
+    ``unlabeled_views``: the strong views each unlabeled sample carries, as the training method
+    asks (0: the method uses no unlabeled images). "unlabeled" is None then, or for data.split
+    "full" (except a folder dataset, whose images without a mask are its unlabeled set); with
+    ``only_val`` (eval, predict) only "val" is built and the train partition is not read at all.
     """
     d = cfg.data
     dataset_info(cfg)
     train_t = TrainTransform(d.crop_size, d.scale_range, d.resize)
-    views = {"unimatch": cfg.semi.unimatch.views, "rc2l": cfg.semi.region_views}.get(cfg.method, 1)
-    unl_t = UnlabeledTransform(d.crop_size, d.scale_range, d.resize, strong_views=views)
+    unl_t = UnlabeledTransform(d.crop_size, d.scale_range, d.resize, strong_views=max(unlabeled_views, 1))
     eval_t = EvalTransform(d.resize, native_labels=cfg.eval.labels == "native")
-    want_unlabeled = cfg.method != "supervised" and d.split != "full"
+    want_unlabeled = unlabeled_views > 0 and d.split != "full"
     if d.name == "synthetic":
         return _synthetic(cfg, want_unlabeled, only_val, train_t, unl_t, eval_t)
 
@@ -119,7 +119,7 @@ def build_datasets(cfg: Config, only_val: bool = False) -> dict:
     unlabeled = None
     if d.split == "full":
         labeled = _base_list(reader, sdir, d.train_split, need_mask=True)
-        if d.name == "folder" and cfg.method != "supervised":  # images without a mask are the unlabeled set
+        if d.name == "folder" and unlabeled_views > 0:  # images without a mask are the unlabeled set
             unlabeled = _base_list(reader, sdir, "unlabeled", need_mask=False)
             if not unlabeled:
                 raise DataError(

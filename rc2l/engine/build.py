@@ -84,10 +84,10 @@ def distributed(model: nn.Module, device: torch.device, uses_unlabeled: bool) ->
 def build(cfg: Config) -> Parts:
     device = setup_process(cfg)
     seed_everything(cfg.seed)  # same on every rank: student, teacher and extra heads start equal
-    info = dataset_info(cfg)
-    datasets = build_datasets(cfg)
-    model = build_student(cfg, info.num_classes, device)
     kind = METHODS[cfg.method]
+    info = dataset_info(cfg)
+    datasets = build_datasets(cfg, unlabeled_views=kind.unlabeled_views(cfg))
+    model = build_student(cfg, info.num_classes, device)
     net = distributed(model, device, kind.uses_unlabeled)
     method = kind(cfg, model, device, info.num_classes, info.ignore_index, net=net)
     if D.rank() > 0:  # per-rank randomness (e.g. point sampling) from here on; rank 0 keeps cfg.seed

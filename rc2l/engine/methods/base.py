@@ -84,6 +84,11 @@ class Method:
         self.ema: EmaTeacher | None = None
         self.heads = nn.ModuleDict()  # trainable modules besides the student (RFC's g)
 
+    @classmethod
+    def unlabeled_views(cls, cfg: Config) -> int:
+        """Strong views per unlabeled sample the data must carry (0: no unlabeled images)."""
+        return 1 if cls.uses_unlabeled else 0
+
     @property
     def teacher(self) -> nn.Module | None:
         return None if self.ema is None else self.ema.model

@@ -20,5 +20,9 @@ class FixMatch(UniMatch):
         settings = UniMatchConfig(teacher="ema", views=1, fp=False, threshold=cfg.semi.fixmatch_threshold)
         super().__init__(cfg, model, device, *args, settings=settings, **kw)
 
+    @classmethod
+    def unlabeled_views(cls, cfg: Config) -> int:
+        return 1
+
     def term(self, view: int) -> str:
         return "fixmatch"

@@ -48,6 +48,10 @@ class RC2L(Method):
         if self.region_losses.rfc_head is not None:
             self.heads["rfc"] = self.region_losses.rfc_head.to(device)
 
+    @classmethod
+    def unlabeled_views(cls, cfg: Config) -> int:
+        return cfg.semi.region_views
+
     def step(self, labeled: dict, unlabeled: dict | None, step: int) -> dict[str, Tensor]:
         s = self.cfg.semi
         sup = self.supervised_loss(labeled)

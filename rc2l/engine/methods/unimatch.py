@@ -50,6 +50,10 @@ class UniMatch(Method):
         if self.settings.teacher == "ema":
             self.ema = EmaTeacher(model, cfg.semi, device)
 
+    @classmethod
+    def unlabeled_views(cls, cfg: Config) -> int:
+        return cfg.semi.unimatch.views
+
     def term(self, view: int) -> str:
         """Log key of strong view ``view``'s loss (0-based)."""
         return f"unimatch_s{view + 1}"
