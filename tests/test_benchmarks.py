@@ -150,29 +150,6 @@ def test_publish_replaces_own_rows_and_keeps_others(bench, tmp_path):
     assert "table two" in md and "gpu table" in md
 
 
-def _has_commit(ref: str) -> bool:
-    import subprocess
-
-    return subprocess.run(["git", "cat-file", "-e", f"{ref}^{{commit}}"], cwd=REPO, capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _has_commit("0be67a3"), reason="reference commit 0be67a3 not in this clone (shallow?)")
-def test_matcher_vs_reference_quick(bench, tmp_path):
-    m = bench("matcher_vs_reference")
-    assert m.main(["--quick", "--out", str(tmp_path)]) == 0
-    data, md = read_out(tmp_path)
-    rows = [r for r in data["rows"] if r["run"] == "matcher_vs_reference/cpu"]
-    assert len(rows) == 1 and rows[0]["batch"] == 2
-    assert rows[0]["ops"] < rows[0]["ops_ref"]  # the batched matcher dispatches fewer operations
-    assert "| 2 | 128² |" in md
-
-
-def test_matcher_vs_reference_unknown_ref(bench, tmp_path):
-    m = bench("matcher_vs_reference")
-    with pytest.raises(SystemExit, match="cannot read rc2l/losses/matcher.py at commit 'nosuchref'"):
-        m.main(["--quick", "--ref", "nosuchref", "--out", str(tmp_path)])
-
-
 def test_op_counts_quick(bench, tmp_path):
     """Every call dispatches as many operations for 1 image as for 3 (no per-image loop, the
     supervised criterion included); the criterion's count grows with its decoder layers."""
