@@ -296,7 +296,7 @@ def parse(argv):
         p.error("--levers must include fp32, the reference")
     # a subset of levers goes into a block of its own: train_speed/cpu:fp32-compile
     args.block = "" if args.levers == DEFAULT_LEVERS else ":" + "-".join(args.levers)
-    return cm.finish_args(args)
+    return cm.finish_args(args, NAME)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             64,
         )
         args.classes, args.per_image, args.reps = 5, 3, 1
-    cm.finish_args(args)
+    cm.finish_args(args, NAME)
     NETWORK_ATTEMPTS.clear()
     with NetworkGuard():
         return run(args, argv)
