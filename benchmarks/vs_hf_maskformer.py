@@ -352,7 +352,7 @@ def run(args, argv) -> int:
         "params_hf": n_hf,
         "network_attempts": len(NETWORK_ATTEMPTS),
     }
-    goal = 1.0  # never slower than the reference implementation (issue 15)
+    goal = 1.0  # never slower than the reference implementation
     for (kind, aux), tm in results.items():
         o, h = cm.med(tm["ours"]), cm.med(tm["hf"])
         what = {
