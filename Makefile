@@ -24,7 +24,7 @@ demo: $(STAMP)
 # Two pytest workers (pytest-xdist), one torch thread each (tests/conftest.py): the suite took 12.0
 # min in one process and about half that in two on a 2-core AVX2 EPYC (docs/benchmarks.md, "Test
 # suite time"). TEST_JOBS=1 on a busy machine.
-LINTED := rc2l tests scripts benchmarks
+LINTED := rc2l tests scripts benchmarks tools
 TEST_JOBS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
@@ -35,7 +35,7 @@ test: $(STAMP)
 # rewrites the "Mutation score" section of docs/reliability.md. MUTATION_JOBS=1 on a busy machine.
 MUTATION_JOBS ?= 2
 mutation: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python scripts/mutation.py --jobs $(MUTATION_JOBS)
+	OMP_NUM_THREADS=1 $(BIN)/python tools/mutation.py --jobs $(MUTATION_JOBS)
 
 # Headless Chromium for tests/test_report.py (the report page is rendered and every image checked).
 # Idempotent: installs only when /usr/bin/chromium is missing; sudo only when not root.

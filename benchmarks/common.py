@@ -53,10 +53,21 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         "under-reports when freed heap is reused), or off",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = PyTorch default)")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the block this command would write in <out>/benchmarks.md (name/device[+amp][:subset]) "
+        "and exit without measuring",
+    )
     return p
 
 
-def finish_args(args: argparse.Namespace) -> argparse.Namespace:
+def finish_args(args: argparse.Namespace, name: str) -> argparse.Namespace:
+    """Defaults that depend on other options, the device check and the thread count; with
+    ``--plan``, print the block ``name`` would write (``section_key``) and exit."""
+    if args.plan:
+        print(section_key(name, args))
+        raise SystemExit(0)
     if args.mem is None:
         args.mem = "inproc" if args.quick else "fresh"
     if args.device == "cuda":

@@ -14,11 +14,13 @@ the class head). GPU configs (train.device: cuda) measured on CPU are reduced to
 
     .venv/bin/python benchmarks/memory.py
     .venv/bin/python benchmarks/memory.py --device cuda --amp
+    .venv/bin/python benchmarks/memory.py --check-method 96   # peaks of a known 96 MiB allocation
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 import tempfile
 import time
@@ -138,6 +140,16 @@ def step_worker(config: str, overrides: list[str], device: str, steps: int, thre
         }
 
 
+def check_method(mib: int) -> int:
+    """Allocate and touch ``mib`` MiB inside ``PeakMeter``, in this process and in a fresh one
+    (``FreshRunner``), and print {"bytes", "inproc", "fresh"} as JSON: each peak should be about
+    the allocation, and ``reset_ok`` says the kernel's high-water mark could be reset."""
+    n = mib * cm.MiB
+    fresh = cm.FreshRunner(["benchmarks.common"])("benchmarks.common:alloc_probe", nbytes=n)
+    print(json.dumps({"bytes": n, "inproc": cm.alloc_probe(n), "fresh": fresh}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = cm.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=None, help="config files (default configs/*.yaml)")
@@ -147,13 +159,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2, help="measured steps after one warm-up")
     p.add_argument("--cpu-gpu-side", type=int, default=256, help="crop side for GPU configs measured on CPU")
     p.add_argument("--cpu-gpu-batch", type=int, default=2, help="batch for GPU configs measured on CPU")
+    p.add_argument(
+        "--check-method",
+        type=int,
+        default=0,
+        metavar="MIB",
+        help="measure a known allocation of MIB MiB in this process and in a fresh one, print both as JSON "
+        "and exit: a check of the CPU memory method on this machine",
+    )
     args = p.parse_args(argv)
+    if args.check_method:
+        return check_method(args.check_method)
     if args.mem == "off":
         raise SystemExit("error: benchmarks/memory.py measures memory; --mem off makes no sense here")
     configs = [Path(c) for c in args.configs] if args.configs else sorted((cm.REPO / "configs").glob("*.yaml"))
     if args.quick:
         args.steps = 1
-    cm.finish_args(args)
+    cm.finish_args(args, NAME)
     meta = cm.run_meta(NAME, args, argv, __file__)
     runner = (
         cm.FreshRunner(["torch", "rc2l.engine.train", "rc2l.engine.methods", "benchmarks.memory"])

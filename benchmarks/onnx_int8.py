@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=0, help="val images used (0 = all 101)")
     p.add_argument("--calib", type=int, default=32, help="calibration images (the first CamVid training frames)")
     p.add_argument("--reps", type=int, default=3)
-    args = cm.finish_args(p.parse_args(argv))
+    args = p.parse_args(argv)
     args.block = ":vnni" if cpu_has_vnni() else ":no-vnni"
+    cm.finish_args(args, NAME)
     threads = args.threads or torch.get_num_threads()
     images, labels, resize = val_images(args)
     calib = calibration_set(args, images, resize)

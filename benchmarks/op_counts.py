@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.layers = min(args.layers, 2)
     args.mem = "off"
-    cm.finish_args(args)
+    cm.finish_args(args, NAME)
     meta = cm.run_meta(NAME, args, argv, __file__)
     by_batch = {b: counts(b, args.layers) for b in args.batches}
     names = {**CALLS, "criterion": f"supervised criterion, {args.layers} layers"}

@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         args.queries, args.channels, args.classes, args.regions = 8, 16, 5, 3
         args.samples = [64]
         args.step_size, args.step_backbone, args.step_reps = 64, "resnet18", 1
-    cm.finish_args(args)
+    cm.finish_args(args, NAME)
     meta = cm.run_meta(NAME, args, argv, __file__)
     shape = dict(
         batch=args.batch, queries=args.queries, channels=args.channels, classes=args.classes, regions=args.regions

@@ -1,5 +1,5 @@
 """Training speed of the real CamVid recipe (configs/camvid.yaml, data.split=1_8) per speed lever,
-against today's fp32 default measured in the same process, plus how close a step comes to the
+against the config's fp32 default measured in the same process, plus how close a step comes to the
 machine's measured matmul peak, and where a step's time goes (torch.profiler).
 
     python benchmarks/train_speed.py --threads 1 [--reps 5] [--data-root PATH] [--quick]
@@ -52,7 +52,7 @@ QUICK = [
     "data.unlabeled_batch_size=2",
     "semi.tau_cls=0.0",
 ]
-# name → (config overrides, what it is); "fp32" is the reference: today's defaults
+# name → (config overrides, what it is); "fp32" is the reference: the config's defaults
 LEVERS = {
     "fp32": ([], "the config's defaults: fp32, NCHW (data.cache as configs/camvid.yaml sets it)"),
     "bf16": (["train.amp=bf16"], "bf16 autocast (train.amp=bf16)"),
@@ -296,7 +296,7 @@ def parse(argv):
         p.error("--levers must include fp32, the reference")
     # a subset of levers goes into a block of its own: train_speed/cpu:fp32-compile
     args.block = "" if args.levers == DEFAULT_LEVERS else ":" + "-".join(args.levers)
-    return cm.finish_args(args)
+    return cm.finish_args(args, NAME)
 
 
 def main(argv: list[str] | None = None) -> int:

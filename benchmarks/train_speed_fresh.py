@@ -114,7 +114,7 @@ def parse(argv):
     # another set of runs goes into a block of its own: train_speed_fresh/cpu:unimatch-fp32-malloc_default-deeplabv3plus
     picked = [*args.methods, *args.levers] + ([args.arch] if args.arch != "maskformer" else [])
     args.block = "" if picked == [*DEFAULT_METHODS, *FRESH_LEVERS] else ":" + "-".join(picked)
-    return cm.finish_args(args)
+    return cm.finish_args(args, NAME)
 
 
 def main(argv: list[str] | None = None) -> int:

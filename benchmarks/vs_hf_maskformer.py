@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             64,
         )
         args.classes, args.per_image, args.reps = 5, 3, 1
-    cm.finish_args(args)
+    cm.finish_args(args, NAME)
     NETWORK_ATTEMPTS.clear()
     with NetworkGuard():
         return run(args, argv)
@@ -352,7 +352,7 @@ def run(args, argv) -> int:
         "params_hf": n_hf,
         "network_attempts": len(NETWORK_ATTEMPTS),
     }
-    goal = 1.0  # never slower than the reference implementation (issue 15)
+    goal = 1.0  # never slower than the reference implementation
     for (kind, aux), tm in results.items():
         o, h = cm.med(tm["ours"]), cm.med(tm["hf"])
         what = {

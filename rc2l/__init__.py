@@ -1,5 +1,6 @@
 """rc2l's Python API: what notebooks import. Importing rc2l loads nothing heavy; torch comes
-with the first call that needs it.
+with the first call that needs it (and with the first use of ``rc2l.load``, which is
+``rc2l.infer.model.load`` imported then).
 
     model = rc2l.load("runs/x/model")           # weights, .onnx, model/run folder, hf://owner/name
     classes = model.predict("photo.jpg")        # uint8 (H, W) class indices at the photo's size
@@ -15,9 +16,23 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rc2l.config import Config
-    from rc2l.infer.model import Model
+    from rc2l.infer.model import load
 
 __all__ = ["load", "train", "evaluate", "resolve_config"]
+
+
+def __getattr__(name: str) -> Any:
+    """``rc2l.load`` on first use: ``rc2l.infer.model.load`` (its module imports torch)."""
+    if name == "load":
+        from rc2l.infer.model import load
+
+        globals()["load"] = load
+        return load
+    raise AttributeError(f"module 'rc2l' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def resolve_config(
@@ -34,24 +49,6 @@ def resolve_config(
         rebuilt = [f"{k}={json.dumps(v)}" for k, v in flatten(to_dict(config)).items()]
         return load_config(None, rebuilt + items)
     return load_config(config, items)
-
-
-def load(
-    path: str | Path,
-    config: str | Path | None = None,
-    backend: str | None = None,
-    device: str = "auto",
-    window: tuple[int, int] | None = None,
-    local_files_only: bool = False,
-    cache_dir: str | Path | None = None,
-) -> Model:
-    """A .safetensors weights file, an exported .onnx file, a model folder, a run folder (its
-    best.safetensors) or ``hf://owner/name[@revision]`` → a Model with ``predict(image)``,
-    ``predict_many(images)``, ``.classes`` and ``.palette``. ``config`` (a training YAML)
-    overrides the stored classes, palette, crop and resize."""
-    from rc2l.infer.model import load as _load
-
-    return _load(path, config, backend, device, window, local_files_only, cache_dir)
 
 
 def train(config: str | Path | Config, overrides: list[str] | tuple[str, ...] = (), **kw: Any) -> dict:

@@ -2,9 +2,9 @@
 
 Why: training and evaluation only ever see an image after the transform resizes it to
 ``data.resize`` (bilinear, antialiased); a copy that stores that result (lossless WebP) is
-2-3x smaller, which is what lets CamVid travel to a lent GPU machine with a 64 MiB limit.
-Labels are copied unchanged (native size: ``eval.labels=native`` scores against them), and the
-dataset accepts an image of exactly ``data.resize`` beside a native-size label. Every written
+2-3x smaller to store or to move to another machine. Labels are copied unchanged (native size:
+``eval.labels=native`` scores against them), and the dataset accepts an image of exactly
+``data.resize`` beside a native-size label. Every written
 image is decoded again and compared with the in-memory resize, so the copy feeds the model
 bit-identical tensors.
 

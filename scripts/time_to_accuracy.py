@@ -1,6 +1,6 @@
 """Time to accuracy: val mIoU against wall-clock minutes and against steps, several runs on one
-figure, from the runs' own metrics.jsonl (issue 15: what users wait for is minutes to a given
-accuracy, not steps/s alone).
+figure, from the runs' own metrics.jsonl (what users wait for is minutes to a given accuracy,
+not steps/s alone).
 
     python scripts/time_to_accuracy.py RUN_DIR [RUN_DIR ...] --out fig.png [--label NAME ...]
 

@@ -1,9 +1,10 @@
 """A fixed-seed 20-step run on synthetic data (tiny ResNet-18 MaskFormer, deterministic, one
-thread) and one sha256 over the final student, EMA teacher and extra-head tensors: two commits
-that print the same hash train bit-identically (how the methods refactor was checked).
+thread) and one sha256 over the final student, EMA teacher and extra-head tensors. Two commits
+that print the same hash train bit-identically: run it at both to check that a change to the
+trainer or a method leaves training unchanged.
 
     python scripts/weights_hash.py [METHOD] [key=value ...]   # METHOD: rc2l (default), fixmatch, ...
-    git worktree add /tmp/old OLD && PYTHONPATH=/tmp/old python scripts/weights_hash.py rc2l semi.tau_cls=0
+    git worktree add /tmp/other COMMIT && PYTHONPATH=/tmp/other python scripts/weights_hash.py rc2l semi.tau_cls=0
 """
 
 from __future__ import annotations

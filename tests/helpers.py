@@ -79,6 +79,27 @@ def chromium_exe() -> str:
     return exe
 
 
+# ----------------------------------------------------------------------------- operation count
+def count_ops(fn) -> int:
+    """Tensor operations one call of ``fn`` dispatches to the backend, backward included, views
+    and aliases not counted (they only make metadata): on a GPU each of the others is at least
+    one kernel launch. The count does not depend on the machine or its load."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not (func.is_view or func.__name__.startswith("lift_fresh")):
+                self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    counter = _Count()
+    with counter:
+        fn()
+    return counter.n
+
+
 # ----------------------------------------------------------------------------- teacher-side helpers
 # Reference versions of what rc2l.engine.teacher does inline, for tests that compare with them.
 

@@ -66,6 +66,35 @@ def test_config_json_and_model_card(run_dir, folder):
     assert yaml.safe_load((folder / "config.yaml").read_text())["model"]["backbone"] == "resnet18"
 
 
+def test_model_card_names_the_architecture(folder, tmp_path):
+    """The card describes the network the weights are: MaskFormer's mask classification with its
+    queries, or DeepLabv3+'s per-pixel classification with its ASPP rates."""
+    from dataclasses import asdict
+
+    from rc2l.config import ModelConfig
+    from rc2l.engine.model_dir import write_model_dir
+    from rc2l.models.segmenter import build_model
+
+    card = (folder / "README.md").read_text()
+    assert "A MaskFormer-style semantic segmenter (mask classification" in card and "DeepLab" not in card
+    assert "| recipe | backbone resnet18, 8 queries;" in card
+
+    mc = ModelConfig(
+        arch="deeplabv3plus", backbone="resnet18", pretrained="none", aspp_dim=32, decoder_dim=32, aspp_rates=[2, 4, 6]
+    )
+    state = build_model(5, mc).state_dict()
+    cfg = {"method": "supervised", "model": asdict(mc), "data": {"name": "synthetic", "crop_size": [64, 64]}}
+    names = ["background", "disc", "square", "triangle", "ring"]
+    out = write_model_dir(tmp_path / "deeplab", state, cfg, {"class_names": names})
+    card = (out / "README.md").read_text()
+    assert "A DeepLabv3+ semantic segmenter (per-pixel classification)" in card
+    assert "MaskFormer" not in card and "queries" not in card
+    assert "| recipe | DeepLabv3+ on backbone resnet18, ASPP rates 2/4/6;" in card
+    assert json.loads((out / "config.json").read_text())["model"]["arch"] == "deeplabv3plus"
+    model = rc2l.load(out, device="cpu")
+    assert type(model.module).__name__ == "DeepLabV3Plus" and model.classes == names
+
+
 def test_camvid_card_states_the_licence(run_dir, tmp_path):
     """The card names the data's licence: CamVid is CC BY-NC 4.0 (non-commercial)."""
     from rc2l.engine.model_dir import write_model_dir

@@ -1,4 +1,4 @@
-"""Tests written to kill the mutants ``scripts/mutation.py`` found alive (docs/reliability.md,
+"""Tests written to kill the mutants ``tools/mutation.py`` found alive (docs/reliability.md,
 "Mutation score"): each asserts a documented behaviour on a small hand-made case, grouped by
 the file whose mutants it kills."""
 

@@ -1,4 +1,4 @@
-"""Tests of ``Trainer.train_step`` written to kill the mutants ``scripts/mutation.py`` found alive
+"""Tests of ``Trainer.train_step`` written to kill the mutants ``tools/mutation.py`` found alive
 in it (docs/reliability.md, "Mutation score"): the skipped Inf-gradient step, the schedule and
 the EMA teacher after a good step, and the head-gradient average on two real gloo ranks."""
 

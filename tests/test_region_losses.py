@@ -16,6 +16,8 @@ from rc2l.losses.region import (
     smc_loss,
 )
 
+from helpers import count_ops
+
 
 def soft_dice(a, b, eps=1e-6):
     """The region losses' dice: no smoothing, all pairs."""
@@ -278,7 +280,6 @@ def test_batched_losses_equal_their_per_image_weighted_means():
 def test_work_per_call_does_not_grow_with_the_batch():
     """Matching and all four losses dispatch the same number of tensor operations for 2 images
     as for 8: no per-image loop, so on a GPU the launches do not scale with the batch."""
-    from benchmarks.common import count_ops
 
     def ops(B):
         student, regions, _ = scene(B)

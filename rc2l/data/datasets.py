@@ -504,8 +504,8 @@ class SegDataset(Dataset):
             raise ValueError(f"bad_samples must be 'error' or 'skip', got {bad_samples!r}")
         self.reader, self.items, self.transform, self.bad_samples = reader, list(items), transform, bad_samples
         self.needs_mask = getattr(transform, "needs_mask", True)
-        # a copy whose images were resized to data.resize ahead of time (scripts/resized_copy.py) keeps
-        # its labels at their own size: the transform's resize is then a no-op on the image
+        # an image may be stored already at data.resize beside its label at the label's own size
+        # (smaller files, the same model input: the transform's resize is a no-op on such an image)
         self.resized = tuple(getattr(transform, "resize", None) or ())
         if self.needs_mask:
             missing = next((it for it in self.items if it.mask is None), None)

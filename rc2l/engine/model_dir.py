@@ -53,6 +53,12 @@ DATA_LICENCES = {
     "folder": ("other", "the user's own data: state its licence here before sharing."),
 }
 
+# model.arch → what the model card calls the network
+ARCH_DESCRIPTIONS = {
+    "maskformer": "A MaskFormer-style semantic segmenter (mask classification: each query predicts a class and a mask)",
+    "deeplabv3plus": "A DeepLabv3+ semantic segmenter (per-pixel classification)",
+}
+
 
 def command_line(argv: list[str] | None = None) -> str:
     """The command that started this process, as a user would type it: ``rc2l train ...`` for
@@ -157,10 +163,24 @@ def model_json(meta: dict, config: dict, info: dict) -> dict:
     }
 
 
-def _recipe(config: dict) -> str:
-    t, d, s, m = (config.get(k) or {} for k in ("train", "data", "semi", "model"))
+def _arch(model: dict | None) -> str:
+    """``model.arch`` of a model config dict; "maskformer" (the config's default) when absent."""
+    return (model or {}).get("arch") or "maskformer"
+
+
+def _network(model: dict) -> str:
+    """Backbone and what sizes the head: its queries (mask model) or its ASPP rates (per-pixel)."""
+    if _arch(model) == "deeplabv3plus":
+        rates = model.get("aspp_rates", "?")
+        rates = "/".join(map(str, rates)) if isinstance(rates, (list, tuple)) else rates
+        return f"DeepLabv3+ on backbone {model.get('backbone', '?')}, ASPP rates {rates}"
+    return f"backbone {model.get('backbone', '?')}, {model.get('num_queries', '?')} queries"
+
+
+def _recipe(config: dict, model: dict) -> str:
+    t, d, s = (config.get(k) or {} for k in ("train", "data", "semi"))
     parts = [
-        f"backbone {m.get('backbone', '?')}, {m.get('num_queries', '?')} queries",
+        _network(model),
         f"{t.get('iters', '?')} steps, lr {t.get('lr', '?')}, batch {d.get('batch_size', '?')} labeled",
     ]
     if config.get("method") not in (None, "supervised"):
@@ -183,6 +203,9 @@ def model_card(cj: dict, config: dict, licence: tuple[str, str]) -> str:
     from rc2l.engine.methods import METHODS  # the losses behind it are not needed to read a model
 
     ds, method = cj["dataset"], cj["method"]
+    model = cj["model"] or config.get("model") or {}  # the weights' own model config first
+    arch = _arch(model)
+    network = ARCH_DESCRIPTIONS.get(arch, f"A {arch} semantic segmenter")
     miou = (
         "not evaluated"
         if cj["val_miou"] is None
@@ -201,7 +224,7 @@ def model_card(cj: dict, config: dict, licence: tuple[str, str]) -> str:
     rows = [
         ("dataset", f"{ds}, split {cj['split'] or '?'} ({labeled})"),
         ("method", f"{method}: {METHODS[method].description if method in METHODS else ''}"),
-        ("recipe", _recipe(config)),
+        ("recipe", _recipe(config, model)),
         ("val mIoU", miou),
         ("classes", ", ".join(cj["class_names"]) or f"{cj['num_classes']} classes"),
         ("command", f"`{cj['command']}`" if cj["command"] else "unknown"),
@@ -215,8 +238,8 @@ def model_card(cj: dict, config: dict, licence: tuple[str, str]) -> str:
         "or `rc2l predict --weights path/to/this/folder photos/ --out predictions/`.\n"
     )
     return (
-        f"{front}\n# rc2l {method} on {ds}\n\nA MaskFormer-style semantic segmenter trained with "
-        f"rc2l (semi-supervised segmentation).\n\n{table}\n## Use\n\n{use}\n"
+        f"{front}\n# rc2l {method} on {ds}\n\n{network}, trained with rc2l (semi-supervised "
+        f"segmentation).\n\n{table}\n## Use\n\n{use}\n"
         "## Files\n\n- `model.safetensors`: the weights (safetensors, no pickle)\n"
         "- `config.json`: model, class names, palette, crop/resize and eval mode\n"
         "- `config.yaml`: the full training config\n"

@@ -132,9 +132,13 @@ def load(
     local_files_only: bool = False,
     cache_dir: str | Path | None = None,
 ) -> Model:
-    """A .safetensors weights file, an exported .onnx, a model or run folder, or hf://owner/name
-    → :class:`Model`. ``window`` (H, W) replaces the training crop as the sliding window;
-    (0, 0) = whole images up to the memory bound."""
+    """A .safetensors weights file, an exported .onnx file, a model folder, a run folder (its
+    best.safetensors) or ``hf://owner/name[@revision]`` → a :class:`Model` with
+    ``predict(image)``, ``predict_many(images)``, ``.classes`` and ``.palette``. ``config`` (a
+    training YAML) overrides the stored classes, palette, crop and resize; ``backend`` "torch" or
+    "onnx" (default: the file's kind); ``window`` (H, W) replaces the training crop as the sliding
+    window, (0, 0) = whole images up to the memory bound; ``local_files_only`` and ``cache_dir``
+    are for hf:// sources. Also ``rc2l.load``."""
     dev = loading.resolve_device(device)
     src = loading.resolve_source(path, local_files_only, cache_dir)
     backend = backend or src.kind

@@ -1,18 +1,27 @@
 #!/usr/bin/env python
 """Mutation testing of the losses, the method steps, the teacher and the trainer's step.
 
-    python scripts/mutation.py                 # all targets, writes the "Mutation score" section of docs/reliability.md
-    python scripts/mutation.py --files rc2l/losses/region.py --no-doc   # one file, report only
-    python scripts/mutation.py --list          # the mutants, without running anything
+    python tools/mutation.py                 # all targets, writes the "Mutation score" section of docs/reliability.md
+    python tools/mutation.py --files rc2l/losses/region.py --no-doc   # one file, report only
+    python tools/mutation.py --list          # the mutants, without running anything
 
-A small runner of its own (``ast``). mutmut and cosmic-ray were not tried, by judgement: mutmut 3
-runs the tests from a copied ``mutants/`` tree, while these tests find configs/splits relative to
-the repository and rc2l may be an editable install of another checkout; cosmic-ray starts one
-interpreter per mutant (torch import, ~5 s each: over an hour for ~1000 mutants on 2 cores). Here one parent process imports the heavy
-third-party modules (torch, scipy, pytest, hypothesis) once and forks a child per mutant; the
-child installs an import hook that compiles the *mutated* AST for the one target module (every
-other module is the repository's own), runs the mapped test files with ``pytest -x`` in the
-same process, and exits with pytest's status. A mutant is
+Why a runner of its own rather than mutmut or cosmic-ray:
+- mutmut 3 does not mutate a function with any decorator other than ``@staticmethod`` /
+  ``@classmethod``, which leaves out the ``@torch.no_grad()`` ones: the matchers' cost and
+  assignment, the criterion's and the region losses' matching, the EMA update and the trainer's
+  buffer restore; its operators are fixed (no ``detach()`` removal, ``sum`` → ``mean``,
+  ``min`` ↔ ``max``, ``clamp_min`` ↔ ``clamp_max``); and keeping rc2l/engine/train.py to
+  ``Trainer.train_step`` and its helpers would take ``# pragma: no mutate`` comments in the package.
+- cosmic-ray writes each mutant to disk and runs one shell test command per mutant: a fresh
+  interpreter that imports torch and collects the tests again (~5 s before the first test, over an
+  hour for ~1000 mutants on 2 cores), with one test command for the whole session instead of the
+  file → tests map below.
+
+How it runs (``ast``): one parent process imports the heavy third-party modules (torch, scipy,
+pytest, hypothesis) once and forks a child per mutant; the child installs an import hook that
+compiles the *mutated* AST for the one target module (every other module is the repository's
+own), runs the mapped test files with ``pytest -x`` in the same process, and exits with pytest's
+status. A mutant is
 
 - killed: a test failed (or errored, or the module no longer imported), or the child ran past
   its timeout (4 × the unmutated run of the same tests, at least 30 s);
@@ -21,7 +30,7 @@ same process, and exits with pytest's status. A mutant is
 Only in-process tests are mapped: a test that starts ``python -m rc2l`` in a subprocess would
 run the unmutated code.
 
-Mutation operators (one mutant per site and operator; see ``Mutator``):
+Mutation operators (one mutant per site and operator; see ``sites`` and ``apply``):
   arithmetic   + ↔ -, * ↔ /, // → /, % → //, ** → *, & ↔ |  (also in ``x op= y``)
   comparison   < → <=, <= → <, > → >=, >= → >, == ↔ !=, is ↔ is not, in ↔ not in
   boolean      and ↔ or; ``not x`` → x; ``if x:`` → ``if not x:`` (plain names/attributes/calls)
@@ -651,13 +660,13 @@ def report(
         BEGIN,
         "## Mutation score",
         "",
-        f"`make mutation` (`scripts/mutation.py`) at commit `{git_commit()}`: {how}. A mutant is *killed* when a mapped "
+        f"`make mutation` (`tools/mutation.py`) at commit `{git_commit()}`: {how}. A mutant is *killed* when a mapped "
         "test fails (or the mutant times out, 4 × the clean run); the operators, the file → tests map and "
         "what is not mutated are in the script's docstring. *Equivalent*: a survivor explained below "
         "(no test can tell it from the original, or it only changes logging); a survivor marked NOT equivalent "
         "is explained but counts as alive.",
         "",
-        "The runner is `ast`-based (mutmut and cosmic-ray were not tried; why: the script's docstring): one parent "
+        "The runner is `ast`-based (why not mutmut or cosmic-ray: the script's docstring): one parent "
         "imports torch, scipy and pytest once, forks a child per mutant, and the child serves the mutated "
         "module through an import hook and runs the mapped in-process test files with `pytest -x`. "
         "Operators, one mutant per site:",
