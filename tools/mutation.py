@@ -127,8 +127,7 @@ TARGETS: dict[str, list[str]] = {
     ],
 }
 # In these files only these functions are mutated (None = the whole file).
-ONLY_FUNCTIONS: dict[str, set[str]] = {
-}
+ONLY_FUNCTIONS: dict[str, set[str]] = {}
 
 # Survivors that no test can or should kill, with the reason (or, marked NOT equivalent, why no
 # mapped test kills them). Key: "file::function: mutation" exactly as the report prints it.
