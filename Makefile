@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/python -m rc2l demo
 
 # Lint and format check first (ruff; settings in pyproject.toml), then the suite, which also checks
-# the import layers and function length (tests/test_layers.py). `make format` fixes what ruff can.
+# the import layers, function and class length (tests/test_layers.py). `make format` fixes what ruff can.
 # Two pytest workers (pytest-xdist), one torch thread each (tests/conftest.py): the suite took 12.0
 # min in one process and about half that in two on a 2-core AVX2 EPYC (docs/benchmarks.md, "Test
 # suite time"). TEST_JOBS=1 on a busy machine.

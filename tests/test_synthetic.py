@@ -71,7 +71,9 @@ def test_random_access_without_hidden_state():
 
 
 def test_build_synthetic_partitions():
-    cfg = data_config(method="rc2l", split="1_4", crop_size=[32, 32])
+    cfg = data_config(
+        method="rc2l", split="1_4", crop_size=[32, 32], scale_range=[1.0, 2.0]
+    )  # no padding: valid everywhere
     cfg.data.synthetic = SyntheticConfig(num_train=40, num_val=6, size=32, seed=1)
     ds = build_datasets(cfg, unlabeled_views=1)
     assert (len(ds["labeled"]), len(ds["unlabeled"]), len(ds["val"])) == (10, 30, 6)

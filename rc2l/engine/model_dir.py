@@ -203,7 +203,7 @@ def model_card(cj: dict, config: dict, licence: tuple[str, str]) -> str:
     from rc2l.engine.methods import METHODS  # the losses behind it are not needed to read a model
 
     ds, method = cj["dataset"], cj["method"]
-    model = cj["model"] or config.get("model") or {}  # the weights' own model config first
+    model = cj.get("model") or config.get("model") or {}  # the weights' own model config first
     arch = _arch(model)
     network = ARCH_DESCRIPTIONS.get(arch, f"A {arch} semantic segmenter")
     miou = (
