@@ -162,23 +162,14 @@ def match_padded(
 
 @torch.no_grad()
 def match(
-    pred_logits: Tensor,
-    pred_masks: Tensor,
-    targets: list[dict],
-    cls_weight: float = 2.0,
-    mask_weight: float = 5.0,
-    dice_weight: float = 5.0,
-    weight: Tensor | None = None,
+    pred_logits: Tensor, pred_masks: Tensor, targets: list[dict], *weights: float, weight: Tensor | None = None
 ) -> list[tuple[Tensor, Tensor]]:
     """Match a batch. pred_logits: (B, N, K+1); pred_masks: (B, N, h, w) logits;
     targets[b] = {"labels": (M,), "masks": (M, h, w)} at the resolution of pred_masks;
+    ``weights``: the class, mask and dice cost weights (``match_padded``'s defaults if omitted);
     weight: (B, h, w) pixels that count in the mask costs (None = all).
     Returns per image (pred_idx, tgt_idx)."""
     masks, counts = pad_targets(targets, "masks", pred_masks.device)
-    if max(counts, default=0) == 0:
-        return hungarian_padded(pred_masks.new_zeros(len(counts), pred_masks.shape[1], 0), counts)
     labels, _ = pad_targets(targets, "labels", pred_masks.device)
     w = None if weight is None else weight.flatten(1)
-    return match_padded(
-        pred_logits, pred_masks.flatten(2), labels, masks.flatten(2), counts, cls_weight, mask_weight, dice_weight, w
-    )
+    return match_padded(pred_logits, pred_masks.flatten(2), labels, masks.flatten(2), counts, *weights, weight=w)

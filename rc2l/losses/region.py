@@ -246,7 +246,7 @@ class RegionLosses(nn.Module):
     @torch.no_grad()
     def match(self, student: dict, regions: list[dict], weight: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
         """Hungarian matching of the N student queries to each image's teacher regions."""
-        return match(student["pred_logits"], student["pred_masks"], regions, *self.match_weights, weight)
+        return match(student["pred_logits"], student["pred_masks"], regions, *self.match_weights, weight=weight)
 
     def forward(self, student: dict, targets: dict, indices: list | None = None, return_stats: bool = False):
         s = self.semi
