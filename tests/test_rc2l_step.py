@@ -19,7 +19,7 @@ from torch import nn
 from rc2l.config import load_config
 from rc2l.data.sampler import mix_seed
 from rc2l.engine.methods import RC2L
-from rc2l.engine.methods.base import lambda_u
+from rc2l.engine.methods.schedule import lambda_u
 from rc2l.engine.teacher import (
     apply_cutmix,
     cutmix_targets,

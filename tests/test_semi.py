@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from rc2l.config import load_config
 from rc2l.engine.checkpoint import read_meta
-from rc2l.engine.methods.base import lambda_u as _lambda_u
+from rc2l.engine.methods.schedule import lambda_u as _lambda_u
 from rc2l.engine.teacher import stride_boxes
 from rc2l.engine.train import Trainer
 from rc2l.provenance import git_commit

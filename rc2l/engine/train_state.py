@@ -1,13 +1,13 @@
 """state.pt: everything a resume restores — student, the method's EMA teacher and extra heads,
 optimizer, scheduler, AMP scaler, data-stream positions, every rank's RNG states, step, best
-score, skip counters, wall time — and the guard that never writes a non-finite model."""
+score, skip counters, wall time — and the guard that never writes a non-finite model. ``tr``
+below is the ``Trainer`` (engine/train.py), read and written through its attributes."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,15 +17,12 @@ from rc2l.engine.checkpoint import check_compatible, load_state, save_state
 from rc2l.engine.rng import rng_state, set_rng_state
 from rc2l.errors import CheckpointError, TrainingError
 
-if TYPE_CHECKING:
-    from rc2l.engine.train import Trainer
-
 log = logging.getLogger("rc2l")
 STATE_FILE = "state.pt"
 FORMAT = "rc2l-state-v1"
 
 
-def state_dict(tr: Trainer, rng_ranks: list[dict] | None = None) -> dict:
+def state_dict(tr, rng_ranks: list[dict] | None = None) -> dict:
     """``rng_ranks``: every rank's RNG state (DDP), gathered by :func:`save`; a single process
     stores its own."""
     rngs = rng_ranks or [rng_state()]
@@ -50,7 +47,7 @@ def state_dict(tr: Trainer, rng_ranks: list[dict] | None = None) -> dict:
     }
 
 
-def check_finite(tr: Trainer) -> None:
+def check_finite(tr) -> None:
     """Never write a NaN/Inf model: the previous state.pt stays the last good one."""
     for name, mod in (("student", tr.model), ("teacher", tr.teacher), ("heads", tr.heads)):
         if mod is None:
@@ -63,7 +60,7 @@ def check_finite(tr: Trainer) -> None:
                 )
 
 
-def save(tr: Trainer) -> None:
+def save(tr) -> None:
     """state.pt (rank 0 writes, atomically); all ranks take part (RNG states are gathered)."""
     rngs = D.all_gather_object(rng_state())
     if tr.main:
@@ -72,7 +69,7 @@ def save(tr: Trainer) -> None:
     D.barrier()
 
 
-def _check_same_model(tr: Trainer, st: dict, path: Path) -> None:
+def _check_same_model(tr, st: dict, path: Path) -> None:
     old = json.loads(st["config"])
     saved, now = (model_keys_read(tr.cfg.model.arch, m) for m in (old["model"], to_dict(tr.cfg)["model"]))
     if saved != now:
@@ -88,7 +85,7 @@ def _check_same_model(tr: Trainer, st: dict, path: Path) -> None:
     check_compatible(st["model"], tr.model, path, {"num_classes": ""})
 
 
-def restore(tr: Trainer) -> bool:
+def restore(tr) -> bool:
     """Restore the training state named by ``resume``; whether one was restored."""
     r = tr.cfg.resume
     if not r:

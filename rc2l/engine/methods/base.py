@@ -1,5 +1,5 @@
-"""What every method offers the trainer, and what the methods share: the λ_u schedule and how
-the loss terms are put together.
+"""What every method offers the trainer, and what the methods share: the supervised loss of
+the model's kind and how the loss terms are put together.
 
 The trainer calls, once per optimizer step, ``method.begin_step(labeled micro-batches)``, then
 per micro-batch ``method.step(labeled, unlabeled, step)`` → loss terms (the total to
@@ -15,28 +15,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from rc2l.config import Config, SemiConfig
+from rc2l.config import Config
 from rc2l.losses.criterion import SetCriterion
 from rc2l.losses.pixel import PixelCriterion
 
 if TYPE_CHECKING:
     from rc2l.engine.methods.ema import EmaTeacher
-
-
-def semi_step(step: int, semi: SemiConfig) -> int:
-    """Steps since the unlabeled branch started (negative during the supervised warm-up); the
-    λ_u ramp and the EMA momentum warm-up both count from here."""
-    return step - semi.start_iter
-
-
-def lambda_u(step: int, semi: SemiConfig) -> float:
-    """λ_u(t): 0 before semi.start_iter, then a linear ramp to semi.lambda_u over
-    semi.rampup_iters steps."""
-    t = semi_step(step, semi)
-    if t < 0:
-        return 0.0
-    r = semi.rampup_iters
-    return semi.lambda_u * (min(1.0, (t + 1) / r) if r > 0 else 1.0)
 
 
 def view_weights(views: int, fp: bool) -> tuple[float, float]:

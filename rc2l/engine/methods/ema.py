@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from rc2l.config import SemiConfig
-from rc2l.engine.methods.base import semi_step
+from rc2l.engine.methods.schedule import semi_step
 from rc2l.engine.teacher import ema_update, make_teacher
 
 

@@ -22,8 +22,9 @@ from torch import Tensor, nn
 
 from rc2l.config import Config
 from rc2l.data.sampler import mix_seed
-from rc2l.engine.methods.base import Method, combine, lambda_u, semi_step, view_weights, warmup_terms
+from rc2l.engine.methods.base import Method, combine, view_weights, warmup_terms
 from rc2l.engine.methods.ema import EmaTeacher
+from rc2l.engine.methods.schedule import lambda_u, semi_step
 from rc2l.engine.teacher import BOX_STREAMS, cutmix_targets, cutmix_view, mix_with_partner, real_pixels, teacher_targets
 from rc2l.losses.pixel import pixel_contrast_loss
 from rc2l.losses.region import TERMS, RegionLosses

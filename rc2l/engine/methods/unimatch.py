@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from rc2l.config import Config, UniMatchConfig
-from rc2l.engine.methods.base import Method, combine, lambda_u, semi_step, view_weights, warmup_terms
+from rc2l.engine.methods.base import Method, combine, view_weights, warmup_terms
 from rc2l.engine.methods.ema import EmaTeacher
+from rc2l.engine.methods.schedule import lambda_u, semi_step
 from rc2l.engine.teacher import BOX_STREAMS, cutmix_view, mix_with_partner, real_pixels
 from rc2l.losses.functional import pixel_probs
 from rc2l.losses.pixel import pixel_pseudo_ce
