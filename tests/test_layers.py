@@ -111,23 +111,22 @@ def test_no_import_cycles_at_module_level():
     assert not cycles, "\n".join(cycles)
 
 
+def _longer_than(path: Path, kinds: tuple[type, ...], limit: int) -> list[str]:
+    """The definitions of these kinds in the file that span more than ``limit`` lines."""
+    return [
+        f"{n.name} ({n.end_lineno - n.lineno + 1} lines, line {n.lineno})"
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, kinds) and n.end_lineno - n.lineno + 1 > limit
+    ]
+
+
 @pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
 def test_no_function_longer_than_the_limit(path):
-    tree = ast.parse(path.read_text())
-    long = [
-        f"{n.name} ({n.end_lineno - n.lineno + 1} lines, line {n.lineno})"
-        for n in ast.walk(tree)
-        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES
-    ]
+    long = _longer_than(path, (ast.FunctionDef, ast.AsyncFunctionDef), MAX_FUNCTION_LINES)
     assert not long, f"{path.name}: " + ", ".join(long)
 
 
 @pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
 def test_no_class_longer_than_the_limit(path):
-    tree = ast.parse(path.read_text())
-    long = [
-        f"{n.name} ({n.end_lineno - n.lineno + 1} lines, line {n.lineno})"
-        for n in ast.walk(tree)
-        if isinstance(n, ast.ClassDef) and n.end_lineno - n.lineno + 1 > MAX_CLASS_LINES
-    ]
+    long = _longer_than(path, (ast.ClassDef,), MAX_CLASS_LINES)
     assert not long, f"{path.name}: " + ", ".join(long)
