@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from rc2l.engine.evaluate import confusion_matrix, evaluate, iou_from_confusion, predict_scores
+from rc2l.engine.evaluate import collapse_note, confusion_matrix, evaluate, iou_from_confusion, predict_scores
+from rc2l.infer.evaluation import eval_table
 
 
 def test_miou_equals_hand_computed_case():
@@ -56,3 +57,29 @@ def test_evaluate_loop_modes_agree_on_a_real_model():
     assert res["original"]["pixels"] == 2 * 64 * 64
     cc = evaluate(model, batches, 3, "center_crop", (32, 32))
     assert cc["pixels"] == 2 * 32 * 32 and cc["mode"] == "center_crop"
+
+
+def _collapsed_record() -> dict:
+    # 3 classes, rows = truth: every pixel predicted as class 1 ("road"), which is 30 % of the labels
+    cm = [[0, 40, 0], [0, 30, 0], [0, 30, 0]]
+    miou, per_class = iou_from_confusion(torch.tensor(cm))
+    names = ["sky", "road", "car"]
+    return {"confusion": cm, "miou": miou * 100, "per_class": dict(zip(names, [v * 100 for v in per_class]))}
+
+
+def test_collapse_note_names_the_class_and_both_shares():
+    note = collapse_note(_collapsed_record()["confusion"], ["sky", "road", "car"])
+    assert note is not None and "'road'" in note and "100.0 %" in note and "30.0 %" in note
+    # the table `rc2l eval` prints carries the same note under the mIoU row
+    assert eval_table(_collapsed_record()).splitlines()[-1].startswith("note: the model predicts 'road'")
+
+
+def test_collapse_note_is_silent_for_a_healthy_or_single_class_split():
+    healthy = [[35, 5, 0], [3, 27, 0], [0, 2, 28]]
+    assert collapse_note(healthy, ["sky", "road", "car"]) is None
+    assert collapse_note([[97, 0], [3, 0]], ["road", "car"]) is None  # the labels are 97 % one class too
+    assert collapse_note([[0, 0], [0, 0]], ["road", "car"]) is None  # nothing labelled
+    # 94 % one class is below the 95 % bar: a strong but not collapsed bias
+    assert collapse_note([[6, 44], [0, 50]], ["a", "b"]) is None
+    table = eval_table({"confusion": healthy, "miou": 80.0, "per_class": {"sky": 80.0, "road": 75.0, "car": 85.0}})
+    assert "note:" not in table

@@ -222,3 +222,22 @@ def test_a_nan_from_the_forward_pass_is_skipped_and_training_goes_on(tmp_path, m
     assert all(
         torch.isfinite(v).all() for v in weights(tmp_path / "last.safetensors").values() if v.is_floating_point()
     )
+
+
+def test_an_evaluation_that_predicts_one_class_everywhere_is_called_collapsed(tmp_path, caplog, monkeypatch):
+    import rc2l.engine.train as train_module
+
+    real = train_module.evaluate_as_configured
+
+    def one_class(model, loader, cfg, info, *args, **kw):
+        r = real(model, loader, cfg, info, *args, **kw)
+        k = len(r["confusion"])
+        truth = [sum(row) for row in r["confusion"]]  # the labels as they are, every pixel predicted as class 1
+        r["confusion"] = [[truth[i] if j == 1 else 0 for j in range(k)] for i in range(k)]
+        return r
+
+    monkeypatch.setattr(train_module, "evaluate_as_configured", one_class)
+    caplog.set_level(logging.INFO, logger="rc2l")
+    train_inprocess(tmp_path / "run", *ONE_STEP)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("step 1: the student predicts '") and "collapsed to one class" in m for m in warned), warned

@@ -66,6 +66,25 @@ def iou_from_confusion(cm: Tensor) -> tuple[float, list[float]]:
     return miou, [float(v) for v in iou]
 
 
+def collapse_note(confusion: list[list[int]], class_names: list[str], share: float = 0.95) -> str | None:
+    """A sentence when one class takes at least ``share`` of the predicted pixels but not of the
+    labelled ones (rows = ground truth, columns = prediction), else None. Such a model's mIoU is
+    that class's IoU alone; a number that small looks like a weak model, not a broken one."""
+    total = sum(map(sum, confusion))
+    if total <= 0:
+        return None
+    predicted = [sum(col) / total for col in zip(*confusion)]
+    k = max(range(len(predicted)), key=predicted.__getitem__)
+    labelled = sum(confusion[k]) / total
+    if predicted[k] < share or labelled >= share:
+        return None
+    name = class_names[k] if k < len(class_names) else f"class {k}"
+    return (
+        f"predicts '{name}' for {predicted[k] * 100:.1f} % of the labelled pixels "
+        f"({labelled * 100:.1f} % are '{name}'): the model has collapsed to one class"
+    )
+
+
 def sliding_window(
     score_fn: ScoreFn, image: Tensor, crop: tuple[int, int], stride_ratio: float, num_classes: int
 ) -> Tensor:

@@ -20,7 +20,7 @@ from rc2l.engine import distributed as D
 from rc2l.engine import train_state
 from rc2l.engine.build import build
 from rc2l.engine.checkpoint import model_meta, save_weights
-from rc2l.engine.evaluate import evaluate_as_configured, val_loader
+from rc2l.engine.evaluate import collapse_note, evaluate_as_configured, val_loader
 from rc2l.engine.metrics_log import MetricsLog
 from rc2l.engine.model_dir import command_line, write_model_dir
 from rc2l.engine.progress import Progress, summary_line
@@ -162,6 +162,9 @@ class Trainer:
             r = evaluate_as_configured(m, loader, self.cfg, self.info, self.device, self.amp_dtype)
             results.append({"step": self.step, **r, "model": name})
             self.log.write(results[-1], f"val_{name}")
+            note = collapse_note(r["confusion"], self.info.class_names)
+            if note and self.main:
+                log.warning("step %d: the %s %s", self.step, name, note)
         top = max(results, key=lambda r: r["miou"])
         if top["miou"] > self.best["miou"]:
             self.best = {"miou": top["miou"], "model": top["model"], "step": self.step}

@@ -39,12 +39,18 @@ def evaluate_weights(cfg: Config, weights: str | Path, progress: bool = False) -
 
 
 def eval_table(rec: dict) -> str:
-    """The record as the printed table: one 'class  IoU' row per class, then mIoU."""
+    """The record as the printed table: one 'class  IoU' row per class, then mIoU, then a note
+    if the model predicts one class nearly everywhere."""
+    from rc2l.engine.evaluate import collapse_note
+
     names = list(rec["per_class"])
     width = max(len(n) for n in names + ["class"])
     rows = [f"{'class':<{width}}  IoU"]
     rows += [f"{n:<{width}}  {v:6.2f}" for n, v in rec["per_class"].items()]
     rows.append(f"{'mIoU':<{width}}  {rec['miou']:6.2f}")
+    note = collapse_note(rec.get("confusion") or [], names)
+    if note:
+        rows.append(f"note: the model {note}")
     return "\n".join(rows)
 
 
