@@ -5,6 +5,7 @@
     python scripts/record_result.py RUN_DIR --command ... --machine "H100 (cuda)" --commit abc1234  # made elsewhere
     python scripts/record_result.py --compare OUT_DIR  # every finished run of an `rc2l compare` folder
     python scripts/record_result.py --seeds camvid:1_8 --iters 2000 [--plot FIG.png]  # compare's table over every recorded seed
+    python scripts/record_result.py --fair camvid:1_8 --iters 2000  # the fair fight: tuning rows, then each rival's entry
 
 The row is read from the run itself (config.yaml, metrics.jsonl), never typed by hand: the
 best evaluation (student or teacher), its step, its per-class IoU, every evaluation's mIoU, the dataset,
@@ -132,6 +133,83 @@ def curves_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def row_name(r: dict) -> str:
+    """The `rc2l compare` row a record belongs to ("" for a run made outside one)."""
+    return r.get("compare_row") or (r.get("note") or "").partition("compare row '")[2].rpartition("'")[0]
+
+
+def fair_table(rows: list[dict], tuned_rc2l: int) -> str:
+    """Markdown: the fair fight's tuning rows (each rival's candidates at seed 0, final-step
+    student) and its table: each rival's entry over its seeds, paired by seed with the supervised
+    row of its model and with rc2l, pairing runs of the same device kind only. ``rows``: the
+    records of one dataset, split and schedule; ``tuned_rc2l``: rc2l's tuning runs on val."""
+    from rc2l.engine.compare import FAIR_RIVALS, device_kind, mean_std
+
+    runs = {(row_name(r), r["seed"]): r for r in rows if row_name(r) and r.get("seed") is not None}
+
+    def student(name: str, seed: int) -> float:
+        return runs[(name, seed)]["final"]["student"]
+
+    def paired(a: str | None, b: str | None) -> str:
+        seeds = [
+            s for (n, s) in runs if n == a and (b, s) in runs and device_kind(runs[(a, s)]) == device_kind(runs[(b, s)])
+        ]
+        if not seeds:
+            return "–"
+        return f"{mean_std([student(a, s) - student(b, s) for s in seeds])} (seeds {','.join(map(str, sorted(seeds)))})"
+
+    tuning = [
+        "| rival | configuration | final student, seed 0 | best (model, step) | machine |",
+        "|---|---|---:|---|---|",
+    ]
+    entry: dict[str, str | None] = {}
+    for rival, spec in FAIR_RIVALS.items():
+        ran = [n for n in spec["candidates"] if (n, 0) in runs]
+        entry[rival] = max(ran, key=lambda n: student(n, 0)) if ran else None
+        if len(spec["candidates"]) == 1:
+            continue
+        for n in spec["candidates"]:
+            r = runs.get((n, 0))
+            cells = (
+                [
+                    f"{student(n, 0):.2f}" + (" ← chosen" if n == entry[rival] else ""),
+                    f"{r['miou']:.2f} ({r['model_evaluated']}, {r['best_step']})",
+                    r.get("machine") or "?",
+                ]
+                if r
+                else ["not run", "", ""]
+            )
+            tuning.append(f"| {rival} | {n} | " + " | ".join(cells) + " |")
+    table = [
+        "| method | configurations tried on val | entry (chosen at seed 0) | seeds | final step, student | best evaluation | vs supervised of its model, paired | rc2l − it, paired |",
+        "|---|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for rival, spec in FAIR_RIVALS.items():
+        win = entry[rival]
+        ran = sum((n, 0) in runs for n in spec["candidates"])
+        tried = tuned_rc2l if rival == "rc2l" else ran + len(spec.get("tried_before", []))
+        if win is None:
+            table.append(f"| {rival} | {tried} | not run | | | | | |")
+            continue
+        done = sorted(s for (n, s) in runs if n == win)
+        finals = mean_std([student(win, s) for s in done])
+        teachers = [runs[(win, s)]["final"]["teacher"] for s in done if "teacher" in runs[(win, s)]["final"]]
+        if teachers:
+            finals += f" (teacher {mean_std(teachers)})"
+        chosen = (
+            win if ran == len(spec["candidates"]) else f"{win} (provisional: {ran} of {len(spec['candidates'])} run)"
+        )
+        base = entry.get(spec["baseline"]) if spec["baseline"] else None
+        table.append(
+            f"| {rival} | {tried} | {chosen} | {','.join(map(str, done))} | {finals} | "
+            f"{mean_std([runs[(win, s)]['miou'] for s in done])} | {paired(win, base) if base else '–'} | "
+            f"{paired(entry['rc2l'], win) if rival != 'rc2l' else '–'} |"
+        )
+    return "\n".join(
+        ["Tuning (seed 0; the chosen configuration is the best final-step student):", "", *tuning, "", *table]
+    )
+
+
 def compare_runs(rows: list[dict], labels: str | None = None) -> list[dict]:
     """The rows recorded from `rc2l compare` folders (``--compare``), in the shape its table and
     plot read: the seeds of one study row come from different folders and sessions, and
@@ -140,7 +218,7 @@ def compare_runs(rows: list[dict], labels: str | None = None) -> list[dict]:
 
     runs: dict[tuple[str, int], dict] = {}
     for r in rows:
-        name = r.get("compare_row") or (r.get("note") or "").partition("compare row '")[2].rpartition("'")[0]
+        name = row_name(r)
         if not name or (labels and r.get("eval_labels") != labels):
             continue
         final_model = max(r["final"], key=r["final"].get)
@@ -187,6 +265,11 @@ def main() -> None:
         "--seeds", metavar="DATASET:SPLIT", help="the compare table (mean ± std over seeds) of recorded rows"
     )
     ap.add_argument("--labels", choices=["native", "resized"], help="with --seeds: only rows evaluated at these labels")
+    ap.add_argument(
+        "--fair",
+        metavar="DATASET:SPLIT",
+        help="the fair fight's tuning rows and table (docs/results.md, 'A fair fight')",
+    )
     ap.add_argument("--plot", metavar="PNG", help="with --seeds: val mIoU against step, band over seeds")
     ap.add_argument("--baseline", default="supervised", help="with --seeds: the row paired differences are taken to")
     a = ap.parse_args()
@@ -206,6 +289,15 @@ def main() -> None:
         )
         if a.plot:
             compare.plot(runs, Path(a.plot))
+        return
+    if a.fair:
+        dataset, _, split = a.fair.partition(":")
+        rows = json.loads(Path(a.out).read_text())
+        tuned = sum(r["dataset"] == dataset and r["method"] == "rc2l" and r.get("seed") is None for r in rows)
+        picked = [
+            r for r in select(rows, dataset, split, a.where, a.iters) if r.get("eval_labels") == (a.labels or "native")
+        ]
+        print(fair_table(picked, tuned))
         return
     if a.table:
         dataset, _, split = a.table.partition(":")

@@ -1,6 +1,7 @@
 """scripts/record_result.py: rows are read from a run folder, never typed; --table renders them."""
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,61 @@ def test_compare_folder_recorded_inside_or_outside_the_study(tmp_path):
     assert subprocess.run(seeds + ["--out", str(study)], capture_output=True).returncode == 0
     missing = subprocess.run(seeds + ["--out", str(check)], capture_output=True, text=True)
     assert missing.returncode != 0 and "no recorded compare row" in missing.stderr
+
+
+def test_fair_table_chooses_by_the_final_student_at_seed_0_and_pairs_like_devices(tmp_path):
+    """--fair: each rival's entry is its candidate with the best final-step student at seed 0 (not
+    the teacher, not the best evaluation); its seeds are paired with the supervised row of its
+    model and with rc2l only where both ran on the same device kind; rows run before the protocol
+    count as tried; rc2l's count is its seed-less tuning rows; a rival with candidates still to
+    run is marked provisional."""
+    from rc2l.engine.compare import FAIR_RIVALS
+
+    def row(name, seed, student, teacher=None, best=None, machine="EPYC (cpu)"):
+        final = {"student": student, **({"teacher": teacher} if teacher is not None else {})}
+        return {
+            "dataset": "camvid",
+            "split": "1_8",
+            "iters": 2000,
+            "method": "x",
+            "machine": machine,
+            "seed": seed,
+            "miou": best or max(final.values()),
+            "model_evaluated": "student",
+            "best_step": 2000,
+            "final": final,
+            "eval_labels": "native",
+            "compare_row": name,
+        }
+
+    m1, m2, m3, m4 = FAIR_RIVALS["unimatch"]["candidates"][1:]
+    rows = [
+        *(row("supervised", s, 50.0 + s) for s in range(3)),
+        *(row("rc2l", s, 54.0 + s, teacher=70.0) for s in range(3)),
+        row("unimatch", 0, 49.0, best=80.0),  # the best evaluation does not choose
+        row(m1, 0, 51.0),
+        row(m2, 0, 52.0),  # chosen: the best final student at seed 0
+        row(m3, 0, 48.0, teacher=90.0),  # the teacher does not choose either
+        row(m4, 0, 45.0),
+        row(m2, 1, 52.0),
+        row(m2, 2, 56.0, machine="H100 (cuda)"),  # not paired with the CPU rows
+        {**row("rc2l", None, 99.0), "method": "rc2l"},  # two tuning runs of rc2l
+        {**row("rc2l", None, 99.0), "method": "rc2l"},
+        row("supervised (deeplabv3plus)", 0, 40.0),
+        row(FAIR_RIVALS["supervised, DeepLabv3+"]["candidates"][0], 0, 45.0),
+    ]
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps(rows))
+    cmd = [sys.executable, str(SCRIPT), "--fair", "camvid:1_8", "--iters", "2000", "--out", str(out)]
+    md = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    table = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]] for ln in md.splitlines()[-5:]}
+    uni = table["unimatch"]
+    assert uni[:3] == ["5", m2, "0,1,2"]
+    assert uni[3] == f"{(52 + 52 + 56) / 3:.2f} ± {statistics.stdev([52, 52, 56]):.2f}"
+    assert uni[5] == "1.50 ± 0.71 (seeds 0,1)"  # 52 − 50, 52 − 51; seed 2 ran on a GPU
+    assert uni[6] == "2.50 ± 0.71 (seeds 0,1)"  # rc2l 54, 55
+    assert table["rc2l"][:4] == ["2", "rc2l", "0,1,2", "55.00 ± 1.00 (teacher 70.00 ± 0.00)"]
+    sup_dl = table["supervised, DeepLabv3+"]
+    assert sup_dl[0] == "2" and sup_dl[1].endswith("(provisional: 1 of 4 run)")
+    assert table["unimatch, DeepLabv3+"][:2] == ["1", "not run"]
+    assert f"| unimatch | {m2} | 52.00 ← chosen |" in md and md.count("← chosen") == 2
