@@ -264,7 +264,11 @@ def main() -> None:
     ap.add_argument(
         "--seeds", metavar="DATASET:SPLIT", help="the compare table (mean ± std over seeds) of recorded rows"
     )
-    ap.add_argument("--labels", choices=["native", "resized"], help="with --seeds: only rows evaluated at these labels")
+    ap.add_argument(
+        "--labels",
+        choices=["native", "resized"],
+        help="with --seeds or --fair: only rows evaluated at these labels (--fair: native unless given)",
+    )
     ap.add_argument(
         "--fair",
         metavar="DATASET:SPLIT",
