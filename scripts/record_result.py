@@ -162,10 +162,9 @@ def fair_table(rows: list[dict], tuned_rc2l: int) -> str:
         "| rival | configuration | final student, seed 0 | best (model, step) | machine |",
         "|---|---|---:|---|---|",
     ]
-    entry: dict[str, str | None] = {}
+    ran = {rival: [n for n in spec["candidates"] if (n, 0) in runs] for rival, spec in FAIR_RIVALS.items()}
+    entry = {rival: max(r, key=lambda n: student(n, 0)) if r else None for rival, r in ran.items()}
     for rival, spec in FAIR_RIVALS.items():
-        ran = [n for n in spec["candidates"] if (n, 0) in runs]
-        entry[rival] = max(ran, key=lambda n: student(n, 0)) if ran else None
         if len(spec["candidates"]) == 1:
             continue
         for n in spec["candidates"]:
@@ -185,9 +184,8 @@ def fair_table(rows: list[dict], tuned_rc2l: int) -> str:
         "|---|---:|---|---|---:|---:|---:|---:|",
     ]
     for rival, spec in FAIR_RIVALS.items():
-        win = entry[rival]
-        ran = sum((n, 0) in runs for n in spec["candidates"])
-        tried = tuned_rc2l if rival == "rc2l" else ran + len(spec.get("tried_before", []))
+        win, n_ran, n_all = entry[rival], len(ran[rival]), len(spec["candidates"])
+        tried = tuned_rc2l if rival == "rc2l" else n_ran + len(spec.get("tried_before", []))
         if win is None:
             table.append(f"| {rival} | {tried} | not run | | | | | |")
             continue
@@ -196,9 +194,7 @@ def fair_table(rows: list[dict], tuned_rc2l: int) -> str:
         teachers = [runs[(win, s)]["final"]["teacher"] for s in done if "teacher" in runs[(win, s)]["final"]]
         if teachers:
             finals += f" (teacher {mean_std(teachers)})"
-        chosen = (
-            win if ran == len(spec["candidates"]) else f"{win} (provisional: {ran} of {len(spec['candidates'])} run)"
-        )
+        chosen = win if n_ran == n_all else f"{win} (provisional: {n_ran} of {n_all} run)"
         base = entry.get(spec["baseline"]) if spec["baseline"] else None
         table.append(
             f"| {rival} | {tried} | {chosen} | {','.join(map(str, done))} | {finals} | "

@@ -162,8 +162,8 @@ class Trainer:
             r = evaluate_as_configured(m, loader, self.cfg, self.info, self.device, self.amp_dtype)
             results.append({"step": self.step, **r, "model": name})
             self.log.write(results[-1], f"val_{name}")
-            note = collapse_note(r["confusion"], self.info.class_names)
-            if note and self.main:
+            note = collapse_note(r["confusion"], self.info.class_names) if self.main else None
+            if note:
                 log.warning("step %d: the %s %s", self.step, name, note)
         top = max(results, key=lambda r: r["miou"])
         if top["miou"] > self.best["miou"]:
