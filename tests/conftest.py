@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,23 @@ from PIL import Image
 # Tests use tiny tensors: one intra-op thread each avoids OpenMP oversubscription on small
 # machines (CI has 2 cores) and makes timings of the suite predictable.
 torch.set_num_threads(int(os.environ.get("RC2L_TEST_THREADS", "1")))
+
+# The suite's training tests hold up to ~2.9 GB of checkpoints under the temp directory at once
+# (two workers; measured with `make test`). Too little room fails dozens of tests at setup with
+# errors that do not say why; say it once, before any test runs.
+SUITE_DISK_BYTES = 4 * 10**9
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    tmp = tempfile.gettempdir()
+    free = shutil.disk_usage(tmp).free
+    if free < SUITE_DISK_BYTES:
+        pytest.exit(
+            f"{tmp}: {free / 1e9:.1f} GB free, the test suite needs {SUITE_DISK_BYTES / 1e9:.0f} GB "
+            "(free space or set TMPDIR to a larger disk)",
+            returncode=1,
+        )
+
 
 # hypothesis keeps its example database under .pytest_cache (git-ignored), not in .hypothesis/
 try:
